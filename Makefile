@@ -1,0 +1,26 @@
+# The two set-up commands: `make run` (the embedded default pipeline) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean-outputs
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@test -d .dvc || $(BIN)/dvc init -q --no-scm
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m interpipe.summary outputs
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+clean-outputs:
+	rm -rf outputs multirun wandb

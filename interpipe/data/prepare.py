@@ -1,0 +1,115 @@
+"""Build the embedded task datasets and the toy model's training corpus.
+
+Held-out (``test``) examples are generated first; training examples whose ``key`` (template
+plus content words) occurs among them are rejected, so held-out prompts are new combinations
+of template, names and objects that the toy model never saw.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from interpipe.data import tasks
+
+CAUSAL_TASKS = ("ioi", "sva", "colored_objects", "laundry_list", "induction")
+ALL_TASKS = CAUSAL_TASKS + ("sentiment", "bigram_text")
+
+
+@dataclass
+class PrepareSettings:
+    """What to generate. Defaults are the embedded pipeline's small sizes."""
+
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    n_train: int = 3000  # training examples per task (toy model corpus)
+    n_test: int = 64  # held-out examples per task (evaluation and studies)
+    laundry_train_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
+    laundry_test_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
+    induction_seq_len: int = 8
+    bigram_sentence_len: int = 16
+    seed: int = 0
+
+
+def _generator(task: str, s: PrepareSettings, chain: dict, split: str):
+    if task == "laundry_list":
+        lengths = s.laundry_test_lengths if split == "test" else s.laundry_train_lengths
+        return lambda rng: tasks.laundry_list(rng, n_items=rng.choice(lengths))
+    if task == "induction":
+        return lambda rng: tasks.induction(rng, seq_len=s.induction_seq_len)
+    if task == "bigram_text":
+        return lambda rng: tasks.bigram_text(rng, chain, length=s.bigram_sentence_len)
+    if task not in tasks.GENERATORS:
+        raise ValueError(f"unknown task {task!r}: choose from {sorted(tasks.GENERATORS)}")
+    return tasks.GENERATORS[task]
+
+
+def generate_split(task: str, n: int, rng: random.Random, make, exclude: set[str],
+                   max_tries_per_example: int = 200) -> list[dict]:
+    """Draw ``n`` examples with distinct keys not in ``exclude``."""
+    seen: set[str] = set(exclude)
+    rows: list[dict] = []
+    tries = 0
+    while len(rows) < n:
+        tries += 1
+        if tries > max_tries_per_example * max(n, 1):
+            raise RuntimeError(f"task {task!r}: could only draw {len(rows)} distinct examples of {n}; "
+                               f"lower n_train/n_test or widen the word lists")
+        row = make(rng)
+        if row["key"] in seen:
+            continue
+        seen.add(row["key"])
+        row["task"] = task
+        row["example_id"] = f"{task}-{len(rows):05d}"
+        rows.append(row)
+    return rows
+
+
+def generate_task(task: str, s: PrepareSettings) -> dict[str, list[dict]]:
+    """Generate the ``test`` then the ``train`` split of one task."""
+    if s.n_test < 1:
+        raise ValueError(f"n_test must be >= 1 for task {task!r} (got {s.n_test})")
+    chain = tasks.make_bigram_chain(s.seed)
+    rng = random.Random(f"{s.seed}-{task}")
+    test = generate_split(task, s.n_test, rng, _generator(task, s, chain, "test"), set())
+    train = generate_split(task, s.n_train, rng, _generator(task, s, chain, "train"),
+                           {r["key"] for r in test})
+    return {"train": train, "test": test}
+
+
+def corpus_text(row: dict) -> str:
+    """The training text for one example: the prompt followed by its answer."""
+    return f"{row['prompt']} {row['answer']}"
+
+
+def prepare_all(out_dir: str | Path, s: PrepareSettings) -> dict[str, int]:
+    """Generate every task and the training corpus into ``out_dir`` (one folder per task).
+
+    Returns the number of examples per task and split.
+    """
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    from interpipe.io import atomic_dir, write_json
+
+    datasets.disable_progress_bars()  # one bar over tasks is enough
+    out_dir = Path(out_dir)
+    counts: dict[str, int] = {}
+    corpus: dict[str, list[dict]] = {"train": [], "validation": []}
+    for task in tqdm(s.tasks, desc="prepare tasks"):
+        splits = generate_task(task, s)
+        with atomic_dir(out_dir / task) as tmp:
+            DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(tmp))
+        for split, rows in splits.items():
+            counts[f"{task}/{split}"] = len(rows)
+        corpus["train"] += [{"text": corpus_text(r), "task": task} for r in splits["train"]]
+        corpus["validation"] += [{"text": corpus_text(r), "task": task} for r in splits["test"]]
+    random.Random(s.seed).shuffle(corpus["train"])
+    with atomic_dir(out_dir / "corpus") as tmp:
+        DatasetDict({k: Dataset.from_list(v) for k, v in corpus.items()}).save_to_disk(str(tmp))
+    counts["corpus/train"] = len(corpus["train"])
+    counts["corpus/validation"] = len(corpus["validation"])
+    write_json(out_dir / "manifest.json", {"counts": counts, "tasks": s.tasks, "seed": s.seed})
+    return counts

@@ -1,0 +1,154 @@
+"""Atomic output writing.
+
+Every file and folder a stage produces is first written under a temporary name in the same
+directory and then renamed into place, so an interrupted stage never leaves a half-written
+output behind (``os.replace`` is atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class OutputExistsError(FileExistsError):
+    """Raised when a result would overwrite an existing output and ``overwrite`` is False."""
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a fresh temporary folder that replaces ``target`` once the block succeeds.
+
+    On an exception the temporary folder is deleted and ``target`` is left untouched.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_dir(root / "out") as tmp:
+    ...     _ = (tmp / "a.txt").write_text("hi")
+    >>> (root / "out" / "a.txt").read_text()
+    'hi'
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target} exists; pass overwrite=True or choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def check_finite(metrics: dict[str, Any], where: str = "metrics") -> None:
+    """Raise ``ValueError`` naming every NaN/Inf number in a (nested) metrics dict."""
+    bad: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{prefix}={value}")
+
+    walk("", metrics)
+    if bad:
+        raise ValueError(f"non-finite values in {where}: {', '.join(bad)}")
+
+
+def write_json(path: str | os.PathLike, obj: Any, allow_nonfinite: bool = False) -> Path:
+    """Write ``obj`` as pretty JSON atomically; NaN/Inf are refused unless allowed."""
+    path = Path(path)
+    if not allow_nonfinite and isinstance(obj, dict):
+        check_finite(obj, where=str(path))
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=allow_nonfinite)
+    _write_bytes_atomic(path, (text + "\n").encode())
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text atomically."""
+    path = Path(path)
+    _write_bytes_atomic(path, text.encode())
+    return path
+
+
+def write_frame(path: str | os.PathLike, frame: "Any") -> Path:
+    """Write a pandas DataFrame atomically as Parquet or CSV, chosen by the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix=path.suffix)
+    os.close(fd)
+    try:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            raise ValueError(f"unsupported table suffix {path.suffix!r}: use .parquet or .csv")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_figure(fig: "Any", path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())

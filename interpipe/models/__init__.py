@@ -1,0 +1,8 @@
+"""Models: the toy GPT-2 trained here, the embedded MiniLM, hub and local models."""
+
+from interpipe.models.card import MODEL_KINDS, ModelCard, describe
+from interpipe.models.loading import (LoadedModel, load_model, load_pretrained, minilm_folder,
+                                      resolve_source, save_model_folder)
+
+__all__ = ["MODEL_KINDS", "ModelCard", "describe", "LoadedModel", "load_model", "load_pretrained",
+           "minilm_folder", "resolve_source", "save_model_folder"]

@@ -1,0 +1,59 @@
+"""Token-level helpers shared by every study: answer ids, prompt encoding, context checks."""
+
+from __future__ import annotations
+
+import torch
+
+
+def answer_token_id(tokenizer, word: str) -> int:
+    """The id of the single token that continues a prompt with ``word``.
+
+    GPT-2-style BPE tokenizers get a leading space (``" Mary"``); word-level tokenizers split on
+    whitespace and see ``"Mary"``. Words that are several tokens raise ``ValueError`` naming them.
+
+    >>> class WordTok:
+    ...     def encode(self, text, add_special_tokens=False):
+    ...         return [{"Mary": 7}[w] for w in text.split()]
+    >>> answer_token_id(WordTok(), "Mary")
+    7
+    """
+    ids = tokenizer.encode(" " + word, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"answer {word!r} is {len(ids)} tokens for this tokenizer ({ids}); "
+                         f"single-token answers are required — choose tasks/words that tokenize to one token")
+    return int(ids[0])
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_len: int | None, padding_side: str = "right"):
+    """Tokenize prompts into a padded batch; raise naming the first prompt that is too long.
+
+    Returns ``(input_ids, attention_mask, last_index)`` with shapes (batch, pos), (batch, pos)
+    and (batch,) — ``last_index`` is each prompt's final real position.
+    """
+    if not prompts:
+        raise ValueError("no prompts to encode: the dataset is empty")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]  # (batch, pos)
+    lengths = mask.sum(1)
+    if max_len is not None and int(lengths.max()) > max_len:
+        worst = int(lengths.argmax())
+        raise ValueError(f"prompt {worst} is {int(lengths[worst])} tokens, longer than the model's context "
+                         f"of {max_len}: {prompts[worst][:120]!r}")
+    if padding_side == "right":
+        last = lengths - 1
+    else:
+        last = torch.full_like(lengths, ids.shape[1] - 1)
+    return ids, mask, last
+
+
+def context_length(model) -> int | None:
+    """The model's maximum number of positions, if its config says."""
+    cfg = model.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if value:
+            return int(value)
+    return None

@@ -1,0 +1,83 @@
+"""What every stage does around its one library call: validate, seed, write atomically, log.
+
+A stage module is::
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    def main(cfg):
+        run_stage(cfg, "attribute", lambda settings, out: run_attribute(..., out_dir=out))
+
+``run_stage`` validates the whole config first (bad values fail before any model loads),
+seeds everything, lets the library write into a temporary folder beside the output folder,
+writes ``metrics.json`` and moves it all into place only when the work succeeded, then logs
+metrics, tables and figures to W&B.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from stages import schema
+
+schema.register()
+
+
+def _move_into(tmp: Path, out: Path) -> None:
+    """Move every entry of ``tmp`` into ``out`` (replacing), ``metrics.json`` last."""
+    out.mkdir(parents=True, exist_ok=True)
+    entries = sorted(tmp.iterdir(), key=lambda p: p.name == "metrics.json")
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+
+
+def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict], name: str | None = None,
+              tags: list[str] | None = None) -> dict:
+    """Run one stage execution: ``work(settings, tmp_out) -> metrics``.
+
+    ``settings`` is the validated config object (dataclasses). The returned metrics are
+    written to ``<out>/metrics.json``; everything ``work`` wrote into ``tmp_out`` appears in
+    the output folder only if it returns normally.
+    """
+    from interpipe.io import write_json
+    from interpipe.runtime import seed_everything
+    from interpipe.tracking import Tracker
+
+    try:
+        settings = schema.validate(cfg)
+    except (ValueError, TypeError) as exc:
+        sys.exit(f"config error: {exc}")
+    seed_everything(settings.seed)
+    out = Path(settings.paths.out)
+    out.mkdir(parents=True, exist_ok=True)
+    old_metrics = out / "metrics.json"
+    if old_metrics.exists():
+        old_metrics.unlink()  # a failed rerun must not leave the previous run's metrics looking current
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    start = time.perf_counter()
+    try:
+        metrics = work(settings, tmp)
+        metrics = {**metrics, "stage_seconds": time.perf_counter() - start}
+        write_json(tmp / "metrics.json", metrics)
+        _move_into(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger = settings.logger
+    logger.name = logger.name or name or f"{job_type}-{settings.model.name}"
+    logger.tags = list(dict.fromkeys([*logger.tags, job_type, settings.model.name, *(tags or [])]))
+    tracker = Tracker(logger, job_type=job_type, config=OmegaConf.to_container(cfg, resolve=True))
+    try:
+        tracker.log_metrics(metrics)
+        tracker.log_folder(out)
+    finally:
+        tracker.finish()
+    return metrics

@@ -1,0 +1,103 @@
+"""Structured-config schemas: every config group is validated by a dataclass.
+
+The dataclasses live in the library (plain dataclasses, no Hydra); this module registers them
+with Hydra's ConfigStore so that an unknown key or a wrong type fails at composition, and
+``validate`` instantiates them (running each ``__post_init__`` range check) before any model
+or data loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from interpipe.data import PrepareSettings
+from interpipe.models.toy import ToySettings
+from interpipe.runtime import DTYPES
+from interpipe.tracking import TrackingSettings
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class PathsConfig:
+    data: str = "outputs/data"  # prepared task datasets (prepare stage)
+    models: str = "outputs/models"  # canonical model folders (model stage)
+    out: str = "${hydra:runtime.output_dir}"  # this execution's output folder
+
+
+@dataclass
+class ModelConfig:
+    name: str = "toy"  # folder name under paths.models
+    source: str = "toy"  # toy | minilm | hub name | local folder
+    kind: str = "causal_lm"  # causal_lm | encoder | sequence_classifier
+    revision: Optional[str] = None  # hub revision (branch, tag or commit)
+    trust_remote_code: bool = False  # never run hub code unless asked
+    device_map: Optional[str] = None  # "auto" shards models larger than one GPU
+    finetune_task: Optional[str] = None  # e.g. sentiment: fine-tune a classification head on it
+    finetune: dict = field(default_factory=dict)  # settings of that fine-tuning
+    toy: ToySettings = field(default_factory=ToySettings)
+
+    def __post_init__(self) -> None:
+        from interpipe.models import MODEL_KINDS
+
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind={self.kind!r} is not one of {MODEL_KINDS}")
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0  # seeds Python, NumPy and torch
+    device: str = "auto"  # auto picks CUDA when present
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: PrepareSettings = field(default_factory=PrepareSettings)
+    logger: TrackingSettings = field(default_factory=TrackingSettings)
+    # study groups: each validated by its own schema, registered below
+    attribute: Any = None
+    circuits: Any = None
+    weights: Any = None
+    quantize: Any = None
+    report: Any = None
+    experiment: Any = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device={self.device!r} is not one of {DEVICES} (or cuda:N)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0")
+
+
+# Study schemas: (group, dataclass). Each study adds its line here.
+STUDY_SCHEMAS: list[tuple[str, type]] = []
+
+
+def _study_schemas() -> list[tuple[str, type]]:
+    schemas = list(STUDY_SCHEMAS)
+    # --- study schema imports (one block per study) ---
+    return schemas
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=PrepareSettings)
+    cs.store(group="logger", name="schema", node=TrackingSettings)
+    for group, schema in _study_schemas():
+        cs.store(group=group, name="schema", node=schema)
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Instantiate every schema in ``cfg`` (running the range checks) and return the object.
+
+    Raises ``ValueError`` naming the offending key and its allowed values.
+    """
+    obj = OmegaConf.to_object(cfg)
+    return obj
