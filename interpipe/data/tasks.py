@@ -15,7 +15,7 @@ Every example is one flat record (Arrow-friendly) with:
   occur in the training split.
 
 Tasks: ``ioi`` (Wang et al. 2022, ABBA/BABA with ABC corruptions), ``sva`` (subject-verb
-agreement across an attractor), ``colored_objects`` (Merullo et al. 2023, zero-shot Q/A),
+agreement across an attractor), ``colored_objects`` (after Merullo et al. 2023),
 ``laundry_list`` (recall the one item of a list that was not repeated; Merullo et al. 2024),
 ``induction`` (repeated random word sequences), ``sentiment`` (classification with planted
 cue words) and ``bigram_text`` (text from a peaked word-level Markov chain).
@@ -125,7 +125,12 @@ def sva(rng: random.Random) -> dict:
 
 
 def colored_objects(rng: random.Random) -> dict:
-    """Three colored objects, a question about one; corrupted asks about another object."""
+    """Three colored objects, then a statement about one to complete with its color.
+
+    Merullo et al. ask "What color is the pencil? A:"; here the queried object comes last
+    ("The pencil is" -> "red"), which small models learn far sooner and GPT-2 completes as well.
+    Corrupted: another of the three objects is queried.
+    """
     objects = rng.sample(vocab.OBJECTS, 3)
     colors = rng.sample(vocab.COLORS, 3)
     q, other = rng.sample(range(3), 2)
@@ -136,9 +141,9 @@ def colored_objects(rng: random.Random) -> dict:
         b.add("a")
         b.add(color, cue=i == q)
         b.add(obj, cue=i == q)
-    b.add(". What color is the")
+    b.add(". The")
     b.add(objects[q], cue=True)
-    b.add("? A :")
+    b.add("is")
     start, end = b.spans[-1]
     corrupted = b.text[:start] + objects[other] + b.text[end:]
     key = f"colored|{'-'.join(objects)}|{'-'.join(colors)}|{q}"

@@ -1,0 +1,99 @@
+"""The task generators produce correct answers, aligned corruptions and held-out splits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from interpipe.data import ALL_TASKS, CAUSAL_TASKS, PrepareSettings, load_task
+from interpipe.data import tasks as T
+from interpipe.data.prepare import generate_task
+
+
+def _words(text):
+    return text.split()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ioi_answer_is_the_name_mentioned_once(seed):
+    row = T.ioi(random.Random(seed))
+    words = _words(row["prompt"])
+    assert words.count(row["answer"]) == 1 and words.count(row["foil"]) == 2
+    # ABC corruption: S2 replaced by a third name, same length, answer name still once
+    cw = _words(row["corrupted_prompt"])
+    assert len(cw) == len(words)
+    assert sum(a != b for a, b in zip(words, cw)) == 1
+    assert cw.count(row["foil"]) == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sva_verb_agrees_with_subject_not_attractor(seed):
+    row = T.sva(random.Random(seed))
+    subject = row["prompt"][slice(*row["cue_spans"][0])]
+    plural = subject.endswith("s")
+    assert row["answer"] == ("are" if plural else "is")
+    assert row["corrupted_answer"] == row["foil"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_colored_objects_answer_is_the_queried_objects_color(seed):
+    row = T.colored_objects(random.Random(seed))
+    words = _words(row["prompt"])
+    queried = words[-2]  # "... . The <obj> is"
+    assert words[words.index(queried) - 1] == row["answer"]
+
+
+@pytest.mark.parametrize("n_items", [2, 4, 6])
+def test_laundry_list_answer_is_the_item_not_taken_out(n_items):
+    row = T.laundry_list(random.Random(n_items), n_items)
+    listed, taken = row["prompt"].split(". I took out")
+    assert row["answer"] in listed and row["answer"] not in taken
+    assert row["n_items"] == n_items
+    assert len(_words(row["corrupted_prompt"])) == len(_words(row["prompt"]))
+
+
+def test_induction_answer_continues_the_repeat():
+    row = T.induction(random.Random(0), seq_len=8)
+    first, second = row["prompt"].split(" | ")
+    first, second = first.split(), second.split()
+    assert first[len(second)] == row["answer"]
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_cue_spans_point_at_words_of_the_prompt(task):
+    splits = generate_task(task, PrepareSettings(n_train=20, n_test=20))
+    for row in splits["test"]:
+        for start, end in row["cue_spans"]:
+            cue = row["prompt"][start:end]
+            assert cue and " " not in cue and cue in row["prompt"].split()
+
+
+@pytest.mark.parametrize("task", CAUSAL_TASKS)
+def test_held_out_keys_never_in_training(task):
+    splits = generate_task(task, PrepareSettings(n_train=300, n_test=30))
+    train_keys = {r["key"] for r in splits["train"]}
+    assert not train_keys & {r["key"] for r in splits["test"]}
+    train_prompts = {r["prompt"] for r in splits["train"]}
+    assert not train_prompts & {r["prompt"] for r in splits["test"]}
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a = generate_task("ioi", PrepareSettings(n_train=10, n_test=5, seed=1))
+    b = generate_task("ioi", PrepareSettings(n_train=10, n_test=5, seed=1))
+    c = generate_task("ioi", PrepareSettings(n_train=10, n_test=5, seed=2))
+    assert a == b and a != c
+
+
+def test_saved_datasets_load_back(data_root):
+    rows = load_task(data_root, "ioi", "test")
+    assert len(rows) == 8 and set(rows.column_names) >= {"prompt", "answer", "foil", "corrupted_prompt", "cue_spans"}
+
+
+def test_missing_and_empty_data_give_clear_errors(tmp_path, data_root):
+    with pytest.raises(FileNotFoundError, match="prepare stage"):
+        load_task(tmp_path, "ioi")
+    with pytest.raises(ValueError, match="n_test must be >= 1"):
+        generate_task("ioi", PrepareSettings(n_test=0))
+    with pytest.raises(ValueError, match="unknown task"):
+        generate_task("nonsense", PrepareSettings())
