@@ -138,8 +138,8 @@ def quantize_weight(w: Float[Tensor, "d_out d_in"], spec: WeightSpec) -> Float[T
 
     >>> w = torch.tensor([[1.0, -0.5], [0.1, 0.2]])
     >>> quantize_weight(w, WeightSpec(bits=2, granularity="per_channel"))
-    tensor([[ 1.0000, -0.0000],
-            [ 0.0000,  0.2000]])
+    tensor([[1.0000, 0.0000],
+            [0.0000, 0.2000]])
     """
     if spec.granularity == "per_tensor":
         return fake_quantize(w, spec.bits, spec.symmetric)

@@ -1,0 +1,179 @@
+"""Calibration: batches of prepared text, per-channel statistics at every quantized input.
+
+One full-precision pass over the calibration examples records, for each quantized input
+(``blocks.{L}.hook_attn_in`` etc., padding tokens excluded): per-channel min/max/absmax, the
+first four moments (for std and kurtosis), the energy per channel and, per example, which
+channels are the top-k by absmax (for the stability of outlier channels across examples).
+For the Outlier Suppression+ search it also keeps the raw LayerNorm outputs of every
+migration pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from interpipe.quant.arch import Arch, get_module
+from interpipe.typing import Float, Tensor
+
+
+def token_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """``x[mask]`` for a per-token tensor ``[batch, pos, d]``; pooled tensors ``[batch, d]`` as they are."""
+    if x.ndim == 3 and x.shape[:2] == mask.shape:
+        return x[mask.to(x.device)]  # (n_tokens, d)
+    return x.reshape(-1, x.shape[-1])
+
+
+@dataclass
+class Batch:
+    """One padded batch: token ids and the non-padding mask."""
+
+    input_ids: Tensor  # (batch, pos)
+    attention_mask: Tensor  # (batch, pos)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+    @property
+    def mask(self) -> Tensor:
+        return self.attention_mask.bool()
+
+
+def make_batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[Batch]:
+    """Tokenize ``texts`` (right padding, truncation at ``max_length``) into batches."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], padding="longest", truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        batches.append(Batch(enc["input_ids"], enc["attention_mask"]))
+    return batches
+
+
+@torch.no_grad()
+def run_batches(model: nn.Module, batches: list[Batch], device, tokens=None, desc: str | None = None) -> list:
+    """Run the model on every batch; returns the raw outputs (kept on CPU)."""
+    outs = []
+    for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+        batch = batch.to(device)
+        if tokens is not None:
+            tokens.mask = batch.mask
+        outs.append(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask))
+    if tokens is not None:
+        tokens.mask = None
+    return outs
+
+
+@dataclass
+class ChannelStats:
+    """Running per-channel statistics of one activation (float64)."""
+
+    d: int
+    top_k: int
+    n: int = 0
+    n_examples: int = 0
+    min: Tensor = None
+    max: Tensor = None
+    moments: Tensor = None  # (4, d): sums of x, x^2, x^3, x^4
+    topk_count: Tensor = None  # (d,): examples where the channel is in the example's top-k by absmax
+    top1: list[int] = field(default_factory=list)  # each example's top-1 channel
+
+    def __post_init__(self) -> None:
+        self.min = torch.full((self.d,), float("inf"), dtype=torch.float64)
+        self.max = torch.full((self.d,), float("-inf"), dtype=torch.float64)
+        self.moments = torch.zeros(4, self.d, dtype=torch.float64)
+        self.topk_count = torch.zeros(self.d, dtype=torch.float64)
+
+    def add(self, x: Float[Tensor, "batch pos d"], mask: Tensor) -> None:
+        if x.ndim == 2 or x.shape[:2] != mask.shape:  # a pooled input (batch, d): one row per example
+            x = x.reshape(x.shape[0], -1, x.shape[-1])  # (batch, rows, d)
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        rows = x[mask].double().cpu()  # (n_tokens, d) non-padding tokens only
+        self.n += rows.shape[0]
+        self.min = torch.minimum(self.min, rows.min(0).values)
+        self.max = torch.maximum(self.max, rows.max(0).values)
+        for p in range(4):
+            self.moments[p] += rows.pow(p + 1).sum(0)
+        per_example = (x.abs() * mask[..., None]).amax(1).double().cpu()  # (batch, d)
+        k = min(self.top_k, self.d)
+        top = per_example.topk(k, dim=-1).indices  # (batch, k)
+        self.topk_count += torch.zeros_like(self.topk_count).index_add_(0, top.reshape(-1), torch.ones(top.numel(), dtype=torch.float64))
+        self.top1 += top[:, 0].tolist()
+        self.n_examples += x.shape[0]
+
+    @property
+    def absmax(self) -> Tensor:
+        return torch.maximum(self.max.abs(), self.min.abs())
+
+    @property
+    def mean(self) -> Tensor:
+        return self.moments[0] / self.n
+
+    @property
+    def std(self) -> Tensor:
+        return (self.moments[1] / self.n - self.mean**2).clamp(min=0).sqrt()
+
+    @property
+    def kurtosis(self) -> Tensor:
+        """Pearson kurtosis E[(x - mu)^4] / sigma^4 (3 for a Gaussian)."""
+        mu = self.mean
+        e1, e2, e3, e4 = (self.moments[p] / self.n for p in range(4))
+        central4 = e4 - 4 * mu * e3 + 6 * mu**2 * e2 - 3 * mu**4
+        return central4 / (self.std**4).clamp(min=1e-30)
+
+    @property
+    def energy(self) -> Tensor:
+        return self.moments[1]
+
+
+@dataclass
+class Calibration:
+    """Statistics at every quantized input and, if asked, the raw inputs of migration pairs."""
+
+    stats: dict[str, ChannelStats]  # by TransformerLens input name
+    modules: dict[str, list[str]]  # input name -> the linears reading it
+    pair_inputs: dict[str, list[tuple[Tensor, Tensor]]]  # pair hook -> [(x (batch,pos,d), mask)]
+    n_examples: int
+    n_tokens: int
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, arch: Arch, batches: list[Batch], device, top_k: int = 5,
+              keep_pair_inputs: bool = False) -> Calibration:
+    """One full-precision pass over ``batches`` recording :class:`ChannelStats` at every input."""
+    inputs: dict[str, list[str]] = {}
+    for t in arch.targets:
+        inputs.setdefault(t.hook, []).append(t.module)
+    pair_hooks = {p.hook for p in arch.pairs}
+    stats: dict[str, ChannelStats] = {}
+    kept: dict[str, list] = {h: [] for h in pair_hooks} if keep_pair_inputs else {}
+    current = {"mask": None}
+    handles = []
+
+    def make_hook(hook_name: str):
+        def hook(module, args):
+            x = args[0].detach()
+            if hook_name not in stats:
+                stats[hook_name] = ChannelStats(d=x.shape[-1], top_k=top_k)
+            stats[hook_name].add(x, current["mask"])
+            if hook_name in kept:
+                kept[hook_name].append((x.cpu(), current["mask"].cpu()))
+        return hook
+
+    for hook_name, modules in inputs.items():
+        handles.append(get_module(model, modules[0]).register_forward_pre_hook(make_hook(hook_name)))
+    try:
+        for batch in tqdm(batches, desc="calibrate", leave=False):
+            batch = batch.to(device)
+            current["mask"] = batch.mask
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    return Calibration(stats, inputs, kept, sum(b.input_ids.shape[0] for b in batches), n_tokens)

@@ -1,0 +1,92 @@
+"""Figures of the quantization study (matplotlib, saved through ``interpipe.io.save_figure``)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def outlier_channels(calib, summary: pd.DataFrame, n_panels: int = 6):
+    """Per-channel min..max at the inputs with the largest outlier ratio (one panel each)."""
+    plt = _plt()
+    hooks = list(summary.sort_values("outlier_ratio", ascending=False)["hook"][:n_panels])
+    rows = max(1, math.ceil(len(hooks) / 2))
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.6 * rows), squeeze=False)
+    for ax, hook in zip(axes.flat, hooks):
+        st = calib.stats[hook]
+        channels = list(range(st.d))
+        ax.fill_between(channels, st.min.numpy(), st.max.numpy(), step="mid", alpha=0.6, lw=0)
+        top = int(st.absmax.argmax())
+        peak = float(st.max[top]) if abs(float(st.max[top])) >= abs(float(st.min[top])) else float(st.min[top])
+        ax.annotate(f"channel {top}", (top, peak), fontsize=8, color="C3")
+        ax.set_title(hook, fontsize=9)
+        ax.set_xlabel("channel", fontsize=8)
+        ax.set_ylabel("min..max", fontsize=8)
+    for ax in list(axes.flat)[len(hooks):]:
+        ax.axis("off")
+    fig.suptitle("Per-channel activation range at quantized inputs (calibration tokens)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def outlier_summary(summary: pd.DataFrame):
+    """Outlier ratio (max / median channel absmax) and energy share of the top 1 % channels per input."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.28 * len(summary) + 1.5))
+    y = list(range(len(summary)))
+    a.barh(y, summary["outlier_ratio"])
+    a.set_yticks(y, summary["hook"], fontsize=7)
+    a.set_xscale("log")
+    a.set_xlabel("max / median channel absmax")
+    b.barh(y, summary["energy_top1pct"])
+    b.set_yticks(y, [""] * len(summary))
+    b.set_xlabel("energy share of the top 1 % channels")
+    for ax in (a, b):
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def layer_sqnr(frames: dict[str, pd.DataFrame]):
+    """Propagated SQNR (dB) of every quantized linear, one line per setting."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    for name, frame in frames.items():
+        ax.plot(range(len(frame)), frame["sqnr_db"], marker=".", label=name)
+    first = next(iter(frames.values()))
+    ax.set_xticks(range(len(first)), [m.split(".", 1)[-1] if len(first) < 40 else "" for m in first["module"]],
+                  rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR vs FP model (dB)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def end_metrics(frame: pd.DataFrame, metric: str):
+    """Grouped bars of the headline end-metric delta: methods x bits."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bits = list(dict.fromkeys(frame["bits"]))
+    methods = list(dict.fromkeys(frame["method"]))
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        sub = frame[frame["method"] == method].set_index("bits")
+        values = [float(sub.loc[b, metric]) if b in sub.index else float("nan") for b in bits]
+        ax.bar([j + i * width for j in range(len(bits))], values, width, label=method)
+    ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(bits))], bits)
+    ax.set_ylabel(f"{metric} ({'FP - quantized' if 'drop' in metric else 'quantized - FP'})")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

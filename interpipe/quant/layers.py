@@ -1,0 +1,144 @@
+"""Quantized layer wrappers for ``nn.Linear`` and GPT-2's ``Conv1D``.
+
+:class:`QuantLinear` replaces a linear in place (same module path) and holds the original as
+``inner``. Its modes:
+
+- ``fp``: the original layer, untouched;
+- ``observe``: full precision, recording the per-tensor min/max of the input over non-padding
+  tokens (static activation calibration);
+- ``quant``: fake-quantized input (static range or per token) times the fake-quantized weight.
+
+With ``track_error`` on it also accumulates the layer-local error (same input through the
+full-precision layer) for the per-layer MSE/SQNR table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interpipe.quant.arch import get_module, is_conv1d, linear_weight, set_module
+from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
+from interpipe.typing import Float, Tensor
+
+MODES = ("fp", "observe", "quant")
+
+
+@dataclass
+class TokenMask:
+    """The current batch's non-padding mask, shared by every wrapper (set by the runner)."""
+
+    mask: torch.Tensor | None = None  # (batch, pos) bool
+
+    def select(self, x: Tensor) -> Tensor:
+        """Rows of ``x`` (``[batch, pos, d]``) at non-padding tokens, flattened to ``[n, d]``."""
+        if self.mask is not None and x.ndim == 3 and x.shape[:2] == self.mask.shape:
+            return x[self.mask]
+        return x.reshape(-1, x.shape[-1])
+
+
+@dataclass
+class ErrorStats:
+    """Running sums for MSE and SQNR of one layer's output."""
+
+    sq_err: float = 0.0
+    sq_ref: float = 0.0
+    count: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def add(self, ref: Tensor, approx: Tensor) -> None:
+        diff = (ref.double() - approx.double())
+        self.sq_err += float(diff.pow(2).sum())
+        self.sq_ref += float(ref.double().pow(2).sum())
+        self.count += ref.numel()
+
+    @property
+    def mse(self) -> float:
+        return self.sq_err / max(self.count, 1)
+
+    @property
+    def sqnr_db(self) -> float:
+        import math
+
+        return 10 * math.log10(max(self.sq_ref, 1e-30) / max(self.sq_err, 1e-30))
+
+
+class QuantLinear(nn.Module):
+    """A fake-quantized ``nn.Linear`` / ``Conv1D`` (weight ``[out, in]`` internally)."""
+
+    def __init__(self, inner: nn.Module, name: str, kind: str, w_spec: WeightSpec, a_spec: ActSpec,
+                 tokens: TokenMask):
+        super().__init__()
+        w_spec.check_layer(name, linear_weight(inner).shape[1])
+        self.inner, self.name, self.kind = inner, name, kind
+        self.w_spec, self.a_spec, self.tokens = w_spec, a_spec, tokens
+        self.mode = "fp"
+        self.track_error = False
+        self.local = ErrorStats()
+        self.register_buffer("x_min", torch.tensor(float("inf")), persistent=False)
+        self.register_buffer("x_max", torch.tensor(float("-inf")), persistent=False)
+        self._qweight: Tensor | None = None
+
+    @property
+    def weight(self) -> Float[Tensor, "d_out d_in"]:
+        return linear_weight(self.inner)
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.inner.bias
+
+    def qweight(self) -> Float[Tensor, "d_out d_in"]:
+        if self._qweight is None:
+            self._qweight = quantize_weight(self.weight.detach(), self.w_spec)
+        return self._qweight
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        self.mode = mode
+
+    def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
+        if self.mode == "fp":
+            return self.inner(x)
+        if self.mode == "observe":
+            rows = self.tokens.select(x.detach())
+            self.x_min = torch.minimum(self.x_min, rows.min())
+            self.x_max = torch.maximum(self.x_max, rows.max())
+            return self.inner(x)
+        xq = quantize_activation(x, self.a_spec, self.x_min, self.x_max)
+        out = F.linear(xq, self.qweight(), self.bias)
+        if self.track_error:
+            ref = self.inner(x)
+            self.local.add(self.tokens.select(ref.detach()), self.tokens.select(out.detach()))
+        return out
+
+
+def wrap_layers(model: nn.Module, targets: list, w_spec: WeightSpec, a_spec: ActSpec,
+                tokens: TokenMask) -> dict[str, QuantLinear]:
+    """Replace every target linear by a :class:`QuantLinear` (in place); returns them by path."""
+    wrapped: dict[str, QuantLinear] = {}
+    for target in targets:
+        inner = get_module(model, target.module)
+        layer = QuantLinear(inner, target.module, target.kind, w_spec, a_spec, tokens)
+        set_module(model, target.module, layer)
+        wrapped[target.module] = layer
+    return wrapped
+
+
+def unwrap_layers(model: nn.Module) -> None:
+    """Put every wrapped layer's original module back (in place)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            set_module(model, name, module.inner)
+
+
+def check_targets(model: nn.Module, targets: list, w_spec: WeightSpec) -> None:
+    """Fail early (before calibration) if a target cannot take the weight granularity."""
+    for target in targets:
+        module = get_module(model, target.module)
+        if not (isinstance(module, nn.Linear) or is_conv1d(module)):
+            raise ValueError(f"layer {target.module} is a {type(module).__name__}, not a Linear/Conv1D")
+        w_spec.check_layer(target.module, linear_weight(module).shape[1])

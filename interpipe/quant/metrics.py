@@ -1,0 +1,207 @@
+"""End metrics of a quantized model against its full-precision original, and per-layer errors.
+
+Deltas are quantized minus FP (``loss_delta``, ``ppl_delta``); drops are FP minus quantized
+(``task_acc_drop``, ``cos_drop = 1 - cos_mean``, ``acc_drop``), so lower is better for every one.
+
+- causal LM (toy GPT-2): next-token loss and perplexity on held-out corpus text; task accuracy
+  (the answer is the argmax next token after the prompt) on every prepared causal task;
+  agreement of the predicted answers with the FP model's.
+- encoder (MiniLM): mean-pooled, L2-normalised sentence embeddings (the sentence-transformers
+  recipe of all-MiniLM-L6-v2); cosine similarity to the FP embeddings and agreement of
+  nearest-neighbour retrieval (each text's nearest other text) with the FP model's.
+- sequence classifier (fine-tuned MiniLM): accuracy on the ``sentiment`` test split and
+  agreement with the FP predictions.
+
+Per layer: MSE and SQNR of each quantized linear's output against the FP model's output of the
+same linear on the same examples (propagated error: earlier layers' quantization included),
+and against the FP layer on the same (quantized-model) input (local error).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interpipe.models.tokens import answer_token_id
+from interpipe.quant.arch import get_module
+from interpipe.quant.calibrate import Batch, make_batches, token_rows
+from interpipe.quant.layers import ErrorStats, QuantLinear, TokenMask
+
+
+def _spread(n_total: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(n_total)`` (the corpus split is ordered by task)."""
+    n = min(n, n_total)
+    return sorted({int(i * n_total / n) for i in range(n)})
+
+
+class EndMetrics:
+    """Prepared evaluation batches for one model kind; ``measure`` then ``compare``."""
+
+    def __init__(self, kind: str, tokenizer, data_root: str | Path, n: int, max_length: int, batch_size: int,
+                 device):
+        self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
+        from interpipe.data import CAUSAL_TASKS, load_task
+
+        self.kind, self.device = kind, device
+        self.tasks: dict[str, tuple[list[Batch], torch.Tensor]] = {}
+        if kind == "causal_lm":
+            corpus = load_task(data_root, "corpus", "validation")
+            texts = [corpus[i]["text"] for i in _spread(len(corpus), n)]
+            for task in CAUSAL_TASKS:
+                try:
+                    rows = load_task(data_root, task, "test")
+                except FileNotFoundError:
+                    continue
+                rows = rows.select(range(min(n, len(rows))))
+                prompts = list(rows["prompt"])
+                answers = [answer_token_id(tokenizer, a) for a in rows["answer"]]
+                self.tasks[task] = (make_batches(tokenizer, prompts, max_length, batch_size), torch.tensor(answers))
+        elif kind == "encoder":
+            sentiment = load_task(data_root, "sentiment", "test")
+            corpus = load_task(data_root, "corpus", "validation")
+            texts = list(sentiment["prompt"][:n]) + [corpus[i]["text"] for i in _spread(len(corpus), n)]
+        elif kind == "sequence_classifier":
+            sentiment = load_task(data_root, "sentiment", "test")
+            rows = sentiment.select(range(min(n, len(sentiment))))
+            texts = list(rows["prompt"])
+            self.labels = torch.tensor(list(rows["label"]))
+        else:
+            raise ValueError(f"no end metrics for model kind {kind!r}")
+        self.texts = texts  # the text set (for the causal LM: held-out corpus text for the loss)
+        self.text_batches = make_batches(tokenizer, texts, max_length, batch_size)
+
+    def probe_batches(self, n: int) -> list[Batch]:
+        """``n`` of the evaluation texts, spread over the set (per-layer errors, equivalence)."""
+        texts = [self.texts[i] for i in _spread(len(self.texts), n)]
+        return make_batches(self.tokenizer, texts, self.max_length, self.batch_size)
+
+    @torch.no_grad()
+    def _forward(self, model: nn.Module, batch: Batch, tokens: TokenMask | None):
+        batch = batch.to(self.device)
+        if tokens is not None:
+            tokens.mask = batch.mask
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        if tokens is not None:
+            tokens.mask = None
+        return batch, out
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, tokens: TokenMask | None = None) -> dict[str, torch.Tensor]:
+        """Raw per-example results (CPU tensors) of one model."""
+        raw: dict[str, torch.Tensor] = {}
+        if self.kind == "causal_lm":
+            nll, count = 0.0, 0
+            for batch in self.text_batches:
+                batch, out = self._forward(model, batch, tokens)
+                logits = out.logits[:, :-1].float()  # (batch, pos-1, vocab) predicts tokens 1..
+                target, valid = batch.input_ids[:, 1:], batch.mask[:, 1:]
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+                nll += float(ce[valid.reshape(-1)].sum())
+                count += int(valid.sum())
+            raw["nll"] = torch.tensor([nll / count])
+            for task, (batches, _) in self.tasks.items():
+                preds = []
+                for batch in batches:
+                    batch, out = self._forward(model, batch, tokens)
+                    last = batch.attention_mask.sum(1) - 1  # (batch,) last real position
+                    preds.append(out.logits[torch.arange(len(last)), last].argmax(-1).cpu())
+                raw[f"pred/{task}"] = torch.cat(preds)
+        elif self.kind == "encoder":
+            embs = []
+            for batch in self.text_batches:
+                batch, out = self._forward(model, batch, tokens)
+                m = batch.attention_mask[..., None].float()  # (batch, pos, 1)
+                pooled = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)  # (batch, d_model)
+                embs.append(F.normalize(pooled.float(), dim=-1).cpu())
+            raw["emb"] = torch.cat(embs)
+        else:
+            raw["pred"] = torch.cat([self._forward(model, b, tokens)[1].logits.argmax(-1).cpu() for b in self.text_batches])
+        return raw
+
+    def compare(self, fp: dict[str, torch.Tensor], q: dict[str, torch.Tensor]) -> dict[str, float]:
+        """End metrics of ``q`` and their deltas against ``fp`` (both from :meth:`measure`)."""
+        m: dict[str, float] = {}
+        if self.kind == "causal_lm":
+            m["fp_loss"], m["loss"] = float(fp["nll"]), float(q["nll"])
+            m["loss_delta"] = m["loss"] - m["fp_loss"]
+            m["fp_ppl"], m["ppl"] = math.exp(m["fp_loss"]), math.exp(m["loss"])
+            m["ppl_delta"] = m["ppl"] - m["fp_ppl"]
+            accs, fp_accs, agree = [], [], []
+            for task, (_, answers) in self.tasks.items():
+                m[f"acc/{task}"] = float((q[f"pred/{task}"] == answers).float().mean())
+                m[f"fp_acc/{task}"] = float((fp[f"pred/{task}"] == answers).float().mean())
+                accs.append(m[f"acc/{task}"])
+                fp_accs.append(m[f"fp_acc/{task}"])
+                agree.append(float((q[f"pred/{task}"] == fp[f"pred/{task}"]).float().mean()))
+            if accs:
+                m["task_acc"], m["fp_task_acc"] = sum(accs) / len(accs), sum(fp_accs) / len(fp_accs)
+                m["task_acc_drop"] = m["fp_task_acc"] - m["task_acc"]
+                m["answer_agreement"] = sum(agree) / len(agree)
+        elif self.kind == "encoder":
+            e_fp, e_q = fp["emb"], q["emb"]
+            cos = (e_fp * e_q).sum(-1)  # (n,) both normalised
+            m["cos_mean"], m["cos_min"] = float(cos.mean()), float(cos.min())
+            m["cos_drop"] = 1.0 - m["cos_mean"]
+            eye = torch.eye(len(e_fp), dtype=torch.bool)
+            nn_fp = (e_fp @ e_fp.T).masked_fill(eye, -2).argmax(-1)  # (n,) nearest other text
+            nn_q = (e_q @ e_q.T).masked_fill(eye, -2).argmax(-1)
+            m["nn_agreement"] = float((nn_fp == nn_q).float().mean())
+            m["self_retrieval"] = float(((e_q @ e_fp.T).argmax(-1) == torch.arange(len(e_fp))).float().mean())
+        else:
+            m["fp_acc"] = float((fp["pred"] == self.labels).float().mean())
+            m["acc"] = float((q["pred"] == self.labels).float().mean())
+            m["acc_drop"] = m["fp_acc"] - m["acc"]
+            m["pred_agreement"] = float((q["pred"] == fp["pred"]).float().mean())
+        return m
+
+
+def headline(kind: str) -> str:
+    """The end metric a summary reports first for each model kind (lower is better for all three)."""
+    return {"causal_lm": "ppl_delta", "encoder": "cos_drop", "sequence_classifier": "acc_drop"}[kind]
+
+
+@torch.no_grad()
+def capture_outputs(model: nn.Module, modules: list[str], batches: list[Batch], device,
+                    tokens: TokenMask | None = None) -> dict[str, list[torch.Tensor]]:
+    """Outputs of ``modules`` (non-padding tokens, ``[n, d_out]``) for every batch."""
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    current = {"mask": None}
+
+    def make_hook(name):
+        def hook(module, args, out):
+            store[name].append(token_rows(out.detach(), current["mask"]).float().cpu())
+        return hook
+
+    handles = [get_module(model, name).register_forward_hook(make_hook(name)) for name in modules]
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            current["mask"] = batch.mask
+            if tokens is not None:
+                tokens.mask = batch.mask
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+        if tokens is not None:
+            tokens.mask = None
+    return store
+
+
+def layer_errors(reference: dict[str, list[torch.Tensor]], quantized: dict[str, list[torch.Tensor]],
+                 layers: dict[str, QuantLinear]) -> list[dict]:
+    """Per-layer rows: propagated MSE/SQNR (vs the FP model) and local MSE/SQNR (vs the FP layer)."""
+    rows = []
+    for name, layer in layers.items():
+        prop = ErrorStats()
+        for ref, q in zip(reference[name], quantized[name]):
+            prop.add(ref, q)
+        rows.append({"module": name, "kind": layer.kind, "mse": prop.mse, "sqnr_db": prop.sqnr_db,
+                     "local_mse": layer.local.mse, "local_sqnr_db": layer.local.sqnr_db,
+                     "act_min": float(layer.x_min) if layer.a_spec.static else float("nan"),
+                     "act_max": float(layer.x_max) if layer.a_spec.static else float("nan")})
+    return rows

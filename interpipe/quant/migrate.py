@@ -1,0 +1,206 @@
+"""Migration: per-channel shifting and scaling of LayerNorm outputs, folded into the weights.
+
+For a pair LayerNorm -> linear(s) with per-channel shift ``z`` and scale ``s`` the migrated
+LayerNorm outputs ``x_tilde = (x - z) / s`` and the linear computes the same function::
+
+    LN:     beta <- (beta - z) / s,   gamma <- gamma / s
+    linear: b <- b + W z  (W before scaling),   W <- W diag(s)
+
+- **SmoothQuant** (Xiao et al. 2023, mit-han-lab/smoothquant): ``z = 0``,
+  ``s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha)`` where the weight maximum is taken over the
+  output rows of every linear reading the LayerNorm (q, k and v together).
+- **Outlier Suppression+** (Wei et al. 2023, ModelTC/Outlier_Suppression_Plus):
+  ``z_j = (max_j + min_j) / 2`` over calibration tokens, then ``s_j = max(1, max~_j / t, min~_j / -t)``
+  with the threshold ``t`` chosen by a 1-D grid from ``max|x~|`` downwards minimising
+  ``||Q(x~ / s) Q(W diag(s)) - FP||^2``: for q/k/v on the attention output (before the output
+  projection), for fc1 on the linear's output.
+
+In post-LN blocks the shortcut gets the inverse transform (see :mod:`interpipe.quant.arch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from interpipe.quant.arch import Arch, Pair, get_module, install_shortcut, is_conv1d, linear_weight
+from interpipe.quant.calibrate import Calibration
+from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
+from interpipe.typing import Float, Tensor
+
+
+@dataclass
+class PairMigration:
+    """The shift and scale chosen for one pair, and how the search went."""
+
+    pair: Pair
+    shift: Tensor  # (d,)
+    scale: Tensor  # (d,)
+    threshold: float | None = None  # OS+ only
+    loss_before: float | None = None  # OS+ only: loss at t = max|x~| (shift only)
+    loss_after: float | None = None
+
+    def row(self) -> dict:
+        return {"norm": self.pair.norm, "kind": self.pair.kind, "block": self.pair.block, "hook": self.pair.hook,
+                "scale_max": float(self.scale.max()), "scale_min": float(self.scale.min()),
+                "n_scaled": int((self.scale > 1).sum()), "shift_absmax": float(self.shift.abs().max()),
+                "threshold": self.threshold, "loss_shift_only": self.loss_before, "loss_best": self.loss_after}
+
+
+def smoothquant_scales(act_absmax: Float[Tensor, "d"], weights: list[Tensor], alpha: float = 0.5) -> Float[Tensor, "d"]:
+    """SmoothQuant's ``s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha)`` (weights ``[out, in]``).
+
+    Both maxima are clamped at 1e-5 as in the reference implementation.
+
+    >>> smoothquant_scales(torch.tensor([4.0, 1.0]), [torch.tensor([[1.0, 4.0]])], alpha=0.5)
+    tensor([2.0000, 0.5000])
+    """
+    w_absmax = torch.cat([w.abs() for w in weights], dim=0).amax(dim=0).clamp(min=1e-5)  # (d,)
+    return (act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
+
+
+@torch.no_grad()
+def fold(model: nn.Module, arch: Arch, pair: Pair, shift: Tensor, scale: Tensor) -> None:
+    """Fold ``x -> (x - shift) / scale`` into the pair's LayerNorm and linears (float64 math)."""
+    norm = get_module(model, pair.norm)
+    s, z = scale.double().to(norm.weight.device), shift.double().to(norm.weight.device)
+    norm.bias.copy_(((norm.bias.double() - z) / s).to(norm.bias.dtype))
+    norm.weight.copy_((norm.weight.double() / s).to(norm.weight.dtype))
+    for path in pair.linears:
+        lin = get_module(model, path)
+        w = linear_weight(lin).double()  # (out, in)
+        bias = (lin.bias.double() if lin.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                             device=w.device)) + w @ z
+        if lin.bias is None:
+            lin.bias = nn.Parameter(bias.to(lin.weight.dtype))
+        else:
+            lin.bias.copy_(bias.to(lin.bias.dtype))
+        new_w = w * s[None, :]  # (out, in): column j scaled by s_j
+        lin.weight.copy_((new_w.t() if is_conv1d(lin) else new_w).to(lin.weight.dtype))
+    if arch.style == "post_ln":
+        install_shortcut(get_module(model, pair.shortcut), scale.to(norm.weight.device), shift.to(norm.weight.device))
+
+
+def _pair_weights(model: nn.Module, pair: Pair) -> tuple[list[Tensor], list[Tensor]]:
+    weights, biases = [], []
+    for path in pair.linears:
+        lin = get_module(model, path)
+        w = linear_weight(lin).detach().float()
+        weights.append(w)
+        biases.append(lin.bias.detach().float() if lin.bias is not None else torch.zeros(w.shape[0], device=w.device))
+    return weights, biases
+
+
+def attention_output(x: Float[Tensor, "batch pos d"], mask: Tensor, weights: list[Tensor], biases: list[Tensor],
+                     arch: Arch) -> Float[Tensor, "batch pos d_head_total"]:
+    """Softmax attention's output before the output projection, from q/k/v weights ``[out, in]``."""
+    w, b = torch.cat(weights, 0), torch.cat(biases, 0)  # (3 * d_attn, d), (3 * d_attn,)
+    qkv = x @ w.t() + b  # (batch, pos, 3 * d_attn)
+    batch, pos, three_d = qkv.shape
+    d_attn = three_d // 3
+    q, k, v = (t.reshape(batch, pos, arch.n_heads, d_attn // arch.n_heads).transpose(1, 2)
+               for t in qkv.split(d_attn, dim=-1))  # each (batch, head, pos, d_head)
+    scores = (q @ k.transpose(-1, -2)) * arch.attn_scale  # (batch, head, q_pos, k_pos)
+    allowed = mask[:, None, None, :].clone()  # (batch, 1, 1, k_pos)
+    if arch.causal:
+        allowed = allowed & torch.ones(pos, pos, dtype=torch.bool, device=x.device).tril()[None, None]
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    out = scores.softmax(-1) @ v  # (batch, head, pos, d_head)
+    return out.transpose(1, 2).reshape(batch, pos, d_attn)  # (batch, pos, d_attn)
+
+
+class _OSPlusSearch:
+    """Loss of one pair under a candidate threshold ``t`` (shifted inputs, quantized both sides)."""
+
+    def __init__(self, pair: Pair, arch: Arch, xs: list[tuple[Tensor, Tensor]], weights, biases, shift: Tensor,
+                 w_spec: WeightSpec, a_spec: ActSpec):
+        self.pair, self.arch, self.w_spec, self.a_spec = pair, arch, w_spec, a_spec
+        dev = weights[0].device
+        shift = shift.to(dev)
+        self.weights = weights
+        self.biases = [b + w @ shift for w, b in zip(weights, biases)]  # shift compensation b + W z
+        self.xs = [(x.to(dev).float() - shift, m.to(dev)) for x, m in xs]  # shifted inputs x~ = x - z
+        self.targets = [self._output(x, m, weights) for x, m in self.xs]
+
+    def _output(self, x, mask, weights):
+        if self.pair.kind == "qkv":
+            out = attention_output(x, mask, weights, self.biases, self.arch)
+        else:
+            out = x @ weights[0].t()  # (batch, pos, d_ff); the bias cancels in the difference
+        return out[mask]  # (n_tokens, d_out)
+
+    def loss(self, scale: Tensor) -> float:
+        qw = [quantize_weight(w * scale[None, :], self.w_spec) for w in self.weights]
+        scaled = [x / scale for x, _ in self.xs]
+        lo = min(float(x[m].min()) for x, (_, m) in zip(scaled, self.xs))
+        hi = max(float(x[m].max()) for x, (_, m) in zip(scaled, self.xs))
+        total, count = 0.0, 0
+        for xsc, (_, mask), target in zip(scaled, self.xs, self.targets):
+            xq = quantize_activation(xsc, self.a_spec, torch.tensor(lo), torch.tensor(hi))
+            out = self._output(xq, mask, qw)
+            total += float((out - target).pow(2).sum())
+            count += target.shape[0]
+        return total / max(count, 1)  # sum over channels, mean over tokens
+
+
+def _first_examples(xs: list[tuple[Tensor, Tensor]], n: int | None) -> list[tuple[Tensor, Tensor]]:
+    """The first ``n`` examples of a list of ``(x, mask)`` batches (all when ``n`` is None)."""
+    out, left = [], n if n is not None else sum(x.shape[0] for x, _ in xs)
+    for x, mask in xs:
+        if left <= 0:
+            break
+        out.append((x[:left], mask[:left]))
+        left -= x.shape[0]
+    return out
+
+
+def osplus_pair(pair: Pair, arch: Arch, model: nn.Module, calib: Calibration, w_spec: WeightSpec,
+                a_spec: ActSpec, steps: int = 20, min_ratio: float = 0.05,
+                search_samples: int | None = None) -> PairMigration:
+    """OS+ shift (from every calibration token) and searched scale for one pair (not yet folded).
+
+    The threshold search evaluates its loss on the first ``search_samples`` calibration examples.
+    """
+    stats = calib.stats[pair.hook]
+    cmax, cmin = stats.max.float(), stats.min.float()
+    shift = (cmax + cmin) / 2  # (d,) channel-wise centre
+    smax, smin = cmax - shift, cmin - shift  # symmetric per channel after shifting
+    weights, biases = _pair_weights(model, pair)
+    xs = _first_examples(calib.pair_inputs[pair.hook], search_samples)
+    search = _OSPlusSearch(pair, arch, xs, weights, biases, shift, w_spec, a_spec)
+    top = float(torch.maximum(smax.abs(), smin.abs()).max())
+    best = (None, float("inf"), None)
+    first_loss = None
+    for i in range(steps):
+        t = top * (1 - (1 - min_ratio) * i / max(steps - 1, 1))
+        scale = torch.maximum(torch.ones_like(smax), torch.maximum(smax / t, smin / -t)).to(weights[0].device)
+        loss = search.loss(scale)
+        first_loss = loss if first_loss is None else first_loss
+        if loss < best[1]:
+            best = (t, loss, scale)
+    return PairMigration(pair, shift, best[2].cpu(), threshold=best[0], loss_before=first_loss, loss_after=best[1])
+
+
+def migrate(model: nn.Module, arch: Arch, calib: Calibration, method: str, w_spec: WeightSpec, a_spec: ActSpec,
+            alpha: float = 0.5, steps: int = 20, min_ratio: float = 0.05,
+            search_samples: int | None = None) -> list[PairMigration]:
+    """Compute and fold the migration of every pair of ``arch`` into ``model`` (in place).
+
+    ``method`` is ``smoothquant`` or ``osplus``; scales are computed from the unmigrated model
+    (pairs do not share weights, so the order does not matter).
+    """
+    done = []
+    for pair in arch.pairs:
+        if method == "smoothquant":
+            weights, _ = _pair_weights(model, pair)
+            scale = smoothquant_scales(calib.stats[pair.hook].absmax.float(), weights, alpha)
+            done.append(PairMigration(pair, torch.zeros_like(scale), scale))
+        elif method == "osplus":
+            done.append(osplus_pair(pair, arch, model, calib, w_spec, a_spec, steps, min_ratio, search_samples))
+        else:
+            raise ValueError(f"unknown migration method {method!r}: use smoothquant or osplus")
+    for m in done:
+        fold(model, arch, m.pair, m.shift, m.scale)
+    return done

@@ -1,0 +1,267 @@
+"""The quantization study on one model: outliers, then RTN / SmoothQuant / OS+ over a bits grid.
+
+:func:`run_quantize` loads a canonical model folder, checks the settings against the model
+(architecture known, every target layer able to take the weight granularity) *before*
+calibrating, records outlier statistics at every quantized input, and then for every
+``(method, bits)`` setting: copies the FP model, migrates it (SmoothQuant or OS+; RTN does
+not), checks that the migrated FP model still equals the original, wraps the target linears
+in fake quantizers, calibrates static activation ranges, and measures end metrics and per-layer
+errors against the FP model. Protocol: fake quantization, weights and activations of the target
+linears only (embeddings, LayerNorms, softmax and the residual stream stay FP), static ranges
+from ``calib_samples`` prepared examples (min/max), migration statistics from the same examples.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from interpipe.io import OutputExistsError, read_json, save_figure, write_frame, write_json
+from interpipe.quant import figures
+from interpipe.quant.arch import describe_arch, install_shortcut, shortcuts_of
+from interpipe.quant.calibrate import calibrate, make_batches, run_batches, token_rows
+from interpipe.quant.layers import TokenMask, check_targets, wrap_layers
+from interpipe.quant.metrics import EndMetrics, capture_outputs, headline, layer_errors
+from interpipe.quant.migrate import migrate
+from interpipe.quant.outliers import channel_table, summary_table
+from interpipe.quant.settings import QuantSettings, parse_bits
+
+
+@dataclass
+class SettingResult:
+    """One ``(method, bits, granularity)`` setting on one model."""
+
+    name: str  # <model>-<method>-w<b>a<b>-<granularity>
+    method: str
+    bits: str
+    granularity: str
+    metrics: dict
+    layers: pd.DataFrame  # one row per quantized linear: propagated and local MSE/SQNR
+    migration: pd.DataFrame  # one row per migrated pair (empty for rtn)
+    info: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.layers.assign(setting=self.name, method=self.method, bits=self.bits)
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        folder = Path(folder)
+        if (folder / "metrics.json").exists() and not overwrite:
+            raise OutputExistsError(f"{folder} already holds a result; pass overwrite=True")
+        write_frame(folder / "layers.csv", self.layers)
+        if len(self.migration):
+            write_frame(folder / "migration.csv", self.migration)
+        write_json(folder / "info.json", self.info)
+        write_json(folder / "metrics.json", self.metrics)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SettingResult":
+        folder = Path(folder)
+        info = read_json(folder / "info.json")
+        migration = pd.read_csv(folder / "migration.csv") if (folder / "migration.csv").exists() else pd.DataFrame()
+        return cls(info["name"], info["method"], info["bits"], info["granularity"], read_json(folder / "metrics.json"),
+                   pd.read_csv(folder / "layers.csv"), migration, info)
+
+
+@dataclass
+class QuantStudyResult:
+    """Every setting on one model plus the outlier analysis; ``save``/``to_frame``/``plot``."""
+
+    model: str
+    kind: str
+    settings: list[SettingResult]
+    outlier_summary: pd.DataFrame
+    outlier_channels: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per setting: method, bits, granularity and every scalar metric."""
+        return pd.DataFrame([{"setting": s.name, "method": s.method, "bits": s.bits, "granularity": s.granularity,
+                              **s.metrics} for s in self.settings])
+
+    @property
+    def metrics(self) -> dict:
+        """Flat metrics for the stage's ``metrics.json``: ``<method>-<bits>-<granularity>/<metric>``."""
+        flat: dict = {}
+        top = self.outlier_summary.sort_values("outlier_ratio", ascending=False).iloc[0]
+        flat["outliers/max_ratio"] = float(top["outlier_ratio"])
+        flat["outliers/max_ratio_channel"] = int(top["top_channels"].split()[0])
+        for s in self.settings:
+            key = f"{s.method}-{s.bits}-{s.granularity}"
+            flat.update({f"{key}/{k}": v for k, v in s.metrics.items()})
+        return flat
+
+    def plot(self) -> dict:
+        return {"end_metrics": figures.end_metrics(self.to_frame(), headline(self.kind)),
+                "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings})}
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        folder = Path(folder)
+        if (folder / "summary.csv").exists() and not overwrite:
+            raise OutputExistsError(f"{folder} already holds a study result; pass overwrite=True")
+        for s in self.settings:
+            s.save(folder / s.name, overwrite=overwrite)
+        write_frame(folder / "outliers" / "summary.csv", self.outlier_summary)
+        write_frame(folder / "outliers" / "channels.parquet", self.outlier_channels)
+        for name, fig in self.plot().items():
+            save_figure(fig, folder / f"{name}.png")
+        write_json(folder / "info.json", self.info)
+        write_frame(folder / "summary.csv", self.to_frame())
+        return folder
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _calibration_texts(data_root: str | Path, source: str, n: int) -> list[str]:
+    from interpipe.data import load_task
+
+    if source == "corpus":
+        rows = load_task(data_root, "corpus", "train")
+        return list(rows.select(range(min(n, len(rows))))["text"])
+    rows = load_task(data_root, source, "train")
+    return list(rows.select(range(min(n, len(rows))))["prompt"])
+
+
+def _main_output(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def equivalence(reference: list, migrated_model, batches, device) -> dict:
+    """Max absolute (and relative to max |reference|) difference of the main output."""
+    outs = run_batches(migrated_model, batches, device)
+    diff, scale = 0.0, 0.0
+    for ref, out, batch in zip(reference, outs, batches):
+        a, b = token_rows(ref, batch.mask).double(), token_rows(_main_output(out), batch.mask).double()
+        diff, scale = max(diff, float((a - b).abs().max())), max(scale, float(a.abs().max()))
+    return {"equiv_max_abs_diff": diff, "equiv_rel_diff": diff / max(scale, 1e-30)}
+
+
+def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str) -> Path:
+    """Write the migrated FP model: an HF folder; post-LN models also get ``shortcuts.safetensors``.
+
+    Pre-LN: plain ``from_pretrained`` loads it and matches the original. Post-LN: the vanilla
+    class would miss the shortcut restore; load it with :func:`load_migrated`.
+    """
+    from safetensors.torch import save_file
+
+    from interpipe.models import save_model_folder
+
+    card = replace(card, name=f"{card.name}-{method}-migrated", extra={**card.extra, "migration": method,
+                                                                         "block_style": style})
+    save_model_folder(folder, model, tokenizer, card)
+    note = {"method": method, "block_style": style,
+            "load": "transformers from_pretrained" if style == "pre_ln" else "interpipe.quant.load_migrated"}
+    if style == "post_ln":
+        save_file({k: v.detach().cpu() for k, v in shortcuts_of(model).items()}, str(folder / "shortcuts.safetensors"))
+    write_json(folder / "migration.json", note)
+    return folder
+
+
+def load_migrated(folder: str | Path, device: str = "cpu"):
+    """Load a migrated model folder (re-installing post-LN shortcut restores); a ``LoadedModel``."""
+    from safetensors.torch import load_file
+
+    from interpipe.models import load_model
+
+    folder = Path(folder)
+    loaded = load_model(folder, device=device)
+    path = folder / "shortcuts.safetensors"
+    if path.exists():
+        tensors = load_file(str(path))
+        for key in sorted(k for k in tensors if k.endswith(".scale")):
+            module = key[: -len(".scale")]
+            install_shortcut(loaded.model.get_submodule(module), tensors[key], tensors[f"{module}.shift"])
+    return loaded
+
+
+def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: str | Path, out_dir: str | Path,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0) -> QuantStudyResult:
+    """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``."""
+    from interpipe.models import load_model
+    from interpipe.runtime import resolve_device
+
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    loaded = load_model(model_folder, device=str(dev), dtype=dtype)
+    model, tokenizer, card = loaded.model, loaded.tokenizer, loaded.card
+    arch = describe_arch(model)  # unknown architecture: fails here, before calibration
+    targets = [t for t in arch.targets if t.kind in settings.layers]
+    if not targets:
+        raise ValueError(f"quantize.layers={settings.layers} selects no layer of {card.name} "
+                         f"(it has {sorted({t.kind for t in arch.targets})})")
+    for tag in settings.bits:
+        check_targets(model, targets, settings.specs(tag)[0])  # group size etc.: fails before calibration
+
+    calib_batches = make_batches(tokenizer, _calibration_texts(data_root, settings.calib_source, settings.calib_samples),
+                                 settings.max_length, settings.batch_size)
+    calib = calibrate(model, arch, calib_batches, dev, settings.top_k, keep_pair_inputs="osplus" in settings.methods)
+    end = EndMetrics(card.kind, tokenizer, data_root, settings.eval_samples, settings.max_length, settings.batch_size, dev)
+    fp_raw = end.measure(model)
+    probe = end.probe_batches(settings.probe_samples)
+    modules = [t.module for t in targets]
+    fp_layers = capture_outputs(model, modules, probe, dev)
+    fp_main = [_main_output(o) for o in run_batches(model, probe, dev)]
+
+    config_hash = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    info = {"model": card.name, "source": card.source, "kind": card.kind, "architecture": card.architecture,
+            "block_style": arch.style, "seed": seed, "config_hash": config_hash, "git_revision": _git_revision(),
+            "calibration": {"source": settings.calib_source, "examples": calib.n_examples, "tokens": calib.n_tokens},
+            "protocol": "fake quantization of the inputs and weights of the target linears; "
+                        f"layers={settings.layers}; weights {settings.w_granularity} "
+                        f"{'symmetric' if settings.w_symmetric else 'asymmetric'}; activations {settings.a_granularity} "
+                        f"{'symmetric' if settings.a_symmetric else 'asymmetric'} (min/max); residual stream, "
+                        "LayerNorm, softmax and embeddings in full precision",
+            "settings": asdict(settings)}
+    results = []
+    for method, tag in tqdm(settings.grid(), desc=f"quantize {card.name}"):
+        w_spec, a_spec = settings.specs(tag)
+        name = f"{card.name}-{method}-{tag}-{settings.granularity}"
+        qmodel = copy.deepcopy(model)
+        metrics: dict = {"w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
+        migration = pd.DataFrame()
+        if method != "rtn":
+            done = migrate(qmodel, arch, calib, method, w_spec, a_spec, settings.alpha, settings.osplus_steps,
+                           settings.osplus_min_ratio, settings.osplus_samples)
+            migration = pd.DataFrame([m.row() for m in done])
+            metrics.update(equivalence(fp_main, qmodel, probe, dev))
+            if settings.save_migrated:
+                save_migrated(out_dir / name / "migrated", qmodel, tokenizer, card, arch.style, method)
+        tokens = TokenMask()
+        layers = wrap_layers(qmodel, targets, w_spec, a_spec, tokens)
+        if a_spec.static:
+            for layer in layers.values():
+                layer.set_mode("observe")
+            run_batches(qmodel, calib_batches, dev, tokens)
+        for layer in layers.values():
+            layer.set_mode("quant")
+        metrics.update(end.compare(fp_raw, end.measure(qmodel, tokens)))
+        for layer in layers.values():
+            layer.track_error = True
+        rows = layer_errors(fp_layers, capture_outputs(qmodel, modules, probe, dev, tokens), layers)
+        layer_frame = pd.DataFrame(rows)
+        metrics["sqnr_mean_db"] = float(layer_frame["sqnr_db"].mean())
+        metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
+        metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
+        results.append(SettingResult(name, method, tag, settings.granularity, metrics, layer_frame, migration,
+                                     {**info, "name": name, "method": method, "bits": tag,
+                                      "granularity": settings.granularity}))
+        del qmodel
+    study = QuantStudyResult(card.name, card.kind, results, summary_table(calib, settings.top_k), channel_table(calib), info)
+    study.save(out_dir, overwrite=True)
+    save_figure(figures.outlier_channels(calib, study.outlier_summary), out_dir / "outliers" / "channels.png")
+    save_figure(figures.outlier_summary(study.outlier_summary), out_dir / "outliers" / "summary.png")
+    return study

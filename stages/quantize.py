@@ -1,0 +1,28 @@
+"""Stage `quantize`: outliers and RTN / SmoothQuant / OS+ over a bits grid on one model.
+
+    python -m stages.quantize model=minilm hydra.run.dir=outputs/quantize/minilm
+    python -m stages.quantize model=toy quantize.methods=[osplus] quantize.bits=[w4a4]
+    python -m stages.quantize -m experiment=quantize_sweep   # the full grid, one job per setting
+"""
+
+import hydra
+
+from interpipe.quant import run_quantize
+from interpipe.runtime import resolve_device
+from stages._app import run_stage
+
+
+def _quantize(s, out):
+    study = run_quantize(s.quantize, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
+                         device=str(resolve_device(s.device)), dtype=s.dtype, seed=s.seed)
+    return study.metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg) -> None:
+    methods = list(cfg.quantize.methods)
+    run_stage(cfg, "quantize", _quantize, method=methods[0] if len(methods) == 1 else None)
+
+
+if __name__ == "__main__":
+    main()

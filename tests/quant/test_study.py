@@ -1,0 +1,137 @@
+"""The whole study on tiny models: folders, metrics, bad input failing before calibration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interpipe.quant import QuantSettings, run_quantize
+
+
+def _folder(tmp_path, model, kind, tokenizer=None):
+    from interpipe.models import describe, save_model_folder
+    from interpipe.models.toy import build_tokenizer
+
+    tokenizer = tokenizer or build_tokenizer(["a b"])
+    folder = tmp_path / "model"
+    save_model_folder(folder, model, tokenizer, describe(model, "tiny", "test", kind))
+    return folder
+
+
+@pytest.fixture
+def toy_folder(tmp_path, data_root):
+    """A tiny random GPT-2 with a word-level tokenizer over the prepared corpus."""
+    from datasets import load_from_disk
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from interpipe.models.toy import build_tokenizer
+
+    corpus = load_from_disk(str(data_root / "corpus"))
+    tok = build_tokenizer(list(corpus["train"]["text"]) + list(corpus["validation"]["text"]))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4))
+    return _folder(tmp_path, model, "causal_lm", tok)
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("calibration ran although the input was bad")
+
+
+def test_grid_on_toy_writes_every_setting(toy_folder, data_root, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    s = QuantSettings(bits=["w8a8", "w4a4"], calib_samples=4, eval_samples=4, probe_samples=4, osplus_steps=3)
+    study = run_quantize(s, toy_folder, data_root, tmp_path / "out")
+    assert [r.name for r in study.settings] == [f"tiny-{m}-{b}-pertensor" for m in s.methods for b in s.bits]
+    for r in study.settings:
+        folder = tmp_path / "out" / r.name
+        assert (folder / "metrics.json").exists() and (folder / "layers.csv").exists()
+        assert {"ppl_delta", "loss_delta", "task_acc_drop", "sqnr_mean_db"} <= set(r.metrics)
+        assert len(r.layers) == 2 * 4  # c_attn, c_proj, c_fc, c_proj per block
+        if r.method != "rtn":
+            assert r.metrics["equiv_rel_diff"] < 1e-4
+            AutoModelForCausalLM.from_pretrained(folder / "migrated")  # plain HF folder
+    assert (tmp_path / "out" / "outliers" / "summary.csv").exists()
+    assert (tmp_path / "out" / "end_metrics.png").exists()
+    assert "rtn-w8a8-pertensor/ppl_delta" in study.metrics
+    w8 = {r.method: r.metrics["sqnr_mean_db"] for r in study.settings if r.bits == "w8a8"}
+    w4 = {r.method: r.metrics["sqnr_mean_db"] for r in study.settings if r.bits == "w4a4"}
+    assert all(w8[m] > w4[m] for m in w8)  # fewer bits, more noise
+
+
+def test_classifier_accuracy_on_random_head(tmp_path, data_root):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from interpipe.models import minilm_folder
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    folder = _folder(tmp_path, BertForSequenceClassification(cfg).eval(), "sequence_classifier",
+                     AutoTokenizer.from_pretrained(minilm_folder()))
+    s = QuantSettings(methods=["rtn", "osplus"], bits=["w8a8"], layers=["qkv", "attn_out", "fc1", "fc2", "head"],
+                      calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4, save_migrated=False)
+    study = run_quantize(s, folder, data_root, tmp_path / "out")
+    for r in study.settings:
+        assert {"acc", "fp_acc", "acc_drop", "pred_agreement"} <= set(r.metrics)
+        assert 0.0 <= r.metrics["acc"] <= 1.0
+        assert {"bert.pooler.dense", "classifier"} <= set(r.layers["module"])
+    assert study.settings[1].metrics["equiv_rel_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("bits", ["w1a8", "w8a17", "w0a0", "8bit"])
+def test_bad_bits_fail_in_settings(bits):
+    with pytest.raises(ValueError, match="quantize.bits"):
+        QuantSettings(bits=[bits])
+
+
+def test_bad_bits_fail_at_config_validation():
+    from stages import schema
+    from tests.conftest import compose
+
+    with pytest.raises(ValueError, match="2..16"):
+        schema.validate(compose(["quantize.bits=[w8a20]"]))
+
+
+def test_group_size_not_dividing_fails_before_calibration(toy_folder, data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr("interpipe.quant.study.calibrate", _fail_if_called)
+    s = QuantSettings(w_granularity="per_group", group_size=48)
+    with pytest.raises(ValueError, match="group_size=48 does not divide the input dimension 32"):
+        run_quantize(s, toy_folder, data_root, tmp_path / "out")
+
+
+def test_unknown_architecture_fails_before_calibration(tmp_path, data_root, monkeypatch):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    monkeypatch.setattr("interpipe.quant.study.calibrate", _fail_if_called)
+    cfg = GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32)
+    folder = _folder(tmp_path, GPTNeoXForCausalLM(cfg), "causal_lm")
+    with pytest.raises(ValueError, match="no known LayerNorm->linear pairs.*gpt2.*bert"):
+        run_quantize(QuantSettings(), folder, data_root, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_real_minilm_migration_is_exact_and_finds_channel_99(tmp_path, data_root):
+    from interpipe.models import describe, load_pretrained, save_model_folder
+
+    model, tok, _ = load_pretrained("minilm", "encoder")
+    folder = save_model_folder(tmp_path / "minilm", model, tok, describe(model, "minilm", "minilm", "encoder"))
+    s = QuantSettings(methods=["smoothquant", "osplus"], bits=["w8a8"], calib_samples=16, eval_samples=8,
+                      probe_samples=8, osplus_steps=4, save_migrated=False)
+    study = run_quantize(s, folder, data_root, tmp_path / "out")
+    for r in study.settings:
+        assert r.metrics["equiv_rel_diff"] < 1e-4
+    mlp_in = study.outlier_summary[study.outlier_summary["hook"].str.endswith("hook_mlp_in")]
+    assert (mlp_in["top_channels"].str.split().str[0] == "99").all()
+    assert (mlp_in["outlier_ratio"] > 5).all()
+
+
+@pytest.mark.gpu
+def test_grid_runs_on_cuda(toy_folder, data_root, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    s = QuantSettings(bits=["w8a8"], calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4,
+                      save_migrated=False)
+    study = run_quantize(s, toy_folder, data_root, tmp_path / "out", device="cuda")
+    assert all(r.metrics.get("equiv_rel_diff", 0.0) < 1e-4 for r in study.settings)
