@@ -17,7 +17,7 @@ install: $(STAMP)
 run: $(STAMP)
 	@test -d .dvc || $(BIN)/dvc init -q --no-scm
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	$(BIN)/python -m interpipe.summary outputs
+	$(BIN)/python -m interpipe.report.summary outputs/report
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -24,24 +24,32 @@ CLASSIFICATION_TASKS = ("sentiment",)
 
 
 @torch.no_grad()
-def _last_logits(model, tokenizer, prompts: list[str], batch_size: int, device) -> torch.Tensor:
+def _batched(model, tokenizer, texts: list[str], batch_size: int, device, read) -> torch.Tensor:
+    """Run ``texts`` through ``model`` in padded batches; ``read(output, mask, last) -> (B, ...)``."""
     out = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask, last = encode_prompts(tokenizer, prompts[i:i + batch_size], context_length(model))
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
-        out.append(logits[torch.arange(len(last)), last.to(device)].float().cpu())  # (B, V)
+    for i in range(0, len(texts), batch_size):
+        ids, mask, last = encode_prompts(tokenizer, texts[i:i + batch_size], context_length(model))
+        mask, last = mask.to(device), last.to(device)
+        out.append(read(model(input_ids=ids.to(device), attention_mask=mask), mask, last).float().cpu())
     return torch.cat(out)
 
 
-@torch.no_grad()
+def _last_logits(output, mask, last) -> torch.Tensor:
+    return output.logits[torch.arange(len(last)), last]  # (B, T, V) -> (B, V)
+
+
+def _class_logits(output, mask, last) -> torch.Tensor:
+    return output.logits  # (B, C)
+
+
+def _mean_pooled(output, mask, last) -> torch.Tensor:
+    m = mask.unsqueeze(-1).float()  # (B, T, 1)
+    return (output.last_hidden_state * m).sum(1) / m.sum(1)  # (B, D)
+
+
 def _embeddings(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids, mask, _ = encode_prompts(tokenizer, texts[i:i + batch_size], context_length(model))
-        hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state  # (B, T, D)
-        m = mask.to(device).unsqueeze(-1).float()
-        out.append(((hidden * m).sum(1) / m.sum(1)).float().cpu())  # (B, D) mean pooling
-    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+    pooled = _batched(model, tokenizer, texts, batch_size, device, _mean_pooled)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def _scores(logits: torch.Tensor, answers: torch.Tensor, foils: torch.Tensor) -> dict[str, float]:
@@ -61,7 +69,7 @@ def evaluate_task(loaded, data_root: str | Path, task: str, batch_size: int = 64
     kind = loaded.card.kind
     model, tok = loaded.model, loaded.tokenizer
     if kind == "causal_lm":
-        logits = _last_logits(model, tok, rows["prompt"], batch_size, device)
+        logits = _batched(model, tok, rows["prompt"], batch_size, device, _last_logits)
         answers = torch.tensor([answer_token_id(tok, w) for w in rows["answer"]])
         foils = torch.tensor([answer_token_id(tok, w) for w in rows["foil"]])
     elif task not in CLASSIFICATION_TASKS:
@@ -71,7 +79,7 @@ def evaluate_task(loaded, data_root: str | Path, task: str, batch_size: int = 64
         labels = torch.tensor(rows["label"])
         answers, foils = labels, 1 - labels
         if kind == "sequence_classifier":
-            logits = _last_logits_cls(model, tok, rows["prompt"], batch_size, device)
+            logits = _batched(model, tok, rows["prompt"], batch_size, device, _class_logits)
         else:
             train = load_task(data_root, task, "train")
             n = min(len(train), 512)
@@ -87,15 +95,6 @@ def evaluate_task(loaded, data_root: str | Path, task: str, batch_size: int = 64
             sel = lengths == n_items
             metrics[f"accuracy_len{n_items}"] = float((logits[sel].argmax(-1) == answers[sel]).float().mean())
     return metrics
-
-
-@torch.no_grad()
-def _last_logits_cls(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids, mask, _ = encode_prompts(tokenizer, texts[i:i + batch_size], context_length(model))
-        out.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu())  # (B, C)
-    return torch.cat(out)
 
 
 def default_tasks(kind: str) -> list[str]:

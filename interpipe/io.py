@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone makes files owner-only
+DIR_MODE = 0o777 & ~_umask()  # what mkdir() would give; mkdtemp alone makes folders owner-only
+
+
 class OutputExistsError(FileExistsError):
     """Raised when a result would overwrite an existing output and ``overwrite`` is False."""
 
@@ -39,6 +49,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         raise OutputExistsError(f"{target} exists; pass overwrite=True or choose another path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
     except BaseException:
@@ -59,6 +70,7 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -122,6 +134,7 @@ def write_frame(path: str | os.PathLike, frame: "Any") -> Path:
             frame.to_csv(tmp, index=False)
         else:
             raise ValueError(f"unsupported table suffix {path.suffix!r}: use .parquet or .csv")
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -140,6 +153,7 @@ def save_figure(fig: "Any", path: str | os.PathLike, dpi: int = 120) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 MODES = ("offline", "online", "disabled")
 
@@ -27,12 +27,78 @@ class TrackingSettings:
     group: str | None = None  # pipeline run or sweep id; None = one per stage
     name: str | None = None  # run name; stages set stage-model-method
     tags: list[str] = field(default_factory=list)
-    dir: str = "wandb"  # where offline runs are written
+    dir: str = "."  # W&B writes runs to <dir>/wandb/offline-run-*
     max_table_rows: int = 5000  # larger tables are logged truncated
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"logger.mode={self.mode!r} is not one of {MODES}")
+
+
+def default_group(env: Mapping[str, str], sweep_dir: str | None = None) -> str | None:
+    """The W&B group of a stage execution: the pipeline run or sweep it belongs to.
+
+    In order: ``INTERPIPE_GROUP`` (set it to tie runs together yourself; ``make run`` does),
+    the Hydra sweep folder of a multirun job (``sweep-2026-01-31-12-00-00``), the DVC
+    experiment (``exp-<name>`` under ``dvc exp run``), the ``dvc repro`` process that runs the
+    stage (``repro-<its start time>``), else None (W&B shows the run ungrouped).
+
+    >>> default_group({"INTERPIPE_GROUP": "nightly"}, "multirun/x")
+    'nightly'
+    >>> default_group({}, "multirun/2026-01-31/12-00-00")
+    'sweep-2026-01-31-12-00-00'
+    >>> default_group({"DVC_EXP_NAME": "bits4"})
+    'exp-bits4'
+    """
+    if env.get("INTERPIPE_GROUP"):
+        return env["INTERPIPE_GROUP"]
+    if sweep_dir:
+        path = Path(sweep_dir)
+        parts = path.parts[1:] if path.parts and path.parts[0] == "multirun" and len(path.parts) > 1 else path.parts
+        return "sweep-" + "-".join(p for p in parts if p not in ("/", ""))[:120]
+    if env.get("DVC_EXP_NAME"):
+        return f"exp-{env['DVC_EXP_NAME']}"
+    if env.get("DVC_STAGE"):
+        started = _dvc_started()
+        return f"repro-{started}" if started else "repro"
+    return None
+
+
+def _dvc_started() -> str | None:
+    """Start time (``YYYYmmdd-HHMMSS``, UTC) of the nearest ``dvc`` ancestor process (Linux)."""
+    import time
+
+    try:
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        pid, ticks = os.getppid(), os.sysconf("SC_CLK_TCK")
+        for _ in range(4):  # dvc -> shell -> python, and a little slack
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if any(Path(arg.decode(errors="replace")).name.startswith("dvc") for arg in cmdline[:3]):
+                return time.strftime("%Y%m%d-%H%M%S", time.gmtime(boot + int(stat[19]) / ticks))
+            pid = int(stat[1])
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return None
+
+
+def name_run(settings: TrackingSettings, job_type: str, model: str, method: str | None = None,
+             study: str | None = None, tags: list[str] | None = None, sweep_dir: str | None = None,
+             env: Mapping[str, str] | None = None) -> TrackingSettings:
+    """Fill the run's name (stage-model-method), group and tags (stage, study, model, method).
+
+    Values the user set in the config (``logger.name=...``, ``logger.group=...``) are kept.
+
+    >>> s = name_run(TrackingSettings(), "attribute", "toy", "saliency", "attribution", env={})
+    >>> s.name, s.group, s.tags
+    ('attribute-toy-saliency', None, ['attribute', 'attribution', 'toy', 'saliency'])
+    """
+    settings.name = settings.name or "-".join(p for p in (job_type, model, method) if p)
+    settings.group = settings.group or default_group(env or {}, sweep_dir)
+    wanted = [*settings.tags, job_type, study, model, method, *(tags or [])]
+    settings.tags = list(dict.fromkeys(str(t)[:64] for t in wanted if t))
+    return settings
 
 
 class Tracker:
@@ -73,7 +139,7 @@ class Tracker:
             self.run.log({k: v for k, v in point.items() if k != step_key}, step=int(point[step_key]))
 
     def log_folder(self, folder: str | Path) -> None:
-        """Log every PNG as an image and every CSV/Parquet table as a W&B table."""
+        """Log every PNG as an image, every CSV/Parquet table as a W&B table, every HTML page."""
         if self.run is None:
             return
         import pandas as pd
@@ -87,6 +153,8 @@ class Tracker:
             frame = frame.head(self.settings.max_table_rows)
             frame = frame.map(lambda v: str(v) if isinstance(v, (list, dict)) or hasattr(v, "tolist") else v)
             self.run.log({f"tables/{table.relative_to(folder).with_suffix('')}": wandb.Table(dataframe=frame)})
+        for page in sorted(folder.rglob("*.html")):
+            self.run.log({f"pages/{page.relative_to(folder).with_suffix('')}": wandb.Html(page.read_text())})
 
     def finish(self) -> None:
         if self.run is not None:

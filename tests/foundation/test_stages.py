@@ -112,3 +112,17 @@ def test_same_config_same_metrics(pipeline, tmp_path):
     second = json.loads((tmp_path / "again" / "metrics.json").read_text())
     first.pop("stage_seconds"), second.pop("stage_seconds")
     assert first == second
+
+
+def test_minilm_embeddings_separate_sentiment(data_root, tmp_path):
+    """The real MiniLM's nearest-centroid probe classifies the planted-cue reviews well."""
+    from interpipe.models import ModelCard, describe, load_pretrained, save_model_folder
+
+    model, tok, _ = load_pretrained("minilm", "encoder")
+    save_model_folder(tmp_path / "minilm", model, tok, describe(model, "minilm", "minilm", "encoder"))
+    loaded = load_model(tmp_path / "minilm")
+    assert isinstance(loaded.card, ModelCard)
+    metrics = evaluate_task(loaded, data_root, "sentiment")
+    assert metrics["accuracy"] >= 0.75 and metrics["logit_diff"] > 0
+    with pytest.raises(ValueError, match="needs a causal LM"):
+        evaluate_task(loaded, data_root, "ioi")

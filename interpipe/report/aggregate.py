@@ -1,0 +1,136 @@
+"""The ``aggregate`` stage's work: collect every result into ``outputs/report/``.
+
+Writes, into ``out_dir``:
+
+- ``results.csv`` / ``results.parquet`` — the tidy table (``discover.COLUMNS``), one row per
+  run and numeric metric, from ``outputs/`` and every Hydra multirun folder;
+- ``tables/<study>.csv`` — per-study comparison tables (methods × metrics, ``best`` column);
+- ``plots/<study>.csv`` — the study's headline metric per run, for ``dvc plots``;
+- ``figures/<study>/*.png`` — the key figures, downscaled (W&B logs them as images);
+- ``index.html`` — the self-contained report page.
+
+The returned flat dict (counts and the best value of every compared metric per study) becomes
+``outputs/report/metrics.json``, which ``dvc metrics diff`` compares between commits.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from tqdm.auto import tqdm
+
+from interpipe.io import read_json, write_frame, write_text
+from interpipe.report.compare import StudyTable, lower_is_better, plot_frame, study_tables
+from interpipe.report.discover import RunRecord, find_figures, find_runs, tidy_results
+from interpipe.report.page import model_cards, render_page, revision_info, shrink_png
+from interpipe.report.settings import ReportSettings
+
+
+@dataclass
+class Report:
+    """Everything the report shows: the tidy results, per-study tables, chosen figures, revision."""
+
+    results: Any  # DataFrame with discover.COLUMNS
+    tables: dict[str, StudyTable] = field(default_factory=dict)
+    records: list[RunRecord] = field(default_factory=list)
+    figures: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, png, width, height, source}]
+    n_hidden: dict[str, int] = field(default_factory=dict)  # study -> figures left out of the page
+    info: dict[str, Any] = field(default_factory=dict)  # revision, model cards
+
+    def to_frame(self) -> Any:
+        return self.results
+
+    def metrics(self, settings: ReportSettings) -> dict[str, float]:
+        """Flat summary for ``metrics.json``: counts, then ``<study>/best/<metric>``."""
+        out: dict[str, float] = {
+            "n_runs": len(self.records), "n_rows": len(self.results), "n_studies": len(self.tables),
+            "n_figures": sum(len(v) for v in self.figures.values()),
+        }
+        for study, table in self.tables.items():
+            out[f"{study}/n_rows"] = len(table.frame)
+            for metric in table.metrics:
+                column = table.frame[metric].dropna()
+                if len(column):
+                    best = column.min() if lower_is_better(metric, settings) else column.max()
+                    out[f"{study}/best/{metric}"] = float(best)
+        return out
+
+    def save(self, out_dir: str | Path, settings: ReportSettings, title: str = "interpipe report") -> Path:
+        """Write the tables, plots, figures and ``index.html`` into ``out_dir``; return the page path."""
+        out_dir = Path(out_dir)
+        write_frame(out_dir / "results.csv", self.results)
+        write_frame(out_dir / "results.parquet", self.results)
+        for study, table in self.tables.items():
+            write_frame(out_dir / "tables" / f"{study}.csv", table.frame)
+        studies = sorted((set(settings.studies.values()) | set(self.tables)) - {settings.study_of("aggregate")})
+        for study in studies:
+            write_frame(out_dir / "plots" / f"{study}.csv", plot_frame(self.results, study, settings))
+        for study, figures in self.figures.items():
+            for figure in figures:
+                path = out_dir / "figures" / study / figure["file"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(figure["png"])
+        page = render_page(title, self.info.get("revision", {}), self.info.get("cards", []), self.tables,
+                           self.figures, self.n_hidden, n_runs=len(self.records), n_rows=len(self.results),
+                           order=list(dict.fromkeys(settings.studies.values())))
+        return write_text(out_dir / "index.html", page)
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Report":
+        """Read back a saved report's results (tables are rebuilt with ``study_tables``)."""
+        import pandas as pd
+
+        out_dir = Path(out_dir)
+        if not (out_dir / "results.parquet").exists():
+            raise FileNotFoundError(f"{out_dir} holds no results.parquet: run `dvc repro aggregate` "
+                                    f"or `python -m stages.aggregate hydra.run.dir={out_dir}`")
+        results = pd.read_parquet(out_dir / "results.parquet")
+        info = read_json(out_dir / "metrics.json") if (out_dir / "metrics.json").exists() else {}
+        return cls(results=results, info={"metrics": info})
+
+
+def _figure_key(path: Path, settings: ReportSettings) -> tuple[int, str]:
+    name = path.name.lower()
+    rank = next((i for i, p in enumerate(settings.key_figures) if re.search(p, name)), len(settings.key_figures))
+    return rank, str(path)
+
+
+def collect(settings: ReportSettings, repo: str | Path = ".", env: Mapping[str, str] | None = None,
+            progress: bool = True) -> Report:
+    """Discover runs and figures under ``repo`` and build the report (nothing is written)."""
+    repo = Path(repo).resolve()
+    records = find_runs(repo, settings)
+    results = tidy_results(records, settings.tasks)
+    figures: dict[str, list[dict]] = {}
+    hidden: dict[str, int] = {}
+    by_study: dict[str, list[Path]] = {}
+    for study, path in find_figures(repo, settings):
+        by_study.setdefault(study, []).append(path)
+    chosen = {s: sorted(paths, key=lambda p: _figure_key(p, settings))[: settings.max_figures_per_study]
+              for s, paths in by_study.items()}
+    hidden = {s: len(by_study[s]) - len(chosen[s]) for s in by_study}
+    todo = [(s, p) for s, paths in sorted(chosen.items()) for p in paths]
+    for study, path in tqdm(todo, desc="report figures", disable=not progress or not todo):
+        rel = path.relative_to(repo).as_posix()
+        try:
+            png, width, height = shrink_png(path, settings.figure_width_px)
+        except OSError:
+            continue  # not a readable image
+        file = re.sub(r"[^A-Za-z0-9_.=-]+", "_", rel.split("/", 1)[-1].replace("/", "__"))
+        figures.setdefault(study, []).append(
+            {"caption": rel, "png": png, "width": width, "height": height, "file": file})
+    info = {"revision": revision_info(repo, env), "cards": model_cards(repo / settings.models_dir)}
+    return Report(results=results, tables=study_tables(results, settings), records=records,
+                  figures=figures, n_hidden=hidden, info=info)
+
+
+def run_aggregate(settings: ReportSettings, out_dir: str | Path, repo: str | Path = ".",
+                  env: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Collect everything under ``repo`` and write the report into ``out_dir``; return the metrics."""
+    report = collect(settings, repo, env)
+    report.save(out_dir, settings, title=settings.title)
+    return report.metrics(settings)
+

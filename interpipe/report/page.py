@@ -1,0 +1,188 @@
+"""The report page: one self-contained ``index.html`` (no network at view time).
+
+Figures are inlined as base64 PNG data URIs (downscaled to ``figure_width_px``), styles are
+inline and there is no script, so the page opens from a file, an e-mail attachment or a W&B
+HTML panel alike. The header shows the model cards and the git/DVC revision of the results.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from interpipe.report.compare import KEYS, StudyTable
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1400px; padding: 1rem 2rem; color: #222; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #ddd; padding-top: 1rem; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; text-align: left; } td.key { text-align: left; }
+td.best { background: #e3f5e1; font-weight: bold; }
+.scroll { overflow-x: auto; } .muted { color: #777; font-size: .85rem; }
+nav a { margin-right: 1rem; }
+.figures { display: flex; flex-wrap: wrap; gap: 1rem; }
+figure { margin: 0; max-width: 440px; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .75rem; color: #555; word-break: break-all; }
+</style>
+</head>
+<body>
+<header>
+<h1>{{ title }}</h1>
+<p class="muted">git {{ revision.git_commit }}{% if revision.git_dirty %} (uncommitted changes){% endif %}
+{% if revision.git_branch %} on {{ revision.git_branch }}{% endif %}
+&middot; dvc.lock {{ revision.dvc_lock or "absent" }}
+{% if revision.dvc_exp_name %}&middot; experiment {{ revision.dvc_exp_name }}{% endif %}
+&middot; {{ n_runs }} runs, {{ n_rows }} results</p>
+<nav>{% for s in studies %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}<a href="#models">models</a></nav>
+<h2 id="models">Models</h2>
+{% if cards %}<div class="scroll"><table>
+<tr>{% for c in card_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for card in cards %}<tr>{% for c in card_columns %}<td class="key">{{ card.get(c, "") }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>{% else %}<p class="muted">No model cards found.</p>{% endif %}
+</header>
+<main>
+{% for s in studies %}
+<section id="{{ s.id }}">
+<h2>{{ s.name }}</h2>
+<p class="muted">{{ s.n_rows }} rows &middot; best method per model, task and setting in green
+(&darr; smaller is better: {{ s.lower | join(", ") or "none" }})</p>
+<div class="scroll"><table>
+<tr>{% for k in keys %}<th>{{ k }}</th>{% endfor %}{% for m in s.metrics %}<th>{{ m }}{% if m in s.lower %} &darr;{% endif %}</th>{% endfor %}</tr>
+{% for row in s.rows %}<tr>{% for k in row.labels %}<td class="key">{{ k }}</td>{% endfor %}
+{% for cell in row.cells %}<td{% if cell.best %} class="best"{% endif %}>{{ cell.text }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>
+{% if s.figures %}<div class="figures">
+{% for f in s.figures %}<figure><img src="{{ f.uri }}" alt="{{ f.caption }}" width="{{ f.width }}" height="{{ f.height }}">
+<figcaption>{{ f.caption }}</figcaption></figure>
+{% endfor %}</div>{% if s.n_hidden %}<p class="muted">{{ s.n_hidden }} more figures in the output folders.</p>{% endif %}
+{% endif %}
+</section>
+{% endfor %}
+{% if not studies %}<p>No results yet: run <code>dvc repro</code>.</p>{% endif %}
+</main>
+</body>
+</html>
+"""
+
+CARD_COLUMNS = ["name", "source", "kind", "architecture", "revision", "n_params", "n_layers", "n_heads",
+                "d_model", "d_vocab", "n_ctx", "dtype", "seconds"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def revision_info(repo: str | Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Git commit/branch/dirty state, the hash of ``dvc.lock`` and the DVC experiment, if any.
+
+    ``env`` is the process environment of a ``dvc exp run`` (``DVC_EXP_NAME``,
+    ``DVC_EXP_BASELINE_REV``); pass ``os.environ`` from the stage.
+    """
+    repo = Path(repo)
+    env = env or {}
+    lock = repo / "dvc.lock"
+    return {
+        "git_commit": _git(repo, "rev-parse", "--short=12", "HEAD") or "(no commit)",
+        "git_branch": _git(repo, "rev-parse", "--abbrev-ref", "HEAD"),
+        "git_dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no")),
+        "dvc_lock": hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.exists() else "",
+        "dvc_exp_name": env.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline": env.get("DVC_EXP_BASELINE_REV", ""),
+    }
+
+
+def model_cards(models_dir: str | Path) -> list[dict[str, Any]]:
+    """The ``card.json`` of every model folder, without the long training curve."""
+    cards = []
+    for path in sorted(Path(models_dir).glob("*/card.json")):
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        card.pop("training_curve", None)
+        card = {k: ("" if v is None else v) for k, v in card.items()}
+        if isinstance(card.get("seconds"), float):
+            card["seconds"] = round(card["seconds"], 1)
+        if isinstance(card.get("n_params"), int):
+            card["n_params"] = f"{card['n_params']:,}"
+        cards.append(card)
+    return cards
+
+
+def shrink_png(path: str | Path, width: int) -> tuple[bytes, int, int]:
+    """The PNG at ``path``, downscaled to at most ``width`` pixels wide: ``(bytes, w, h)``."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        if image.width > width:
+            image = image.resize((width, max(1, round(image.height * width / image.width))), Image.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), image.width, image.height
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN: metric absent for this row
+        return ""
+    if float(value).is_integer() and abs(value) < 1e12:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _anchor(name: str) -> str:
+    return "study-" + "".join(ch if ch.isalnum() else "-" for ch in name)
+
+
+def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str, StudyTable],
+                figures: dict[str, list[dict]], n_hidden: dict[str, int], n_runs: int, n_rows: int,
+                order: list[str] | tuple[str, ...] = ()) -> str:
+    """Render the page, studies in ``order`` first, then alphabetically.
+
+    ``figures[study]`` holds dicts with ``caption``, ``png`` bytes, ``width`` and ``height``.
+    """
+    import jinja2
+
+    studies = []
+    for name in sorted(set(tables) | set(figures), key=lambda n: (order.index(n) if n in order else len(order), n)):
+        table = tables.get(name)
+        rows = []
+        if table is not None:
+            for i in table.frame.index:
+                rows.append({
+                    "labels": [table.frame.at[i, k] for k in KEYS],
+                    "cells": [{"text": _fmt(table.frame.at[i, m]), "best": bool(table.best.at[i, m])}
+                              for m in table.metrics],
+                })
+        studies.append({
+            "id": _anchor(name), "name": name, "rows": rows,
+            "metrics": table.metrics if table else [],
+            "lower": [m for m, low in (table.lower if table else {}).items() if low],
+            "n_rows": len(table.frame) if table else 0,
+            "figures": [{**f, "uri": "data:image/png;base64," + base64.b64encode(f["png"]).decode()}
+                        for f in figures.get(name, [])],
+            "n_hidden": n_hidden.get(name, 0),
+        })
+    card_columns = [c for c in CARD_COLUMNS if any(c in card for card in cards)]
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
+    return env.from_string(TEMPLATE).render(
+        title=title, revision=revision, cards=cards, card_columns=card_columns, studies=studies,
+        keys=KEYS, n_runs=n_runs, n_rows=n_rows,
+    )

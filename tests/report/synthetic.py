@@ -1,0 +1,82 @@
+"""Synthetic stage output folders with known values, shaped like real `dvc repro` and sweep outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+
+def write_hydra(folder: Path, config: dict, job_name: str, overrides: list[str] | None = None,
+                multirun: bool = False, choices: dict | None = None) -> None:
+    """Write the `.hydra/` files Hydra leaves in an execution's output folder."""
+    hydra_dir = folder / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides or [])))
+    hydra = {"hydra": {"mode": "MULTIRUN" if multirun else "RUN", "job": {"name": job_name},
+                       "runtime": {"choices": dict(choices or {})}}}
+    (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+
+
+def write_metrics(folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def write_png(path: Path, width: int = 40, height: int = 30, color=(200, 30, 30)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), color).save(path)
+
+
+def make_repo(root: Path) -> Path:
+    """Outputs of every kind the report must understand. Returns ``root``.
+
+    - foundation: outputs/data (model-free), outputs/models/toy with a card, outputs/evaluate/toy
+    - attribution: one execution (``.hydra`` at outputs/attribute/toy) writing one folder per method
+    - quantization: outputs/quantize/minilm/<method>/<setting>/ with ``.hydra`` per model
+    - weights: outputs/talking_heads/toy/ without any ``.hydra`` (model read off the path)
+    - a multirun sweep of the attribute stage over a method and a step count
+    - noise the walk must ignore: a hidden temporary folder, a broken metrics.json, the report itself
+    """
+    out = root / "outputs"
+    write_hydra(out / "data", {"model": {"name": "toy"}, "seed": 0}, "prepare")
+    write_metrics(out / "data", {"ioi/train": 60, "stage_seconds": 1.5})
+    toy = out / "models" / "toy"
+    write_hydra(toy, {"model": {"name": "toy"}, "seed": 0}, "model", ["model=toy"])
+    write_metrics(toy, {"n_params": 1000, "stage_seconds": 2.0})
+    (toy / "card.json").write_text(json.dumps({"name": "toy", "source": "toy", "kind": "causal_lm",
+                                               "n_params": 1000, "n_layers": 2, "training_curve": [{"step": 0}]}))
+    write_hydra(out / "evaluate" / "toy", {"model": {"name": "toy"}}, "evaluate", ["model=toy"])
+    write_metrics(out / "evaluate" / "toy", {"ioi/accuracy": 0.9, "ioi/loss": 0.25})
+
+    attribute = out / "attribute" / "toy"
+    write_hydra(attribute, {"model": {"name": "toy"}, "attribute": {"methods": ["saliency", "ig"]}}, "attribute")
+    write_metrics(attribute, {"saliency/ioi/comprehensiveness": 0.5, "ig/seconds_per_example": 0.01,
+                              "stage_seconds": 3.0})  # the stage's own summary of its method folders
+    write_metrics(attribute / "saliency", {"ioi/comprehensiveness": 0.5, "ioi/sufficiency": 0.2})
+    write_metrics(attribute / "ig", {"ioi/comprehensiveness": 0.7, "ioi/sufficiency": 0.3, "note": "text"})
+    write_png(attribute / "saliency" / "heatmap.png", width=2000, height=500)
+    write_png(attribute / "faithfulness_curve.png")
+
+    quantize = out / "quantize" / "minilm"
+    write_hydra(quantize, {"model": {"name": "minilm"}}, "quantize", ["model=minilm"])
+    write_metrics(quantize / "rtn" / "w8a8", {"sentiment/accuracy": 0.8, "sqnr_db": 20.0})
+    write_metrics(quantize / "os_plus" / "w8a8", {"sentiment/accuracy": 0.85, "sqnr_db": 25.0})
+    write_png(quantize / "sqnr.png", color=(30, 30, 200))
+
+    write_metrics(out / "talking_heads" / "toy", {"laundry_list": {"accuracy": 0.6}})
+
+    sweep = root / "multirun" / "2026-01-01" / "10-00-00" / "attribute.method=ig,attribute.steps=8,model=toy"
+    write_hydra(sweep, {"model": {"name": "toy"}, "attribute": {"method": "ig", "steps": 8}}, "attribute",
+                ["attribute.method=ig", "attribute.steps=8", "model=toy"], multirun=True)
+    write_metrics(sweep, {"ioi/comprehensiveness": 0.75})
+
+    write_metrics(out / ".report.tmp-abc", {"x": 1.0})  # an interrupted stage's temporary folder
+    (out / "broken").mkdir()
+    (out / "broken" / "metrics.json").write_text("{not json")
+    write_metrics(out / "report", {"n_runs": 99})  # the previous report
+    return root

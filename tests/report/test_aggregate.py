@@ -1,0 +1,118 @@
+"""The report folder: tables with the best marked, a self-contained page, metrics for DVC."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from interpipe.report import ReportSettings, collect, run_aggregate
+from interpipe.report.compare import lower_is_better
+from tests.report.synthetic import make_repo
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    root = make_repo(tmp_path_factory.mktemp("repo"))
+    out = root / "outputs" / "report"
+    metrics = run_aggregate(ReportSettings(), out_dir=out, repo=root, env={"DVC_EXP_NAME": "bits4"})
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return out
+
+
+def test_files(report_dir):
+    for name in ["results.csv", "results.parquet", "index.html", "tables/attribution.csv",
+                 "tables/quantization.csv", "plots/attribution.csv", "plots/circuits.csv"]:
+        assert (report_dir / name).is_file(), name
+    csv = pd.read_csv(report_dir / "results.csv", keep_default_na=False)
+    parquet = pd.read_parquet(report_dir / "results.parquet")
+    assert len(csv) == len(parquet) == 18
+    assert csv["value"].tolist() == parquet["value"].tolist()
+
+
+def test_comparison_table_marks_the_best(report_dir):
+    table = pd.read_csv(report_dir / "tables" / "attribution.csv", keep_default_na=False)
+    rows = {(r.method, r.setting): r for r in table.itertuples()}
+    # methods compete within one setting: comprehensiveness larger wins, sufficiency smaller wins
+    assert rows[("ig", "")].best == "comprehensiveness"
+    assert rows[("saliency", "")].best == "sufficiency"
+    assert rows[("ig", "attribute.steps=8")].best == ""  # alone in its setting
+    quant = pd.read_csv(report_dir / "tables" / "quantization.csv", keep_default_na=False)
+    best = {(r.task, r.method): r.best for r in quant.itertuples()}
+    assert best == {("", "os_plus"): "sqnr_db", ("", "rtn"): "", ("sentiment", "os_plus"): "accuracy",
+                    ("sentiment", "rtn"): ""}
+
+
+def test_metric_directions():
+    s = ReportSettings()
+    assert [lower_is_better(m, s) for m in ["ce_loss", "sufficiency", "stage_seconds", "accuracy", "sqnr_db",
+                                            "comprehensiveness", "logit_diff"]] == [True] * 3 + [False] * 4
+
+
+def test_metrics_json(report_dir):
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["n_runs"] == 10 and metrics["n_rows"] == 18 and metrics["n_studies"] == 4
+    assert metrics["attribution/best/comprehensiveness"] == 0.75
+    assert metrics["attribution/best/sufficiency"] == 0.2
+    assert metrics["n_figures"] == 3
+
+
+def test_plot_data_for_dvc(report_dir):
+    plot = pd.read_csv(report_dir / "plots" / "attribution.csv", keep_default_na=False)
+    assert list(plot.columns) == ["run", "metric", "value"]
+    assert set(plot["metric"]) == {"comprehensiveness"}  # the metric most runs report
+    assert "toy/ioi/ig/attribute.steps=8" in set(plot["run"])
+
+
+def test_page_is_self_contained(report_dir):
+    html = (report_dir / "index.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not load anything remotely"
+    assert "<script" not in html
+    images = re.findall(r'<img src="data:image/png;base64,', html)
+    assert len(images) == 3
+    for heading in ["attribution", "quantization", "weights", "foundation", "Models"]:
+        assert f">{heading}</h2>" in html
+    assert "causal_lm" in html and "experiment bits4" in html  # model card and DVC experiment in the header
+    assert 'class="best"' in html
+
+
+def test_key_figures_first_and_downscaled(tmp_path):
+    from PIL import Image
+
+    root = make_repo(tmp_path)
+    settings = ReportSettings(max_figures_per_study=1, figure_width_px=300)
+    report = collect(settings, root, progress=False)
+    (figure,) = report.figures["attribution"]
+    assert figure["caption"] == "outputs/attribute/toy/saliency/heatmap.png"  # "heatmap" ranks before "curve"
+    assert Image.open(io.BytesIO(figure["png"])).size == (300, 75)
+    assert report.n_hidden["attribution"] == 1
+
+
+def test_terminal_summary(report_dir):
+    from rich.console import Console
+
+    from interpipe.report.summary import print_summary
+
+    console = Console(record=True, width=160)
+    assert print_summary(report_dir, console=console) == 0
+    text = console.export_text()
+    assert "index.html" in text and "attribution" in text and "0.75" in text
+
+
+def test_empty_repo(tmp_path):
+    metrics = run_aggregate(ReportSettings(), out_dir=tmp_path / "report", repo=tmp_path, env={})
+    assert metrics["n_runs"] == 0
+    assert "No results yet" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_load_reads_the_saved_results(report_dir):
+    from interpipe.report import Report
+
+    loaded = Report.load(report_dir)
+    assert len(loaded.to_frame()) == 18
+    assert loaded.info["metrics"]["n_runs"] == 10
+    with pytest.raises(FileNotFoundError, match="stages.aggregate"):
+        Report.load(report_dir / "nowhere")

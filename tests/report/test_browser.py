@@ -1,0 +1,72 @@
+"""The report page in a real headless Chromium: no console errors, every image loads, a screenshot.
+
+Needs Debian's `chromium` (`.ci/install-browser.sh`) and the Python `playwright` package (dev
+extra). Skipped with the reason when either is missing locally; in CI (CI=true) it fails instead.
+The screenshot lands in `$INTERPIPE_SCREENSHOT_DIR` (default: the test's tmp folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from interpipe.report import ReportSettings, run_aggregate
+from tests.report.synthetic import make_repo
+
+CHROMIUM = os.environ.get("INTERPIPE_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _require_browser():
+    missing = []
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        missing.append(f"chromium not found at {CHROMIUM} (run .ci/install-browser.sh)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package is not installed (pip install -e '.[dev]')")
+    if missing:
+        reason = "; ".join(missing)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"browser test cannot run in CI: {reason}")
+        pytest.skip(reason)
+
+
+def check_page(page_path: Path, screenshot: Path) -> dict:
+    """Open ``page_path`` in headless Chromium; return console errors, broken images, image count."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+            page.goto(page_path.resolve().as_uri(), wait_until="load")
+            images = page.evaluate(
+                "() => Array.from(document.images).map(i => ({src: i.src.slice(0, 40), ok: i.complete && i.naturalWidth > 0}))")
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return {"errors": errors, "images": images, "broken": [i["src"] for i in images if not i["ok"]]}
+
+
+def test_report_page_in_chromium(tmp_path):
+    _require_browser()
+    root = make_repo(tmp_path / "repo")
+    out = root / "outputs" / "report"
+    run_aggregate(ReportSettings(), out_dir=out, repo=root, env={})
+    shot_dir = Path(os.environ.get("INTERPIPE_SCREENSHOT_DIR", tmp_path))
+    screenshot = shot_dir / "report-page.png"
+    result = check_page(out / "index.html", screenshot)
+    assert result["errors"] == [], result["errors"]
+    assert len(result["images"]) == 3
+    assert result["broken"] == []
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
