@@ -1,0 +1,117 @@
+"""Settings of the weight-level studies (the ``weights`` config group).
+
+Defaults are the embedded pipeline's small sizes (all three studies in about a minute on two CPU
+cores with the toy model); ``conf/experiment/weights_*.yaml`` hold paper-scale values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+STUDIES = ("talking_heads", "bigram", "lnfree")
+
+
+def _positive(group: str, **values) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"weights.{group}.{key}={value} must be > 0")
+
+
+@dataclass
+class TalkingHeadsSettings:
+    """Merullo et al. 2024: SVD components, composition scores, inhibition, Laundry List edits."""
+
+    n_components: int = 8  # top singular components per head that are scored (d_head=32 on the toy)
+    top_channels: int = 20  # strongest sender->receiver component channels listed
+    receiver: Optional[str] = None  # "L.H" of the receiver (mover) head; None = the head attending most to the answer
+    inhibition_components: int = 2  # top components per sender head removed for the data-based score (one forward each)
+    n_inhibition_prompts: int = 32  # held-out prompts the inhibition scores are measured on
+    edit_candidates: int = 2  # components with the largest inhibition scores tried as edits
+    edit_scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0, 3.0])  # scale grid of the edit
+    n_select: int = 64  # training-split prompts used to choose the edit (evaluation uses held-out ones)
+    extra_lengths: list[int] = field(default_factory=lambda: [7, 8])  # list lengths never trained on, generated here
+    n_per_extra_length: int = 16  # prompts generated per extra length
+    batch_size: int = 64  # prompts per forward pass
+
+    def __post_init__(self) -> None:
+        _positive("talking_heads", n_components=self.n_components, top_channels=self.top_channels,
+                  inhibition_components=self.inhibition_components,
+                  n_inhibition_prompts=self.n_inhibition_prompts, edit_candidates=self.edit_candidates,
+                  n_select=self.n_select, batch_size=self.batch_size)
+        if not self.edit_scales or any(s < 0 for s in self.edit_scales):
+            raise ValueError(f"weights.talking_heads.edit_scales={self.edit_scales} must be a non-empty list of scales >= 0")
+        if any(n < 2 for n in self.extra_lengths):
+            raise ValueError(f"weights.talking_heads.extra_lengths={self.extra_lengths}: list lengths must be >= 2")
+        if self.receiver is not None:
+            parts = str(self.receiver).split(".")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise ValueError(f"weights.talking_heads.receiver={self.receiver!r} must look like 'L.H' (e.g. '3.1') or be null")
+
+
+@dataclass
+class BigramSettings:
+    """Chang & Bergen 2025: continuous-sparsification masks trained toward bigram predictions."""
+
+    steps: int = 150  # mask-training steps (paper: up to 15k)
+    batch_size: int = 16  # texts per step (paper: 32)
+    lr: float = 0.1  # Adam on mask logits; high so a few hundred steps decide (paper: 5e-5 over 15k)
+    l0_lambda: float = 1.0  # weight of the L0 term (sweep it: paper {0, 1, 10, 100, 500})
+    mask_init: float = 0.0  # initial mask logit; sigmoid(0) = 0.5 as in the paper
+    temperature_growth: float = 1.02  # beta *= this each step, ~20 after 150 steps (paper 1.001 over 15k steps)
+    smoothing: float = 0.01  # mass of the uniform distribution mixed into the bigram targets
+    max_successors: int = 256  # successors kept per token in the bigram table (exact when >= vocab)
+    max_train_texts: int = 0  # corpus texts used to count bigrams and train; 0 = all
+    max_eval_texts: int = 256  # held-out corpus texts for surprisal and ablation; 0 = all
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+
+    def __post_init__(self) -> None:
+        _positive("bigram", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                  max_successors=self.max_successors, checkpoint_every=self.checkpoint_every)
+        if self.l0_lambda < 0:
+            raise ValueError(f"weights.bigram.l0_lambda={self.l0_lambda} must be >= 0")
+        if self.temperature_growth < 1:
+            raise ValueError(f"weights.bigram.temperature_growth={self.temperature_growth} must be >= 1")
+        if not 0 <= self.smoothing < 1:
+            raise ValueError(f"weights.bigram.smoothing={self.smoothing} must be in [0, 1)")
+
+
+@dataclass
+class LNFreeSettings:
+    """Baroni et al. 2025: fine-tune while freezing each LayerNorm's std, one at a time."""
+
+    start_step: int = 10  # steps of plain fine-tuning before the first LN is frozen (paper: 20)
+    gap: int = 4  # steps between freezing two LNs (paper: 2 for GPT-2 small)
+    extra_steps: int = 30  # fine-tuning steps after the last LN is frozen
+    batch_size: int = 16  # texts per step
+    lr: float = 1e-3  # AdamW learning rate of the fine-tuning (the short toy schedule needs a high one)
+    ema: float = 0.9  # moving-average factor of each LN's measured std before it is frozen
+    big_eps: float = 1e12  # LN epsilon of the saved model: sqrt(var + eps) ~ sqrt(eps), i.e. no normalisation
+    max_train_texts: int = 0  # corpus texts to fine-tune on; 0 = all
+    max_eval_texts: int = 256  # held-out corpus texts for the CE loss; 0 = all
+    checkpoint_every: int = 25  # steps between resumable checkpoints
+    control: bool = True  # also fine-tune the same steps with LN kept: separates LN removal from extra training
+
+    def __post_init__(self) -> None:
+        _positive("lnfree", gap=self.gap, batch_size=self.batch_size, lr=self.lr, big_eps=self.big_eps,
+                  checkpoint_every=self.checkpoint_every)
+        if self.start_step < 0 or self.extra_steps < 0:
+            raise ValueError("weights.lnfree.start_step and weights.lnfree.extra_steps must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"weights.lnfree.ema={self.ema} must be in [0, 1)")
+
+
+@dataclass
+class WeightsSettings:
+    """The ``weights`` group: which study this execution runs, and each study's settings."""
+
+    study: str = "talking_heads"  # talking_heads | bigram | lnfree (dvc.yaml runs each)
+    batch_size: int = 64  # evaluation batch size
+    talking_heads: TalkingHeadsSettings = field(default_factory=TalkingHeadsSettings)
+    bigram: BigramSettings = field(default_factory=BigramSettings)
+    lnfree: LNFreeSettings = field(default_factory=LNFreeSettings)
+
+    def __post_init__(self) -> None:
+        if self.study not in STUDIES:
+            raise ValueError(f"weights.study={self.study!r} is not one of {STUDIES}")
+        _positive("", batch_size=self.batch_size)

@@ -1,0 +1,82 @@
+"""LayerNorm removal: frozen wrappers, the saved LN-free folder, and exact DLA."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from interpipe.weights.layernorm_removal import (FrozenStdLayerNorm, dla_exactness, layernorm_schedule,
+                                                 unwrap_to_lnfree, wrap_layernorms)
+from interpipe.weights.settings import LNFreeSettings
+
+PROMPTS = ["The bag has a cup , a key and a box . I took out the cup and the box and kept the"] * 2
+ANSWERS = ["key", "box"]
+
+
+def test_unfrozen_wrapper_is_layernorm():
+    ln = torch.nn.LayerNorm(8)
+    torch.nn.init.normal_(ln.weight), torch.nn.init.normal_(ln.bias)
+    x = torch.randn(3, 5, 8) * 4
+    torch.testing.assert_close(FrozenStdLayerNorm(ln, 0.9)(x), ln(x))
+
+
+def test_schedule_order(tiny_loaded):
+    names = layernorm_schedule(tiny_loaded.model)
+    n = tiny_loaded.model.config.n_layer
+    assert [x.rsplit(".", 1)[1] for x in names] == ["ln_2"] * n + ["ln_1"] * n + ["ln_f"]
+
+
+@pytest.fixture(scope="module")
+def lnfree_folder(tiny_loaded, tmp_path_factory):
+    """The tiny toy with every LN frozen at its average std (no fine-tuning), saved and reloaded."""
+    from interpipe.models import describe, load_model, save_model_folder
+    from interpipe.weights.common import corpus_loss
+
+    model = copy.deepcopy(tiny_loaded.model)
+    wrapped = wrap_layernorms(model, layernorm_schedule(model), 0.9)
+    for ln in wrapped.values():
+        ln.track = True
+    corpus_loss(model, tiny_loaded.tokenizer, PROMPTS)
+    for ln in wrapped.values():
+        ln.track = False
+        ln.frozen.fill_(True)
+    ids = tiny_loaded.tokenizer(PROMPTS[:1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        frozen_logits = model(input_ids=ids).logits
+    unwrap_to_lnfree(model, wrapped, 1e12)
+    folder = tmp_path_factory.mktemp("lnfree") / "toy-lnfree"
+    save_model_folder(folder, model, tiny_loaded.tokenizer, describe(model, "toy-lnfree", "test", "causal_lm"))
+    return folder, ids, frozen_logits, load_model(folder)
+
+
+def test_saved_lnfree_model_matches_frozen_wrappers(lnfree_folder):
+    _, ids, frozen_logits, loaded = lnfree_folder
+    assert loaded.model.config.layer_norm_epsilon == 1e12
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, frozen_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_dla_sum_equals_logit_and_direct_effect_only_without_ln(tiny_loaded, tiny_toy_folder, lnfree_folder):
+    """Tolerance: 1e-4 logit units (float32). Sum of DLA + LN bias term equals the logit for both
+    models; per-component DLA equals the true direct effect only for the LN-free model."""
+    folder, _, _, loaded = lnfree_folder
+    free = dla_exactness(loaded.model, loaded.tokenizer, folder, PROMPTS, ANSWERS)
+    orig = dla_exactness(tiny_loaded.model, tiny_loaded.tokenizer, tiny_toy_folder, PROMPTS, ANSWERS)
+    assert free["dla_sum_max_abs"] < 1e-4 and orig["dla_sum_max_abs"] < 1e-4
+    assert free["dla_vs_direct_max_abs"] < 1e-4
+    assert orig["dla_vs_direct_max_abs"] > 100 * free["dla_vs_direct_max_abs"]
+
+
+def test_unfrozen_layernorm_refuses_to_unwrap(tiny_loaded):
+    model = copy.deepcopy(tiny_loaded.model)
+    wrapped = wrap_layernorms(model, layernorm_schedule(model), 0.9)
+    with pytest.raises(ValueError, match="never frozen"):
+        unwrap_to_lnfree(model, wrapped, 1e12)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"gap": 0}, "gap"), ({"ema": 1.0}, "ema"), ({"lr": 0}, "lr")])
+def test_bad_settings(kwargs, key):
+    with pytest.raises(ValueError, match=f"weights.lnfree.{key}"):
+        LNFreeSettings(**kwargs)

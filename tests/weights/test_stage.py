@@ -1,0 +1,55 @@
+"""The weights config group, and every study end to end on the tiny toy model."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import compose
+
+
+def test_config_composes_and_validates():
+    from stages import schema
+
+    settings = schema.validate(compose(["weights.study=bigram", "weights.bigram.l0_lambda=10"]))
+    assert settings.weights.study == "bigram" and settings.weights.bigram.l0_lambda == 10
+
+
+def test_config_rejects_unknown_key_and_bad_values():
+    from stages import schema
+
+    with pytest.raises(Exception, match="nope"):
+        compose(["weights.bigram.nope=1"])
+    with pytest.raises(ValueError, match="weights.study"):
+        schema.validate(compose(["weights.study=attention"]))
+    with pytest.raises(ValueError, match="weights.talking_heads.receiver"):
+        schema.validate(compose(["weights.talking_heads.receiver=head3"]))
+
+
+@pytest.mark.parametrize("preset", ["weights_gpt2", "weights_pythia"])
+def test_paper_presets_compose(preset):
+    from stages import schema
+
+    settings = schema.validate(compose([f"experiment={preset}"]))
+    assert settings.weights.bigram.steps == 15000 and settings.weights.lnfree.start_step == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["talking_heads", "bigram", "lnfree"])
+def test_study_writes_outputs(study, tiny_toy_folder, data_root, tmp_path):
+    from interpipe.weights import BigramSettings, LNFreeSettings, TalkingHeadsSettings, WeightsSettings, run_weights
+
+    settings = WeightsSettings(
+        study=study, batch_size=16,
+        talking_heads=TalkingHeadsSettings(n_components=2, inhibition_components=1, n_inhibition_prompts=4,
+                                           edit_candidates=1, edit_scales=[0.0, 2.0], n_select=8,
+                                           extra_lengths=[6], n_per_extra_length=2),
+        bigram=BigramSettings(steps=6, batch_size=4, max_eval_texts=16),
+        lnfree=LNFreeSettings(start_step=1, gap=1, extra_steps=2, batch_size=4, max_eval_texts=16))
+    metrics = run_weights(settings, tiny_toy_folder, data_root, tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    assert (tmp_path / "result.json").exists() and list(tmp_path.glob("*.png"))
+    if study == "talking_heads":
+        assert (tmp_path / "model_edited" / "card.json").exists() and metrics["edit_max_logit_gap"] < 1e-3
+    elif study == "bigram":
+        assert (tmp_path / "masks.safetensors").exists() and 0 <= metrics["fraction_kept"] <= 1
+    else:
+        assert (tmp_path / "model_lnfree" / "card.json").exists() and metrics["dla_vs_direct_max_abs_lnfree"] < 1e-3
