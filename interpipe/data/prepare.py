@@ -28,7 +28,8 @@ class PrepareSettings:
     n_test: int = 64  # held-out examples per task (evaluation and studies)
     laundry_train_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
     laundry_test_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
-    induction_seq_len: int = 8
+    induction_seq_len: int = 8  # longest repeated sequence
+    induction_min_len: int = 3  # shortest; varied lengths teach copying at any distance
     bigram_sentence_len: int = 16
     seed: int = 0
 
@@ -38,7 +39,7 @@ def _generator(task: str, s: PrepareSettings, chain: dict, split: str):
         lengths = s.laundry_test_lengths if split == "test" else s.laundry_train_lengths
         return lambda rng: tasks.laundry_list(rng, n_items=rng.choice(lengths))
     if task == "induction":
-        return lambda rng: tasks.induction(rng, seq_len=s.induction_seq_len)
+        return lambda rng: tasks.induction(rng, seq_len=rng.randint(s.induction_min_len, s.induction_seq_len))
     if task == "bigram_text":
         return lambda rng: tasks.bigram_text(rng, chain, length=s.bigram_sentence_len)
     if task not in tasks.GENERATORS:

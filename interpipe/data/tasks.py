@@ -125,25 +125,27 @@ def sva(rng: random.Random) -> dict:
 
 
 def colored_objects(rng: random.Random) -> dict:
-    """Three colored objects, then a statement about one to complete with its color.
+    """Three objects with their colours, then one object again; the answer is its colour.
 
-    Merullo et al. ask "What color is the pencil? A:"; here the queried object comes last
-    ("The pencil is" -> "red"), which small models learn far sooner and GPT-2 completes as well.
-    Corrupted: another of the three objects is queried.
+    Merullo et al. (2023) list "a silver pencil, a green cup, ..." and ask "What color is the
+    pencil?\nA:". Here each colour directly follows its object and the prompt ends on the
+    queried object ("Colors on the table : pencil silver , cup green , and key red . The
+    pencil" -> "silver"): the same in-context recall, reachable for a model of a few layers
+    within the default training budget (the question form needs a look-back composition that
+    the toy model did not learn in 2000 steps: 0.38 accuracy, chance 0.33). Corrupted: another
+    of the three objects is queried.
     """
     objects = rng.sample(vocab.OBJECTS, 3)
     colors = rng.sample(vocab.COLORS, 3)
     q, other = rng.sample(range(3), 2)
-    b = _PromptBuilder().add("On the table , I see")
+    b = _PromptBuilder().add("Colors on the table :")
     for i, (color, obj) in enumerate(zip(colors, objects)):
         if i > 0:
             b.add(", and" if i == 2 else ",")
-        b.add("a")
-        b.add(color, cue=i == q)
         b.add(obj, cue=i == q)
+        b.add(color, cue=i == q)
     b.add(". The")
     b.add(objects[q], cue=True)
-    b.add("is")
     start, end = b.spans[-1]
     corrupted = b.text[:start] + objects[other] + b.text[end:]
     key = f"colored|{'-'.join(objects)}|{'-'.join(colors)}|{q}"
@@ -191,7 +193,7 @@ def induction(rng: random.Random, seq_len: int = 8) -> dict:
     """
     pool = sorted(set(INDUCTION_POOL))
     seq = rng.sample(pool, seq_len)
-    k = rng.randrange(seq_len // 2, seq_len)
+    k = rng.randrange(max(1, seq_len // 2), seq_len)
     answer = seq[k]
     foil = rng.choice([w for w in pool if w not in seq])
     b = _PromptBuilder()
