@@ -1,0 +1,113 @@
+"""Encoded inputs for attribution: one padded batch with targets, scoring positions and cue masks.
+
+A causal LM is read at the last prompt token (its next-token prediction is the task answer);
+a sequence classifier is read through its own pooled head. Everything that can be wrong with
+an input (empty rows, empty prompts, prompts longer than the model, an answer the tokenizer
+cannot encode, a target outside the output space) is rejected here, before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from interpipe.typing import Int, Tensor
+
+from jaxtyping import Bool
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids plus everything the methods and the evaluator need."""
+
+    example_ids: list[str]
+    tasks: list[str]
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    eligible: Bool[Tensor, "batch pos"]  # real, non-special tokens: the ones ranked and removed
+    cue_mask: Bool[Tensor, "batch pos"]  # tokens overlapping a gold cue span
+    score_pos: Int[Tensor, "batch"]  # position whose output is scored (last prompt token / 0)
+    target_ids: Int[Tensor, "batch"]  # token or class scored; -1 = the model's prediction
+    gold_ids: Int[Tensor, "batch"]  # correct answer token or label, for accuracy
+    tokens: list[list[str]] = field(default_factory=list)  # unpadded token strings
+
+    def __len__(self) -> int:
+        return len(self.example_ids)
+
+    def select(self, index: slice | list[int]) -> "Batch":
+        """Rows ``index`` of the batch (tensors and lists alike)."""
+        idx = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
+        t = torch.tensor(idx, dtype=torch.long)
+        pick = lambda x: x.index_select(0, t.to(x.device))  # noqa: E731
+        return replace(self, example_ids=[self.example_ids[i] for i in idx], tasks=[self.tasks[i] for i in idx],
+                       input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
+                       eligible=pick(self.eligible), cue_mask=pick(self.cue_mask), score_pos=pick(self.score_pos),
+                       target_ids=pick(self.target_ids), gold_ids=pick(self.gold_ids),
+                       tokens=[self.tokens[i] for i in idx])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "eligible", "cue_mask",
+                                                          "score_pos", "target_ids", "gold_ids")}
+        return replace(self, **move)
+
+
+def answer_token(tokenizer, answer: str) -> int:
+    """First token of ``" " + answer`` (GPT-2 style: the answer follows the prompt after a space)."""
+    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"the tokenizer encodes the answer {answer!r} to no tokens")
+    return int(ids[0])
+
+
+def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target: str = "predicted") -> Batch:
+    """Encode task records (``interpipe.data`` fields) into one right-padded :class:`Batch`.
+
+    ``kind`` is ``causal_lm`` (target = the answer token at the last prompt position) or
+    ``sequence_classifier`` (target = the predicted class, or ``label`` when ``target="label"``).
+    """
+    if kind not in ("causal_lm", "sequence_classifier"):
+        raise ValueError(f"attribution needs a model with a head (causal_lm or sequence_classifier), got kind={kind!r}")
+    if not rows:
+        raise ValueError("no examples to attribute: the task split is empty or attribute.n_examples selects none")
+    encoded, tokens = [], []
+    for row in rows:
+        if not str(row["prompt"]).strip():
+            raise ValueError(f"example {row['example_id']} has an empty prompt")
+        enc = tokenizer(row["prompt"], return_offsets_mapping=True, return_special_tokens_mask=True)
+        if len(enc["input_ids"]) > max_length:
+            raise ValueError(f"example {row['example_id']} is {len(enc['input_ids'])} tokens long, over "
+                             f"attribute.max_length={max_length}; raise it (up to the model's context) or shorten it")
+        encoded.append(enc)
+        tokens.append(tokenizer.convert_ids_to_tokens(enc["input_ids"]))
+    n, width = len(rows), max(len(e["input_ids"]) for e in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    eligible = torch.zeros((n, width), dtype=torch.bool)
+    cue = torch.zeros((n, width), dtype=torch.bool)
+    for b, (row, enc) in enumerate(zip(rows, encoded)):
+        length = len(enc["input_ids"])
+        input_ids[b, :length] = torch.tensor(enc["input_ids"])
+        attention[b, :length] = 1
+        special = torch.tensor(enc["special_tokens_mask"], dtype=torch.bool)
+        eligible[b, :length] = ~special
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if not special[i] and any(start < s_end and end > s_start for s_start, s_end in row["cue_spans"]):
+                cue[b, i] = True
+        if not eligible[b].any():
+            raise ValueError(f"example {row['example_id']} has no non-special tokens to attribute")
+    lengths = attention.sum(1)
+    if kind == "causal_lm":
+        score_pos = lengths - 1  # (batch,) last prompt token predicts the answer
+        gold = torch.tensor([answer_token(tokenizer, row["answer"]) for row in rows])
+        targets = gold.clone()
+    else:
+        score_pos = torch.zeros(n, dtype=torch.long)  # the pooled [CLS] position
+        gold = torch.tensor([int(row["label"]) for row in rows])
+        if target == "label" and (gold < 0).any():
+            raise ValueError("attribute.target=label needs labelled rows (label >= 0); use a classification task")
+        targets = gold.clone() if target == "label" else torch.full((n,), -1, dtype=torch.long)
+    return Batch(example_ids=[str(r["example_id"]) for r in rows], tasks=[str(r.get("task", "")) for r in rows],
+                 input_ids=input_ids, attention_mask=attention, eligible=eligible, cue_mask=cue,
+                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens)

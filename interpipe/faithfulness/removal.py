@@ -1,0 +1,169 @@
+"""Comprehensiveness and sufficiency by token removal (DeYoung et al. 2020, ERASER), as AOPC.
+
+For every ratio ``k`` (default 10..90 %) the top ``n = max(1, round(k · n_eligible))`` tokens of
+an example (by score, ties broken by position) are removed (*comprehensiveness*) or all but
+them are removed (*sufficiency*); only eligible tokens (real, non-special) are ever ranked or
+removed. Removal is ``mask`` (replace with the mask token), ``pad`` (replace with the pad token)
+or ``delete`` (drop the token; a causal LM is then read at the new last token). Reported per
+ratio and averaged over ratios (AOPC):
+
+- confidence drop: ``p(target | x) − p(target | x')`` (higher comprehensiveness and lower
+  sufficiency mean a more faithful ranking);
+- accuracy: how often ``argmax`` of the perturbed input is still the gold answer.
+
+Soft variants (Zhao & Aletras 2023) perturb the word embeddings instead of removing tokens:
+with scores min-max normalised to ``ŝ ∈ [0, 1]`` per example, each embedding element is kept
+with probability ``1 − ŝ_i`` (soft comprehensiveness) or ``ŝ_i`` (soft sufficiency), seeded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interpipe.attribution.inputs import Batch
+from interpipe.attribution.model import ScoredModel
+from interpipe.typing import Float, Int, Tensor
+
+REMOVALS = ("mask", "pad", "delete")
+
+
+def replacement_token(tokenizer, rule: str) -> tuple[str, int | None]:
+    """Resolve ``auto|mask|pad|delete`` to ``(rule, token id)``; ``auto`` = mask, else pad."""
+    if rule == "auto":
+        rule = "mask" if getattr(tokenizer, "mask_token_id", None) is not None else "pad"
+    if rule == "delete":
+        return rule, None
+    if rule not in REMOVALS:
+        raise ValueError(f"attribute.replacement={rule!r} is not one of ('auto',) + {REMOVALS}")
+    token = getattr(tokenizer, f"{rule}_token_id", None)
+    if token is None:
+        raise ValueError(f"attribute.replacement={rule!r} but the tokenizer has no {rule} token; "
+                         f"use pad, delete or auto")
+    return rule, int(token)
+
+
+def top_k_masks(scores: Float[Tensor, "batch pos"], eligible, ratios: list[float]):
+    """Boolean ``(ratio, batch, pos)`` masks of each example's top-``n`` eligible tokens."""
+    masked = torch.where(eligible, scores.float(), float("-inf"))
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices  # (batch, pos)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).to(order.device))  # rank of each pos
+    n_elig = eligible.sum(1).float()  # (batch,)
+    out = []
+    for k in ratios:
+        n_top = torch.clamp(torch.round(k * n_elig), min=1)  # (batch,)
+        out.append((rank < n_top[:, None]) & eligible)
+    return torch.stack(out)  # (ratio, batch, pos)
+
+
+def perturb(batch: Batch, remove, rule: str, token: int | None, kind: str):
+    """Inputs with the tokens in ``remove: (n, pos)`` removed. Returns ``(ids, mask, score_pos)``."""
+    ids, attn = batch.input_ids, batch.attention_mask
+    if rule != "delete":
+        return torch.where(remove, torch.as_tensor(token, device=ids.device), ids), attn, batch.score_pos
+    keep = attn.bool() & ~remove
+    new_ids, new_attn = torch.zeros_like(ids), torch.zeros_like(attn)
+    for b in range(ids.shape[0]):  # compact each row to the left (right padding)
+        kept = ids[b][keep[b]]
+        new_ids[b, : len(kept)] = kept
+        new_attn[b, : len(kept)] = 1
+    pos = new_attn.sum(1) - 1 if kind == "causal_lm" else batch.score_pos
+    return new_ids, new_attn, pos
+
+
+@torch.inference_mode()
+def _probs(sm: ScoredModel, ids, attn, pos, targets, chunk: int, embeds=None):
+    """``(p(target), argmax)`` for every row, ``chunk`` rows per forward (padding trimmed per chunk)."""
+    probs, preds = [], []
+    for s in range(0, ids.shape[0], chunk):
+        sl = slice(s, s + chunk)
+        width = int(attn[sl].sum(1).max())  # right padding: later columns are padding in every row
+        kwargs = ({"inputs_embeds": embeds[sl, :width]} if embeds is not None else {"input_ids": ids[sl, :width]})
+        logits, _ = sm.forward(attn[sl, :width], pos[sl], **kwargs)
+        p = logits.float().softmax(-1)
+        probs.append(p.gather(1, targets[sl, None]).squeeze(1))
+        preds.append(p.argmax(-1))
+    return torch.cat(probs), torch.cat(preds)
+
+
+def _memo_probs(sm: ScoredModel, ids, attn, pos, targets, chunk: int, memo: dict | None):
+    """:func:`_probs` that runs each distinct ``(ids, mask, pos, target)`` row once.
+
+    Different methods, layers and ratios often remove the same tokens; ``memo`` keeps the
+    answers across calls (exact: the same input gives the same output).
+    """
+    memo = {} if memo is None else memo
+    keys = [(r.tobytes(), m.tobytes(), int(q), int(t)) for r, m, q, t in
+            zip(ids.cpu().numpy(), attn.cpu().numpy(), pos.tolist(), targets.tolist())]
+    todo = list(dict.fromkeys(k for k in keys if k not in memo))
+    if todo:
+        where = {k: i for i, k in enumerate(keys)}
+        rows = torch.tensor([where[k] for k in todo], device=ids.device)
+        p, pred = _probs(sm, ids[rows], attn[rows], pos[rows], targets[rows], chunk)
+        memo.update(zip(todo, zip(p.tolist(), pred.tolist())))
+    p, pred = zip(*(memo[k] for k in keys))
+    return torch.tensor(p, device=ids.device), torch.tensor(pred, device=ids.device)
+
+
+def _repeat(batch: Batch, times: int) -> Batch:
+    return batch.select(list(range(len(batch))) * times)  # (times * batch) rows, ratio-major
+
+
+def full_probs(sm: ScoredModel, batch: Batch, targets, chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """``(p(target), argmax)`` on the unperturbed inputs (shared by every metric and method)."""
+    batch = batch.to(sm.device)
+    return _probs(sm, batch.input_ids, batch.attention_mask, batch.score_pos, targets.to(sm.device), chunk)
+
+
+def removal_curves(sm: ScoredModel, batch: Batch, scores, targets: Int[Tensor, "batch"], ratios: list[float],
+                   rule: str, token: int | None, chunk: int = 256, full=None, memo: dict | None = None) -> dict[str, Tensor]:
+    """Per-example, per-ratio probabilities and accuracies under comprehensiveness/sufficiency.
+
+    Returns tensors ``p_full, acc_full: (batch,)`` and ``comp_drop, suff_drop, comp_acc,
+    suff_acc: (ratio, batch)``. ``full`` is :func:`full_probs` when already computed; ``memo``
+    shares the perturbed inputs' answers across calls (see :func:`_memo_probs`).
+    """
+    batch = batch.to(sm.device)
+    targets, scores = targets.to(sm.device), scores.to(sm.device)
+    p_full, pred_full = full if full is not None else full_probs(sm, batch, targets, chunk)
+    top = top_k_masks(scores, batch.eligible, ratios)  # (ratio, batch, pos)
+    n_r, n_b = len(ratios), len(batch)
+    rep = _repeat(batch, 2 * n_r)
+    remove = torch.cat([top, batch.eligible[None] & ~top]).reshape(2 * n_r * n_b, -1)  # (2·ratio·batch, pos)
+    ids, attn, pos = perturb(rep, remove, rule, token, sm.kind)
+    p, pred = _memo_probs(sm, ids, attn, pos, targets.repeat(2 * n_r), chunk, memo)
+    p, pred = p.reshape(2, n_r, n_b), pred.reshape(2, n_r, n_b)  # (comp|suff, ratio, batch)
+    gold = batch.gold_ids[None, None]
+    return {"p_full": p_full.cpu(), "acc_full": (pred_full == batch.gold_ids).float().cpu(),
+            "comp_drop": (p_full - p[0]).cpu(), "suff_drop": (p_full - p[1]).cpu(),
+            "comp_acc": (pred[0] == gold[0]).float().cpu(), "suff_acc": (pred[1] == gold[0]).float().cpu()}
+
+
+def normalise(scores, eligible) -> Float[Tensor, "batch pos"]:
+    """Min-max normalise scores over each example's eligible tokens to [0, 1] (0 elsewhere)."""
+    lo = torch.where(eligible, scores, float("inf")).min(1, keepdim=True).values
+    hi = torch.where(eligible, scores, float("-inf")).max(1, keepdim=True).values
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return torch.where(eligible, (scores - lo) / span, torch.zeros_like(scores))
+
+
+def soft_scores(sm: ScoredModel, batch: Batch, scores, targets, seed: int, chunk: int = 256,
+                full=None) -> dict[str, Tensor]:
+    """Soft comprehensiveness and sufficiency drops per example (Zhao & Aletras 2023)."""
+    batch = batch.to(sm.device)
+    targets = targets.to(sm.device)
+    with torch.no_grad():
+        embeds = sm.embed(batch.input_ids)  # (batch, pos, d_model)
+    s_hat = normalise(scores.to(sm.device).float(), batch.eligible)[..., None]  # (batch, pos, 1)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(embeds.shape, generator=gen).to(embeds.device)
+    elig = batch.eligible[..., None]
+    keep_comp = torch.where(elig, (u >= s_hat).to(embeds.dtype), 1.0)  # kept with probability 1 - ŝ
+    keep_suff = torch.where(elig, (u < s_hat).to(embeds.dtype), 1.0)  # kept with probability ŝ
+    stacked = torch.cat([embeds * keep_comp, embeds * keep_suff])  # (2·batch, pos, d_model)
+    two = lambda x: torch.cat([x, x])  # noqa: E731
+    p_full, _ = full if full is not None else full_probs(sm, batch, targets, chunk)
+    p, _ = _probs(sm, two(batch.input_ids), two(batch.attention_mask), two(batch.score_pos),
+                  two(targets), chunk, embeds=stacked)
+    n = len(batch)
+    return {"soft_comp_drop": (p_full - p[:n]).cpu(), "soft_suff_drop": (p_full - p[n:]).cpu()}
