@@ -1,0 +1,194 @@
+"""Wrapping a model in TransformerLens's ``TransformerBridge`` and preparing clean/corrupted batches.
+
+TransformerLens 4.x ``TransformerBridge.boot_transformers`` wraps any Hugging Face model (a hub
+name or a local folder) and exposes the standard hook names (``blocks.{L}.hook_resid_pre``,
+``blocks.{L}.attn.hook_z``, ``blocks.{L}.attn.hook_pattern``, ...), so nothing here is written
+per architecture. The model itself is loaded through :func:`interpipe.models.load_pretrained`
+(fast, explicit failure offline) and handed to the bridge as ``hf_model``.
+
+A :class:`PromptBatch` holds clean and corrupted token ids (right-padded; the model is causal,
+so padding after the answer position never reaches it), the answer and foil token ids, and the
+answer position of every prompt (its last prompt token, whose next-token logits are read).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from interpipe.typing import Int, Tensor, TokenIds
+
+MISMATCH_POLICIES = ("error", "skip")
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def load_bridge(source: str | Path, device: str = "cpu", dtype: str = "float32",
+                revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Load a causal LM (folder or hub name) and wrap it in a ``TransformerBridge`` in eval mode.
+
+    Raises ``ValueError`` naming the model when TransformerBridge cannot wrap it.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from interpipe.models import load_pretrained
+    from interpipe.runtime import resolve_dtype
+
+    model, tokenizer, _ = load_pretrained(str(source), "causal_lm", revision=revision, device=device, dtype=dtype,
+                                          trust_remote_code=trust_remote_code, attn_implementation="eager")
+    try:
+        bridge = TransformerBridge.boot_transformers(str(source), hf_model=model, tokenizer=tokenizer,
+                                                     device=device, dtype=resolve_dtype(dtype))
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the model
+        arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+        raise ValueError(f"TransformerBridge cannot wrap model {str(source)!r} (architecture {arch}): {exc}") from exc
+    bridge.eval()
+    return bridge
+
+
+def hook_layer(name: str) -> int | None:
+    """The block index of a hook name (``blocks.3.attn.hook_z`` -> 3), None outside the blocks."""
+    match = _BLOCK_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def check_hook(bridge: Any, name: str, patchable: bool = True) -> str:
+    """Return ``name`` if the bridge has that hook point, else raise ``ValueError`` naming it.
+
+    With ``patchable``, hooks after the last block (final LayerNorm, unembedding) are refused too.
+    """
+    hooks = getattr(bridge, "_interpipe_hook_names", None)
+    if hooks is None:  # building hook_dict walks every module: do it once per bridge
+        hooks = frozenset(bridge.hook_dict)
+        bridge._interpipe_hook_names = hooks
+    if name not in hooks:
+        close = difflib.get_close_matches(name, sorted(hooks), n=3)
+        raise ValueError(f"unknown hook {name!r}: the model has no such hook point"
+                         + (f"; did you mean {close}?" if close else ""))
+    if patchable and name.startswith(("ln_final.", "unembed.", "hook_unembed")):
+        raise ValueError(f"hook {name!r} lies after the last block; patch blocks.{{L}}.hook_resid_post instead")
+    return name
+
+
+def check_head(bridge: Any, layer: int, head: int) -> tuple[int, int]:
+    """Validate a (layer, head) pair against the model's shape, naming the bad index."""
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    if not 0 <= int(layer) < n_layers:
+        raise ValueError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+    if not 0 <= int(head) < n_heads:
+        raise ValueError(f"head index {head} in layer {layer} is out of range: the model has {n_heads} heads "
+                         f"per layer (0..{n_heads - 1})")
+    return int(layer), int(head)
+
+
+@dataclass
+class PromptBatch:
+    """Clean and corrupted prompts as token ids, with the answer/foil ids and answer positions.
+
+    ``answer_pos[b]`` is the index of the last token of prompt ``b``; its logits predict the answer.
+    """
+
+    clean_tokens: TokenIds
+    corrupted_tokens: TokenIds
+    answer_ids: Int[Tensor, "batch"]
+    foil_ids: Int[Tensor, "batch"]
+    answer_pos: Int[Tensor, "batch"]
+    prompts: list[str] = field(default_factory=list)
+    corrupted_prompts: list[str] = field(default_factory=list)
+    str_tokens: list[str] = field(default_factory=list)  # tokens of the first prompt (axis labels)
+    skipped: int = 0  # prompts dropped for a clean/corrupted length mismatch
+
+    @property
+    def size(self) -> int:
+        return int(self.clean_tokens.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.clean_tokens.shape[1])
+
+    def to(self, device: torch.device | str) -> "PromptBatch":
+        for name in ("clean_tokens", "corrupted_tokens", "answer_ids", "foil_ids", "answer_pos"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def shared_prefix(self) -> int:
+        """Number of leading positions where every clean prompt equals its corrupted prompt.
+
+        Activations there are identical in both runs (the model is causal), so patching them is a no-op.
+        """
+        same = (self.clean_tokens == self.corrupted_tokens).all(0)  # (pos,)
+        differ = (~same).nonzero()
+        return int(differ[0, 0]) if differ.numel() else self.n_pos
+
+    def position_labels(self) -> list[str]:
+        """``"i:token"`` labels of the first prompt, ``"i"`` beyond it."""
+        return [f"{i}:{self.str_tokens[i]}" if i < len(self.str_tokens) else str(i) for i in range(self.n_pos)]
+
+
+def _first_token(bridge: Any, word: str) -> int:
+    ids = bridge.to_tokens(" " + word.strip(), prepend_bos=False)[0]
+    return int(ids[0])
+
+
+def make_batch(bridge: Any, prompts: Sequence[str], corrupted_prompts: Sequence[str], answers: Sequence[str],
+               foils: Sequence[str], on_mismatch: str = "error") -> PromptBatch:
+    """Tokenize clean/corrupted prompts (BOS as the model's config says) into a :class:`PromptBatch`.
+
+    Answers and foils are read as the next word after one space (GPT-2-style BPE), first token.
+    A prompt whose corrupted counterpart tokenizes to a different length raises ``ValueError``
+    naming it (``on_mismatch="error"``) or is dropped (``"skip"``).
+    """
+    if on_mismatch not in MISMATCH_POLICIES:
+        raise ValueError(f"circuits.on_mismatch={on_mismatch!r} is not one of {MISMATCH_POLICIES}")
+    if not (len(prompts) == len(corrupted_prompts) == len(answers) == len(foils)):
+        raise ValueError("prompts, corrupted prompts, answers and foils must have the same length")
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    rows, kept, skipped = [], [], 0
+    for i, (clean, corrupted) in enumerate(zip(prompts, corrupted_prompts)):
+        c_ids = bridge.to_tokens(clean)[0]
+        x_ids = bridge.to_tokens(corrupted)[0]
+        if c_ids.shape[0] != x_ids.shape[0]:
+            if on_mismatch == "skip":
+                skipped += 1
+                continue
+            raise ValueError(f"prompt {i} {clean!r} tokenizes to {c_ids.shape[0]} tokens but its corrupted prompt "
+                             f"{corrupted!r} to {x_ids.shape[0]}; patching needs equal lengths "
+                             f"(or set circuits.on_mismatch=skip)")
+        answer, foil = _first_token(bridge, answers[i]), _first_token(bridge, foils[i])
+        if answer == foil:
+            raise ValueError(f"prompt {i} {clean!r}: answer {answers[i]!r} and foil {foils[i]!r} share their first token")
+        rows.append((c_ids, x_ids, answer, foil))
+        kept.append(i)
+    if not rows:
+        raise ValueError(f"all {len(prompts)} prompts were skipped: clean and corrupted lengths differ for every one")
+    n_pos = max(r[0].shape[0] for r in rows)
+    pad = bridge.tokenizer.pad_token_id if bridge.tokenizer.pad_token_id is not None else 0
+    clean = torch.full((len(rows), n_pos), pad, dtype=torch.long)
+    corrupt = torch.full((len(rows), n_pos), pad, dtype=torch.long)
+    for b, (c_ids, x_ids, _, _) in enumerate(rows):
+        clean[b, : c_ids.shape[0]] = c_ids.cpu()
+        corrupt[b, : x_ids.shape[0]] = x_ids.cpu()
+    first = rows[0][0]
+    return PromptBatch(
+        clean_tokens=clean, corrupted_tokens=corrupt,
+        answer_ids=torch.tensor([r[2] for r in rows]), foil_ids=torch.tensor([r[3] for r in rows]),
+        answer_pos=torch.tensor([r[0].shape[0] - 1 for r in rows]),
+        prompts=[prompts[i] for i in kept], corrupted_prompts=[corrupted_prompts[i] for i in kept],
+        str_tokens=[bridge.tokenizer.decode([int(t)]).strip() or repr(bridge.tokenizer.decode([int(t)])) for t in first],
+        skipped=skipped,
+    ).to(bridge.cfg.device)
+
+
+def batch_from_task(bridge: Any, data_root: str | Path, task: str, n_prompts: int, split: str = "test",
+                    on_mismatch: str = "error") -> PromptBatch:
+    """The first ``n_prompts`` examples of a prepared task as a :class:`PromptBatch`."""
+    from interpipe.data import load_task
+
+    rows = load_task(data_root, task, split)
+    rows = rows.select(range(min(n_prompts, len(rows))))
+    return make_batch(bridge, rows["prompt"], rows["corrupted_prompt"], rows["answer"], rows["foil"], on_mismatch)

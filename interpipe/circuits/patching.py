@@ -1,0 +1,188 @@
+"""Activation patching (Meng et al. 2022; Wang et al. 2022) on the batched engine.
+
+Patching replaces one activation of a *target* run with its value from a *source* run and
+measures how far the metric moves. ``direction="denoise"`` patches clean activations into the
+corrupted run (how much of the clean behaviour one component restores); ``"noise"`` patches
+corrupted activations into the clean run (how much the clean behaviour depends on it). The
+metric is the normalised logit difference (clean = 1, corrupted = 0), so a result's
+``baseline`` is 0 when denoising and 1 when noising, and ``effect = values - baseline``.
+
+One generic routine, :func:`activation_patch`, runs any grid; the named wrappers below fix the
+activation and the axes (residual stream by layer × position, attention/MLP outputs by layer ×
+position, heads over all positions or by position for outputs, q/k/v and patterns). Each equals
+the matching ``transformer_lens.patching.get_act_patch_*`` function on the same model and inputs
+(tested), but evaluates all cells in a few batched forwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+from interpipe.circuits.bridge import PromptBatch
+from interpipe.circuits.engine import Patch, capture, run_variants
+from interpipe.circuits.metrics import NormalizedLogitDiff, logit_diff
+from interpipe.circuits.results import CircuitResult
+
+DIRECTIONS = ("denoise", "noise")
+# activation -> (hook name template, names of the indexable axes after the batch axis)
+ACTIVATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "resid_pre": ("blocks.{layer}.hook_resid_pre", ("pos",)),
+    "resid_mid": ("blocks.{layer}.hook_resid_mid", ("pos",)),
+    "attn_out": ("blocks.{layer}.hook_attn_out", ("pos",)),
+    "mlp_out": ("blocks.{layer}.hook_mlp_out", ("pos",)),
+    "z": ("blocks.{layer}.attn.hook_z", ("pos", "head")),
+    "q": ("blocks.{layer}.attn.hook_q", ("pos", "head")),
+    "k": ("blocks.{layer}.attn.hook_k", ("pos", "head")),
+    "v": ("blocks.{layer}.attn.hook_v", ("pos", "head")),
+    "pattern": ("blocks.{layer}.attn.hook_pattern", ("head", "pos")),  # pos: destination (query) position
+    "mlp_post": ("blocks.{layer}.mlp.hook_post", ("pos", "neuron")),
+}
+
+
+def task_metric(bridge: Any, batch: PromptBatch) -> NormalizedLogitDiff:
+    """The normalised logit-difference metric with the clean and corrupted baselines of ``batch``."""
+    _, clean = capture(bridge, batch.clean_tokens, batch.answer_pos, [])
+    _, corrupted = capture(bridge, batch.corrupted_tokens, batch.answer_pos, [])
+    metric = NormalizedLogitDiff(batch.answer_ids, batch.foil_ids,
+                                 clean=float(logit_diff(clean, batch.answer_ids, batch.foil_ids).mean()),
+                                 corrupted=float(logit_diff(corrupted, batch.answer_ids, batch.foil_ids).mean()))
+    return metric
+
+
+def runs(batch: PromptBatch, direction: str) -> tuple[Any, Any, float]:
+    """(target tokens, source tokens, baseline metric) for a patching direction."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r} is not one of {DIRECTIONS}")
+    if direction == "denoise":
+        return batch.corrupted_tokens, batch.clean_tokens, 0.0
+    return batch.clean_tokens, batch.corrupted_tokens, 1.0
+
+
+def _axis_size(bridge: Any, batch: PromptBatch, activation: str, axis: str) -> int:
+    if axis == "layer":
+        return int(bridge.cfg.n_layers)
+    if axis == "pos":
+        return batch.n_pos
+    if axis == "neuron":
+        return int(getattr(bridge.cfg, "d_mlp", None) or 4 * bridge.cfg.d_model)
+    if activation in ("k", "v"):
+        return int(getattr(bridge.cfg, "n_key_value_heads", None) or bridge.cfg.n_heads)
+    return int(bridge.cfg.n_heads)
+
+
+def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tuple[str, ...],
+                     direction: str = "denoise", metric: NormalizedLogitDiff | None = None,
+                     memory_mb: float = 512.0, progress: bool = False) -> CircuitResult:
+    """Patch ``activation`` at every cell of the grid ``axes`` (``("layer", ...)``) in batched forwards.
+
+    Args:
+        activation: a key of :data:`ACTIVATIONS` (``resid_pre``, ``attn_out``, ``z``, ``pattern``, ...).
+        axes: ``"layer"`` followed by a subset of that activation's axes (``pos``, ``head``), in any order.
+        direction: ``"denoise"`` (clean into corrupted) or ``"noise"`` (corrupted into clean).
+        metric: defaults to :func:`task_metric` of ``batch``.
+
+    Returns:
+        A :class:`CircuitResult` of shape ``[len(axis) for axis in axes]`` holding the patched metric.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
+    template, act_axes = ACTIVATIONS[activation]
+    if not axes or axes[0] != "layer" or any(a not in act_axes for a in axes[1:]) or len(set(axes)) != len(axes):
+        raise ValueError(f"axes {axes} must be 'layer' followed by distinct axes of {activation}: {act_axes}")
+    metric = metric or task_metric(bridge, batch)
+    target, source, nominal = runs(batch, direction)
+    sizes = [_axis_size(bridge, batch, activation, a) for a in axes]
+    cells = list(itertools.product(*(range(n) for n in sizes)))
+    # Positions before the first clean/corrupted difference hold identical activations in both runs:
+    # patching one of them alone is an exact no-op, so those cells keep the baseline without a forward.
+    shared = batch.shared_prefix() if "pos" in axes else 0
+    todo, variants = [], []
+    for c, cell in enumerate(cells):
+        where = dict(zip(axes, cell))
+        if where.get("pos", shared) < shared:
+            continue
+        todo.append(c)
+        variants.append([Patch(template.format(layer=where["layer"]), tuple(where.get(a) for a in act_axes))])
+    # The unpatched target run gives the baseline and the value of skipped cells; the normalised
+    # metric's baseline is known (0 when denoising, 1 when noising) and needs no run when nothing is skipped.
+    measure = len(todo) < len(cells) or not isinstance(metric, NormalizedLogitDiff)
+    if measure:
+        variants.append([])
+    out = run_variants(bridge, target, batch.answer_pos, variants, {}, metric, memory_mb, progress,
+                       desc=f"patch {activation}", prefix=batch.shared_prefix(), source_tokens=source).float().cpu()
+    baseline = float(out[-1]) if measure else nominal
+    values = torch.full((len(cells),), baseline)
+    values[todo] = out[: len(todo)]
+    labels = {"pos": batch.position_labels()} if "pos" in axes else {}
+    name = f"{activation}_" + ("_".join(axes[1:]) if len(axes) > 1 else "layer")
+    return CircuitResult(name, values.reshape(sizes), axes, labels, baseline,
+                         {"activation": activation, "direction": direction, "hook": template,
+                          "n_prompts": batch.size, "method": "activation_patching"})
+
+
+def patch_resid_pre(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch the residual stream entering each block at each position: ``[layer, pos]``."""
+    return activation_patch(bridge, batch, "resid_pre", ("layer", "pos"), **kwargs)
+
+
+def patch_attn_out(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch each block's attention output (all heads summed) at each position: ``[layer, pos]``."""
+    return activation_patch(bridge, batch, "attn_out", ("layer", "pos"), **kwargs)
+
+
+def patch_mlp_out(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch each block's MLP output at each position: ``[layer, pos]``."""
+    return activation_patch(bridge, batch, "mlp_out", ("layer", "pos"), **kwargs)
+
+
+def patch_head_out_all_pos(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch each head's output (``hook_z``) at every position at once: ``[layer, head]``."""
+    return activation_patch(bridge, batch, "z", ("layer", "head"), **kwargs)
+
+
+def patch_head_out_by_pos(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch each head's output (``hook_z``) at one position at a time: ``[layer, pos, head]``."""
+    return activation_patch(bridge, batch, "z", ("layer", "pos", "head"), **kwargs)
+
+
+def patch_head_qkv_all_pos(bridge: Any, batch: PromptBatch, which: str, **kwargs: Any) -> CircuitResult:
+    """Patch each head's query, key or value vectors (``which`` = q|k|v) at all positions: ``[layer, head]``."""
+    if which not in ("q", "k", "v"):
+        raise ValueError(f"which={which!r} must be q, k or v")
+    return activation_patch(bridge, batch, which, ("layer", "head"), **kwargs)
+
+
+def patch_head_qkv_by_pos(bridge: Any, batch: PromptBatch, which: str, **kwargs: Any) -> CircuitResult:
+    """Patch each head's query, key or value vector at one position at a time: ``[layer, pos, head]``."""
+    if which not in ("q", "k", "v"):
+        raise ValueError(f"which={which!r} must be q, k or v")
+    return activation_patch(bridge, batch, which, ("layer", "pos", "head"), **kwargs)
+
+
+def patch_head_pattern_all_pos(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch each head's whole attention pattern: ``[layer, head]``."""
+    return activation_patch(bridge, batch, "pattern", ("layer", "head"), **kwargs)
+
+
+def patch_head_pattern_by_pos(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:
+    """Patch each head's attention pattern row of one destination position: ``[layer, head, pos]``."""
+    return activation_patch(bridge, batch, "pattern", ("layer", "head", "pos"), **kwargs)
+
+
+def clean_into_clean(bridge: Any, batch: PromptBatch, activation: str = "resid_pre",
+                     memory_mb: float = 512.0) -> torch.Tensor:
+    """Patch clean activations into the clean run at every layer × position (a no-op check).
+
+    Returns the raw mean logit difference per cell minus the unpatched clean one (should be 0).
+    """
+    template, act_axes = ACTIVATIONS[activation]
+    hooks = [template.format(layer=layer) for layer in range(bridge.cfg.n_layers)]
+    sources, logits = capture(bridge, batch.clean_tokens, batch.answer_pos, hooks)
+    clean = logit_diff(logits, batch.answer_ids, batch.foil_ids).mean()
+    variants = [[Patch(h, (p,))] for h in hooks for p in range(batch.n_pos)]
+    raw = run_variants(bridge, batch.clean_tokens, batch.answer_pos, variants, sources,
+                       lambda lg: logit_diff(lg, batch.answer_ids, batch.foil_ids).mean(-1), memory_mb)
+    return (raw - clean).reshape(bridge.cfg.n_layers, batch.n_pos)

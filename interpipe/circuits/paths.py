@@ -1,0 +1,87 @@
+"""Path patching from a sender head to receiver heads' queries, keys or values (Wang et al. 2022).
+
+The edge sender → receiver is isolated by giving only the receiver's own copy of its input the
+sender's changed output: with TransformerLens's per-head Q/K/V input forks
+(``use_split_qkv_input``; hooks ``blocks.{L}.attn.hook_{q,k,v}_input``, ``[batch, pos, head,
+d_model]`` before ``ln1``), the sender's write difference ``(z_source − z_target)[:, :, h] @ W_O[h]``
+is added to one receiver head's q, k or v input while every other reader still sees the target
+run. Merullo et al. (2024, "Circuit Component Reuse") restrict the sender's write to the last
+position (``sender_positions="answer"``). All receivers of one sender go through the batched
+engine together; the result equals ``transformer_lens.patching.get_act_patch_direct_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from interpipe.circuits.bridge import PromptBatch, check_head
+from interpipe.circuits.engine import Patch, capture, capture_with_cache, run_variants
+from interpipe.circuits.metrics import NormalizedLogitDiff
+from interpipe.circuits.patching import runs, task_metric
+from interpipe.circuits.results import CircuitResult
+
+COMPONENTS = ("q", "k", "v")
+SENDER_POSITIONS = ("all", "answer")
+
+
+@contextlib.contextmanager
+def split_qkv_inputs(bridge: Any) -> Iterator[None]:
+    """Enable the per-head Q/K/V input forks for the block, restoring the previous flags."""
+    split = bool(getattr(bridge.cfg, "use_split_qkv_input", False))
+    attn_in = bool(getattr(bridge.cfg, "use_attn_in", False))
+    if attn_in:
+        bridge.set_use_attn_in(False)
+    bridge.set_use_split_qkv_input(True)
+    try:
+        yield
+    finally:
+        bridge.set_use_split_qkv_input(split)
+        if attn_in:
+            bridge.set_use_attn_in(True)
+
+
+def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
+               components: Sequence[str] = COMPONENTS, direction: str = "denoise",
+               sender_positions: str = "all", metric: NormalizedLogitDiff | None = None,
+               memory_mb: float = 512.0) -> CircuitResult:
+    """Patch the path from head ``sender = (layer, head)`` into every later head's q/k/v input.
+
+    Returns:
+        ``[component, layer, head]``: the patched metric; layers up to the sender's are left at
+        the baseline (no path exists).
+    """
+    layer, head = check_head(bridge, *sender)
+    for c in components:
+        if c not in COMPONENTS:
+            raise ValueError(f"component {c!r} is not one of {COMPONENTS}")
+    if sender_positions not in SENDER_POSITIONS:
+        raise ValueError(f"sender_positions={sender_positions!r} is not one of {SENDER_POSITIONS}")
+    metric = metric or task_metric(bridge, batch)
+    target, source, baseline = runs(batch, direction)
+    z_name = f"blocks.{layer}.attn.hook_z"
+    src, _ = capture(bridge, source, batch.answer_pos, [z_name])
+    tgt, _, cache = capture_with_cache(bridge, target, batch.answer_pos, [z_name])
+    w_o = bridge.blocks[layer].attn.W_O[head].detach()  # (d_head, d_model)
+    delta = (src[z_name][:, :, head] - tgt[z_name][:, :, head]) @ w_o  # (batch, pos, d_model)
+    if sender_positions == "answer":
+        keep = torch.zeros_like(delta[..., :1])
+        keep[torch.arange(batch.size), batch.answer_pos] = 1.0
+        delta = delta * keep
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    cells = [(c, dl, dh) for c in components for dl in range(layer + 1, n_layers) for dh in range(n_heads)]
+    values = torch.full((len(components), n_layers, n_heads), float(baseline))
+    if cells:
+        sources = {f"blocks.{dl}.attn.hook_{c}_input": delta[:, :, None, :] for c, dl, _ in cells}  # (batch, pos, 1, d_model)
+        variants = [[Patch(f"blocks.{dl}.attn.hook_{c}_input", (None, dh), add=True)] for c, dl, dh in cells]
+        with split_qkv_inputs(bridge):
+            out = run_variants(bridge, target, batch.answer_pos, variants, sources, metric, memory_mb,
+                               desc="path patching", prefix=batch.shared_prefix(), prefix_cache=cache)
+        for (c, dl, dh), v in zip(cells, out):
+            values[components.index(c), dl, dh] = float(v)
+    return CircuitResult(f"path_L{layer}H{head}", values, ("component", "layer", "head"),
+                         {"component": list(components)}, baseline,
+                         {"method": "path_patching", "sender": [layer, head], "direction": direction,
+                          "sender_positions": sender_positions, "n_prompts": batch.size})

@@ -1,0 +1,49 @@
+"""The circuits config group and the whole study on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+from interpipe.io import read_json
+from tests.conftest import compose
+
+
+def test_config_composes_and_validates():
+    from stages import schema
+
+    cfg = compose(["circuits.n_prompts=8", "circuits.tasks=[sva]"])
+    settings = schema.validate(cfg)
+    assert settings.circuits.n_prompts == 8 and settings.circuits.tasks == ["sva"]
+
+
+def test_config_rejects_unknown_key_and_bad_value():
+    from stages import schema
+
+    with pytest.raises(Exception, match="nope"):
+        compose(["circuits.nope=1"])
+    with pytest.raises(ValueError, match="circuits.selection"):
+        schema.validate(compose(["circuits.selection=best"]))
+
+
+def test_gpu_preset_composes():
+    cfg = compose(["experiment=circuits_gpt2_ioi", "model=gpt2"])
+    assert cfg.circuits.tasks[0] == "ioi" and cfg.circuits.n_prompts >= 100
+
+
+@pytest.mark.slow
+def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
+    from interpipe.circuits import CircuitSettings, run_circuits
+
+    settings = CircuitSettings(tasks=["sva", "ioi"], n_prompts=4, grids=["resid_pre", "z"], min_logit_gap=-1e9,
+                               neuron_ablation=4, overlap=["sva", "ioi"])
+    metrics = run_circuits(settings, tiny_folder, data_root, tmp_path, model_name="tiny")
+    task = tmp_path / "tiny-sva"
+    for name in ("metrics.json", "effects.parquet", "circuit.json", "dla.png", "patching.png", "attribution.png",
+                 "faithfulness.png", "attention_top_heads.png"):
+        assert (task / name).exists(), name
+    import pandas as pd
+
+    frame = pd.read_parquet(task / "effects.parquet")
+    assert {"layer", "head", "position", "effect"} <= set(frame.columns)
+    assert "sva/faithfulness" in metrics and "overlap_sva_ioi" in metrics
+    assert read_json(tmp_path / "overlap.json")["overlap"] == metrics["overlap_sva_ioi"]
