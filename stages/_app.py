@@ -40,17 +40,30 @@ def _move_into(tmp: Path, out: Path) -> None:
         os.replace(entry, target)
 
 
+def _sweep_dir() -> str | None:
+    """The Hydra sweep folder when this execution is one job of a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
 def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict], name: str | None = None,
-              tags: list[str] | None = None) -> dict:
+              tags: list[str] | None = None, method: str | None = None, study: str | None = None) -> dict:
     """Run one stage execution: ``work(settings, tmp_out) -> metrics``.
 
     ``settings`` is the validated config object (dataclasses). The returned metrics are
     written to ``<out>/metrics.json``; everything ``work`` wrote into ``tmp_out`` appears in
-    the output folder only if it returns normally.
+    the output folder only if it returns normally. The W&B run is named
+    ``<job_type>-<model>[-<method>]``, grouped by pipeline run or sweep
+    (``tracking.default_group``) and tagged with stage, study, model and method.
     """
-    from interpipe.io import write_json
+    from interpipe.io import DIR_MODE, write_json
     from interpipe.runtime import seed_everything
-    from interpipe.tracking import Tracker
+    from interpipe.tracking import Tracker, name_run
 
     try:
         settings = schema.validate(cfg)
@@ -63,6 +76,7 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     if old_metrics.exists():
         old_metrics.unlink()  # a failed rerun must not leave the previous run's metrics looking current
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, DIR_MODE)
     start = time.perf_counter()
     try:
         metrics = work(settings, tmp)
@@ -72,8 +86,11 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger = settings.logger
-    logger.name = logger.name or name or f"{job_type}-{settings.model.name}"
-    logger.tags = list(dict.fromkeys([*logger.tags, job_type, settings.model.name, *(tags or [])]))
+    logger.name = logger.name or name
+    report = getattr(settings, "report", None)
+    study = study or (report.study_of(job_type) if hasattr(report, "study_of") else job_type)
+    model = "" if job_type in getattr(report, "model_free", ()) else settings.model.name
+    name_run(logger, job_type, model, method, study, tags, _sweep_dir(), os.environ)
     tracker = Tracker(logger, job_type=job_type, config=OmegaConf.to_container(cfg, resolve=True))
     try:
         tracker.log_metrics(metrics)

@@ -81,6 +81,21 @@ STUDY_SCHEMAS: list[tuple[str, type]] = []
 def _study_schemas() -> list[tuple[str, type]]:
     schemas = list(STUDY_SCHEMAS)
     # --- study schema imports (one block per study) ---
+    from interpipe.weights.settings import WeightsSettings
+
+    schemas.append(("weights", WeightsSettings))
+    from interpipe.circuits.study import CircuitSettings
+
+    schemas.append(("circuits", CircuitSettings))
+    from interpipe.attribution.settings import AttributeSettings
+
+    schemas.append(("attribute", AttributeSettings))
+    from interpipe.quant.settings import QuantSettings
+
+    schemas.append(("quantize", QuantSettings))
+    from interpipe.report import ReportSettings
+
+    schemas.append(("report", ReportSettings))
     return schemas
 
 
