@@ -16,7 +16,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	@test -d .dvc || $(BIN)/dvc init -q --no-scm
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" INTERPIPE_GROUP=repro-$$(date -u +%Y%m%d-%H%M%S) $(BIN)/dvc repro
 	$(BIN)/python -m interpipe.report.summary outputs/report
 
 test: $(STAMP)

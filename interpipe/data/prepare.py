@@ -29,7 +29,8 @@ class PrepareSettings:
     laundry_train_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
     laundry_test_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
     induction_seq_len: int = 8  # longest repeated sequence
-    induction_min_len: int = 3  # shortest; varied lengths teach copying at any distance
+    induction_min_len: int = 8  # shortest repeated sequence (= longest: fixed length)
+    corpus_tasks: list[str] = field(default_factory=lambda: list(CAUSAL_TASKS))  # what the toy model trains on
     bigram_sentence_len: int = 16
     seed: int = 0
 
@@ -98,15 +99,19 @@ def prepare_all(out_dir: str | Path, s: PrepareSettings) -> dict[str, int]:
     datasets.disable_progress_bars()  # one bar over tasks is enough
     out_dir = Path(out_dir)
     counts: dict[str, int] = {}
-    corpus: dict[str, list[dict]] = {"train": [], "validation": []}
+    # vocab_only: texts of tasks the toy model does not train on, so its tokenizer still covers them
+    corpus: dict[str, list[dict]] = {"train": [], "validation": [], "vocab_only": []}
     for task in tqdm(s.tasks, desc="prepare tasks"):
         splits = generate_task(task, s)
         with atomic_dir(out_dir / task) as tmp:
             DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(tmp))
         for split, rows in splits.items():
             counts[f"{task}/{split}"] = len(rows)
-        corpus["train"] += [{"text": corpus_text(r), "task": task} for r in splits["train"]]
-        corpus["validation"] += [{"text": corpus_text(r), "task": task} for r in splits["test"]]
+        if task in s.corpus_tasks:
+            corpus["train"] += [{"text": corpus_text(r), "task": task} for r in splits["train"]]
+            corpus["validation"] += [{"text": corpus_text(r), "task": task} for r in splits["test"]]
+        else:
+            corpus["vocab_only"] += [{"text": corpus_text(r), "task": task} for r in splits["train"] + splits["test"]]
     random.Random(s.seed).shuffle(corpus["train"])
     with atomic_dir(out_dir / "corpus") as tmp:
         DatasetDict({k: Dataset.from_list(v) for k, v in corpus.items()}).save_to_disk(str(tmp))

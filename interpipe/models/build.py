@@ -59,7 +59,9 @@ def build_model(req: BuildRequest, data_root: str | Path, out_dir: str | Path, d
         if not corpus_dir.exists():
             raise FileNotFoundError(f"no training corpus at {corpus_dir}; run the prepare stage first (`dvc repro prepare`)")
         corpus = load_from_disk(str(corpus_dir))
-        model, tokenizer, curve, seconds = train_toy(corpus["train"]["text"], corpus["validation"]["text"], req.toy)
+        vocab_only = list(corpus["vocab_only"]["text"]) if "vocab_only" in corpus else []
+        model, tokenizer, curve, seconds = train_toy(corpus["train"]["text"], corpus["validation"]["text"], req.toy,
+                                                     vocab_texts=vocab_only)
         card = describe(model, req.name, "toy", req.kind, seconds=seconds, training_curve=curve,
                         extra={"trained_on": str(corpus_dir), "toy": vars(req.toy)})
     else:
