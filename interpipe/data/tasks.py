@@ -125,27 +125,25 @@ def sva(rng: random.Random) -> dict:
 
 
 def colored_objects(rng: random.Random) -> dict:
-    """Three objects with their colours, then one object again; the answer is its colour.
+    """Three coloured objects, then a question about one; the answer is its colour.
 
-    Merullo et al. (2023) list "a silver pencil, a green cup, ..." and ask "What color is the
-    pencil?\nA:". Here each colour directly follows its object and the prompt ends on the
-    queried object ("Colors on the table : pencil silver , cup green , and key red . The
-    pencil" -> "silver"): the same in-context recall, reachable for a model of a few layers
-    within the default training budget (the question form needs a look-back composition that
-    the toy model did not learn in 2000 steps: 0.38 accuracy, chance 0.33). Corrupted: another
-    of the three objects is queried.
+    Merullo et al. (2023): "On the table, I see a silver pencil, a green cup, ... What color is
+    the pencil?\nA:" -> " silver". Here the question ends right after the object ("... What
+    color is the pencil ?" -> "silver"). Corrupted: another of the three objects is asked about.
     """
     objects = rng.sample(vocab.OBJECTS, 3)
     colors = rng.sample(vocab.COLORS, 3)
     q, other = rng.sample(range(3), 2)
-    b = _PromptBuilder().add("Colors on the table :")
+    b = _PromptBuilder().add("On the table , I see")
     for i, (color, obj) in enumerate(zip(colors, objects)):
         if i > 0:
             b.add(", and" if i == 2 else ",")
-        b.add(obj, cue=i == q)
+        b.add("a")
         b.add(color, cue=i == q)
-    b.add(". The")
+        b.add(obj, cue=i == q)
+    b.add(". What color is the")
     b.add(objects[q], cue=True)
+    b.add("?")
     start, end = b.spans[-1]
     corrupted = b.text[:start] + objects[other] + b.text[end:]
     key = f"colored|{'-'.join(objects)}|{'-'.join(colors)}|{q}"

@@ -40,8 +40,8 @@ def test_sva_verb_agrees_with_subject_not_attractor(seed):
 def test_colored_objects_answer_is_the_queried_objects_color(seed):
     row = T.colored_objects(random.Random(seed))
     words = _words(row["prompt"])
-    queried = words[-1]  # "... . The <obj>"
-    assert words[words.index(queried) + 1] == row["answer"]  # "<obj> <color>"
+    queried = words[-2]  # "... What color is the <obj> ?"
+    assert words[words.index(queried) - 1] == row["answer"]  # "a <color> <obj>"
 
 
 @pytest.mark.parametrize("n_items", [2, 4, 6])
