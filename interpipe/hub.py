@@ -33,11 +33,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def offline_error(kind: str, name: str, cause: Exception | None = None) -> HubUnreachableError:
     """The message users get when a hub name cannot be resolved offline."""
+    example = "model.source=/path/to/folder" if kind == "model" else "data.hub=[{name: /path/to/folder}]"
     hint = (
         f"cannot load {kind} {name!r}: the Hugging Face hub ({hub_endpoint()}) is unreachable "
         f"and {name!r} is not in the local HF cache. Either download it on a machine with network "
         f"(`huggingface-cli download {name} --local-dir /path/to/{name.split('/')[-1]}`), copy the "
-        f"folder here and pass its path (e.g. `model.source=/path/to/folder`), or set HF_HOME to a "
+        f"folder here and pass its path (e.g. `{example}`), or set HF_HOME to a "
         f"cache that holds it."
     )
     if cause is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from tqdm.auto import tqdm
 
@@ -17,6 +18,17 @@ from interpipe.data import tasks
 
 CAUSAL_TASKS = ("ioi", "sva", "colored_objects", "laundry_list", "induction")
 ALL_TASKS = CAUSAL_TASKS + ("sentiment", "bigram_text")
+
+
+@dataclass
+class HubDataset:
+    """A real dataset loaded with ``datasets.load_dataset`` and saved beside the generated tasks."""
+
+    name: str  # hub name (e.g. stanfordnlp/sst2) or a local folder / file
+    config: Optional[str] = None  # dataset configuration name
+    split: str = "train"
+    revision: Optional[str] = None  # pin a commit for exact reproducibility
+    save_as: Optional[str] = None  # folder name under the data root; default: the name's last part
 
 
 @dataclass
@@ -31,6 +43,7 @@ class PrepareSettings:
     induction_seq_len: int = 8  # longest repeated sequence
     induction_min_len: int = 8  # shortest repeated sequence (= longest: fixed length)
     corpus_tasks: list[str] = field(default_factory=lambda: list(CAUSAL_TASKS))  # what the toy model trains on
+    hub: list[HubDataset] = field(default_factory=list)  # real datasets to fetch as well (none by default: offline)
     bigram_sentence_len: int = 16
     seed: int = 0
 
@@ -112,6 +125,14 @@ def prepare_all(out_dir: str | Path, s: PrepareSettings) -> dict[str, int]:
             corpus["validation"] += [{"text": corpus_text(r), "task": task} for r in splits["test"]]
         else:
             corpus["vocab_only"] += [{"text": corpus_text(r), "task": task} for r in splits["train"] + splits["test"]]
+    for hub in s.hub:
+        from interpipe.data.store import load_hub_dataset
+
+        rows = load_hub_dataset(hub.name, hub.config, hub.split, hub.revision)
+        folder = hub.save_as or Path(hub.name.rstrip("/")).name
+        with atomic_dir(out_dir / "hub" / folder) as tmp:
+            rows.save_to_disk(str(tmp))
+        counts[f"hub/{folder}"] = len(rows)
     random.Random(s.seed).shuffle(corpus["train"])
     with atomic_dir(out_dir / "corpus") as tmp:
         DatasetDict({k: Dataset.from_list(v) for k, v in corpus.items()}).save_to_disk(str(tmp))

@@ -33,22 +33,21 @@ def load_hub_dataset(name: str, config: str | None = None, split: str = "train",
     A local folder or file path is loaded directly. Offline, the HF cache is tried first
     (``HF_DATASETS_OFFLINE``), then a clear error naming the fix is raised within seconds.
     """
-    import os
-
     from datasets import load_dataset
 
     if Path(name).exists():
         return load_dataset(name, config, split=split)
     if hub_reachable(timeout):
         return load_dataset(name, config, split=split, revision=revision)
-    previous = os.environ.get("HF_DATASETS_OFFLINE")
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets.config as ds_config
+    import huggingface_hub.constants as hub_constants
+
+    saved = (hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, ds_config.HF_DATASETS_OFFLINE)
+    # offline mode read at import time: switch it on for this call only, so only the cache is tried
+    hub_constants.HF_HUB_OFFLINE = ds_config.HF_HUB_OFFLINE = ds_config.HF_DATASETS_OFFLINE = True
     try:
         return load_dataset(name, config, split=split, revision=revision)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
         raise offline_error("dataset", name, exc) from exc
     finally:
-        if previous is None:
-            os.environ.pop("HF_DATASETS_OFFLINE", None)
-        else:
-            os.environ["HF_DATASETS_OFFLINE"] = previous
+        hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, ds_config.HF_DATASETS_OFFLINE = saved

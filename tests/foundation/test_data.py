@@ -97,3 +97,28 @@ def test_missing_and_empty_data_give_clear_errors(tmp_path, data_root):
         generate_task("ioi", PrepareSettings(n_test=0))
     with pytest.raises(ValueError, match="unknown task"):
         generate_task("nonsense", PrepareSettings())
+
+
+def test_hub_datasets_load_from_local_folders_and_fail_fast_offline(tmp_path, monkeypatch):
+    import time
+
+    from interpipe.data import load_hub_dataset
+    from interpipe.data.prepare import HubDataset
+    from interpipe.hub import HubUnreachableError
+
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood film,1\nbad film,0\n")
+    s = PrepareSettings(tasks=["ioi"], n_train=5, n_test=2, hub=[HubDataset(name=str(folder))])
+    from interpipe.data import prepare_all
+
+    counts = prepare_all(tmp_path / "out", s)
+    assert counts["hub/mydata"] == 2
+    from datasets import load_from_disk
+
+    assert load_from_disk(str(tmp_path / "out" / "hub" / "mydata"))["text"] == ["good film", "bad film"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="local folder|model.source|unreachable"):
+        load_hub_dataset("no-such-org/no-such-dataset-xyz")
+    assert time.perf_counter() - start < 15
