@@ -100,7 +100,7 @@ def evaluate_task(loaded, data_root: str | Path, task: str, batch_size: int = 64
 def default_tasks(kind: str) -> list[str]:
     from interpipe.data import CAUSAL_TASKS
 
-    return list(CAUSAL_TASKS) + ["bigram_text"] if kind == "causal_lm" else list(CLASSIFICATION_TASKS)
+    return list(CAUSAL_TASKS) if kind == "causal_lm" else list(CLASSIFICATION_TASKS)
 
 
 def evaluate_model(model_folder: str | Path, data_root: str | Path, tasks: list[str] | None = None,
