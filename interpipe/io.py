@@ -64,18 +64,26 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary file name beside ``path`` that replaces it once the block succeeds."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix=path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        yield tmp
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def _json_default(value: Any) -> Any:
@@ -86,6 +94,22 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into ``{"a/b": value}``.
+
+    >>> flatten_metrics({"ioi": {"accuracy": 1.0}, "seconds": 2})
+    {'ioi/accuracy': 1.0, 'seconds': 2}
+    """
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, name))
+        else:
+            out[name] = value
+    return out
 
 
 def check_finite(metrics: dict[str, Any], where: str = "metrics") -> None:
@@ -124,22 +148,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_frame(path: str | os.PathLike, frame: "Any") -> Path:
     """Write a pandas DataFrame atomically as Parquet or CSV, chosen by the suffix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"unsupported table suffix {path.suffix!r}: use .parquet or .csv")
+    with atomic_file(path) as tmp:
         if path.suffix == ".parquet":
             frame.to_parquet(tmp, index=False)
-        elif path.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
         else:
-            raise ValueError(f"unsupported table suffix {path.suffix!r}: use .parquet or .csv")
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            frame.to_csv(tmp, index=False)
     return path
 
 
@@ -148,17 +163,9 @@ def save_figure(fig: "Any", path: str | os.PathLike, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

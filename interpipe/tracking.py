@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from interpipe.io import flatten_metrics
 from typing import Any, Mapping
 
 MODES = ("offline", "online", "disabled")
@@ -127,7 +129,7 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         if self.run is None:
             return
-        flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, (int, float, str, bool))}
+        flat = {k: v for k, v in flatten_metrics(metrics).items() if isinstance(v, (int, float, str, bool))}
         self.run.log(flat)
         self.run.summary.update(flat)
 
@@ -160,14 +162,3 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out

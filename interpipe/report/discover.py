@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from interpipe.io import flatten_metrics
 from interpipe.report.settings import ReportSettings
 
 COLUMNS = ["study", "stage", "model", "method", "task", "setting", "metric", "value", "run_dir", "config_hash"]
@@ -115,17 +116,6 @@ def config_hash(config: dict) -> str:
         return ""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _flatten(metrics: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
 
 
 def split_task(metric: str, tasks: list[str]) -> tuple[str, str]:
@@ -241,7 +231,7 @@ def find_runs(repo: str | os.PathLike, settings: ReportSettings) -> list[RunReco
             if not isinstance(metrics, dict):
                 continue
             record = identify(folder, root, repo, settings)
-            record.metrics = _flatten(metrics)
+            record.metrics = flatten_metrics(metrics)
             record.mtime = (folder / "metrics.json").stat().st_mtime
             records.append(record)
     return records
