@@ -76,7 +76,7 @@ def load_pretrained(source: str, kind: str, revision: str | None = None, device:
 
     name, is_local = resolve_source(source)
     auto = _auto_class(kind)
-    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, torch_dtype=resolve_dtype(dtype), **model_kwargs)
+    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, dtype=resolve_dtype(dtype), **model_kwargs)
     if device_map:
         kwargs["device_map"] = device_map
     start = time.perf_counter()

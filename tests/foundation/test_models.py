@@ -76,3 +76,8 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         load_model(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_pretrained("./no/such/folder", "causal_lm")
+
+
+def test_dtype_is_honoured(tiny_toy_folder):
+    loaded = load_model(tiny_toy_folder, dtype="bfloat16")
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
