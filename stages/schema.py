@@ -74,29 +74,16 @@ class RootConfig:
             raise ValueError(f"seed={self.seed} must be >= 0")
 
 
-# Study schemas: (group, dataclass). Each study adds its line here.
-STUDY_SCHEMAS: list[tuple[str, type]] = []
-
-
 def _study_schemas() -> list[tuple[str, type]]:
-    schemas = list(STUDY_SCHEMAS)
-    # --- study schema imports (one block per study) ---
+    """(group, dataclass) of every study; imported here so the library stays free of Hydra."""
+    from interpipe.attribution.settings import AttributeSettings
+    from interpipe.circuits.study import CircuitSettings
+    from interpipe.quant.settings import QuantSettings
+    from interpipe.report import ReportSettings
     from interpipe.weights.settings import WeightsSettings
 
-    schemas.append(("weights", WeightsSettings))
-    from interpipe.circuits.study import CircuitSettings
-
-    schemas.append(("circuits", CircuitSettings))
-    from interpipe.attribution.settings import AttributeSettings
-
-    schemas.append(("attribute", AttributeSettings))
-    from interpipe.quant.settings import QuantSettings
-
-    schemas.append(("quantize", QuantSettings))
-    from interpipe.report import ReportSettings
-
-    schemas.append(("report", ReportSettings))
-    return schemas
+    return [("attribute", AttributeSettings), ("circuits", CircuitSettings), ("weights", WeightsSettings),
+            ("quantize", QuantSettings), ("report", ReportSettings)]
 
 
 def register() -> None:
@@ -114,5 +101,4 @@ def validate(cfg: DictConfig) -> Any:
 
     Raises ``ValueError`` naming the offending key and its allowed values.
     """
-    obj = OmegaConf.to_object(cfg)
-    return obj
+    return OmegaConf.to_object(cfg)
