@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 
 import numpy as np
 import torch
@@ -40,3 +41,12 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         return DTYPES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}") from None
+
+
+def git_revision() -> str | None:
+    """The current git commit of the working directory, or None outside a repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None

@@ -8,19 +8,12 @@
 import hydra
 
 from interpipe.attribution import run_attribute
-from interpipe.runtime import resolve_device
+from interpipe.runtime import git_revision, resolve_device
 from stages._app import run_stage
 
 
-def _git_revision() -> str | None:
-    import subprocess
-
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or None
-
-
 def _attribute(s, out):
-    info = {"seed": s.seed, "device": s.device, "dtype": s.dtype, "git_revision": _git_revision()}
+    info = {"seed": s.seed, "device": s.device, "dtype": s.dtype, "git_revision": git_revision()}
     return run_attribute(s.attribute, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
                          device=str(resolve_device(s.device)), dtype=s.dtype, info=info)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import subprocess
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from interpipe.quant.metrics import EndMetrics, capture_outputs, headline, layer
 from interpipe.quant.migrate import migrate
 from interpipe.quant.outliers import channel_table, summary_table
 from interpipe.quant.settings import QuantSettings, parse_bits
+from interpipe.runtime import git_revision
 
 
 @dataclass
@@ -116,14 +116,6 @@ class QuantStudyResult:
         write_json(folder / "info.json", self.info)
         write_frame(folder / "summary.csv", self.to_frame())
         return folder
-
-
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _calibration_texts(data_root: str | Path, source: str, n: int) -> list[str]:
@@ -218,7 +210,7 @@ def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: s
 
     config_hash = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
     info = {"model": card.name, "source": card.source, "kind": card.kind, "architecture": card.architecture,
-            "block_style": arch.style, "seed": seed, "config_hash": config_hash, "git_revision": _git_revision(),
+            "block_style": arch.style, "seed": seed, "config_hash": config_hash, "git_revision": git_revision(),
             "calibration": {"source": settings.calib_source, "examples": calib.n_examples, "tokens": calib.n_tokens},
             "protocol": "fake quantization of the inputs and weights of the target linears; "
                         f"layers={settings.layers}; weights {settings.w_granularity} "
