@@ -212,28 +212,33 @@ def _walk(root: Path, excluded: set[Path]):
         yield here, filenames
 
 
+def _walk_roots(repo: Path, settings: ReportSettings):
+    """``(root, folder, filenames)`` for every folder under the existing report roots."""
+    excluded = {(repo / e).resolve() for e in settings.exclude}
+    for root_name in settings.roots:
+        root = (repo / root_name).resolve()
+        if root.is_dir():
+            for folder, files in _walk(root, excluded):
+                yield root, folder, files
+
+
 def find_runs(repo: str | os.PathLike, settings: ReportSettings) -> list[RunRecord]:
     """Every folder with a ``metrics.json`` under the report roots, identified, sorted by path."""
     repo = Path(repo).resolve()
-    excluded = {(repo / e).resolve() for e in settings.exclude}
     records = []
-    for root_name in settings.roots:
-        root = (repo / root_name).resolve()
-        if not root.is_dir():
+    for root, folder, files in _walk_roots(repo, settings):
+        if "metrics.json" not in files or folder == root:
             continue
-        for folder, files in _walk(root, excluded):
-            if "metrics.json" not in files or folder == root:
-                continue
-            try:
-                metrics = json.loads((folder / "metrics.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                continue  # a half-written or foreign file: not a finished stage
-            if not isinstance(metrics, dict):
-                continue
-            record = identify(folder, root, repo, settings)
-            record.metrics = flatten_metrics(metrics)
-            record.mtime = (folder / "metrics.json").stat().st_mtime
-            records.append(record)
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a half-written or foreign file: not a finished stage
+        if not isinstance(metrics, dict):
+            continue
+        record = identify(folder, root, repo, settings)
+        record.metrics = flatten_metrics(metrics)
+        record.mtime = (folder / "metrics.json").stat().st_mtime
+        records.append(record)
     return records
 
 
@@ -272,15 +277,10 @@ def tidy_results(records: list[RunRecord], tasks: list[str] | None = None) -> "A
 def find_figures(repo: str | os.PathLike, settings: ReportSettings) -> list[tuple[str, Path]]:
     """Every PNG under the report roots as ``(study, path)``, sorted by path."""
     repo = Path(repo).resolve()
-    excluded = {(repo / e).resolve() for e in settings.exclude}
     found = []
-    for root_name in settings.roots:
-        root = (repo / root_name).resolve()
-        if not root.is_dir():
-            continue
-        for folder, files in _walk(root, excluded):
-            pngs = sorted(f for f in files if f.lower().endswith(".png") and not f.startswith("."))
-            if pngs and folder != root:
-                study = identify(folder, root, repo, settings).study
-                found.extend((study, folder / f) for f in pngs)
+    for root, folder, files in _walk_roots(repo, settings):
+        pngs = sorted(f for f in files if f.lower().endswith(".png") and not f.startswith("."))
+        if pngs and folder != root:
+            study = identify(folder, root, repo, settings).study
+            found.extend((study, folder / f) for f in pngs)
     return found
