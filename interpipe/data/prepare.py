@@ -14,7 +14,7 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
-from interpipe.data import tasks
+from interpipe.data import tasks, vocab
 
 CAUSAL_TASKS = ("ioi", "sva", "colored_objects", "laundry_list", "induction")
 ALL_TASKS = CAUSAL_TASKS + ("sentiment", "bigram_text")
@@ -37,15 +37,48 @@ class PrepareSettings:
 
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
     n_train: int = 3000  # training examples per task (toy model corpus)
+    # n_train multipliers of the tasks named (others: 1): the corpus mix. More of the induction-style
+    # tasks (slowest for the toy model to learn), less of SVA (learned first).
+    n_train_scale: dict[str, float] = field(default_factory=lambda: {"sva": 0.34, "induction": 2.0,
+                                                                     "colored_objects": 2.0})
     n_test: int = 64  # held-out examples per task (evaluation and studies)
     laundry_train_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
     laundry_test_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
-    induction_seq_len: int = 8  # longest repeated sequence
-    induction_min_len: int = 8  # shortest repeated sequence (= longest: fixed length)
+    # Induction sequences vary in length so the repeat sits at no fixed offset: a fixed length lets
+    # a model copy from position t - (length + 1) without any induction head.
+    induction_seq_len: int = 12  # longest repeated sequence
+    induction_min_len: int = 3  # shortest repeated sequence
+    colored_objects_form: str = "inventory"  # or "question" (Merullo et al.'s wording; see tasks.colored_objects)
     corpus_tasks: list[str] = field(default_factory=lambda: list(CAUSAL_TASKS))  # what the toy model trains on
     hub: list[HubDataset] = field(default_factory=list)  # real datasets to fetch as well (none by default: offline)
     bigram_sentence_len: int = 16
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("tasks", "corpus_tasks"):
+            unknown = [t for t in getattr(self, key) if t not in tasks.GENERATORS]
+            if unknown:
+                raise ValueError(f"data.{key}: unknown task(s) {unknown}; choose from {sorted(tasks.GENERATORS)}")
+        if self.colored_objects_form not in tasks.COLORED_OBJECTS_FORMS:
+            raise ValueError(f"data.colored_objects_form={self.colored_objects_form!r}: "
+                             f"choose from {list(tasks.COLORED_OBJECTS_FORMS)}")
+        if self.n_train < 0:
+            raise ValueError(f"data.n_train={self.n_train} must be >= 0")
+        for task, scale in self.n_train_scale.items():
+            if task not in tasks.GENERATORS or scale < 0:
+                raise ValueError(f"data.n_train_scale.{task}={scale}: the key must be a task "
+                                 f"({sorted(tasks.GENERATORS)}) and the multiplier >= 0")
+        if self.bigram_sentence_len < 2:
+            raise ValueError(f"data.bigram_sentence_len={self.bigram_sentence_len} must be >= 2 (a prompt and its answer)")
+        if self.n_test < 1:
+            raise ValueError(f"data.n_test={self.n_test}: n_test must be >= 1; every study evaluates on held-out prompts")
+        if not 2 <= self.induction_min_len <= self.induction_seq_len:
+            raise ValueError(f"data.induction_min_len={self.induction_min_len} and induction_seq_len="
+                             f"{self.induction_seq_len} must satisfy 2 <= min <= max")
+        lengths = list(self.laundry_train_lengths) + list(self.laundry_test_lengths)
+        if not lengths or min(lengths) < 2 or max(lengths) > len(vocab.OBJECTS):
+            raise ValueError(f"data.laundry_*_lengths={lengths}: list lengths must lie in "
+                             f"2..{len(vocab.OBJECTS)} (the number of objects)")
 
 
 def _generator(task: str, s: PrepareSettings, chain: dict, split: str):
@@ -54,6 +87,8 @@ def _generator(task: str, s: PrepareSettings, chain: dict, split: str):
         return lambda rng: tasks.laundry_list(rng, n_items=rng.choice(lengths))
     if task == "induction":
         return lambda rng: tasks.induction(rng, seq_len=rng.randint(s.induction_min_len, s.induction_seq_len))
+    if task == "colored_objects":
+        return lambda rng: tasks.colored_objects(rng, form=s.colored_objects_form)
     if task == "bigram_text":
         return lambda rng: tasks.bigram_text(rng, chain, length=s.bigram_sentence_len)
     if task not in tasks.GENERATORS:
@@ -84,13 +119,11 @@ def generate_split(task: str, n: int, rng: random.Random, make, exclude: set[str
 
 def generate_task(task: str, s: PrepareSettings) -> dict[str, list[dict]]:
     """Generate the ``test`` then the ``train`` split of one task."""
-    if s.n_test < 1:
-        raise ValueError(f"n_test must be >= 1 for task {task!r} (got {s.n_test})")
     chain = tasks.make_bigram_chain(s.seed)
     rng = random.Random(f"{s.seed}-{task}")
     test = generate_split(task, s.n_test, rng, _generator(task, s, chain, "test"), set())
-    train = generate_split(task, s.n_train, rng, _generator(task, s, chain, "train"),
-                           {r["key"] for r in test})
+    n_train = round(s.n_train * s.n_train_scale.get(task, 1.0))
+    train = generate_split(task, n_train, rng, _generator(task, s, chain, "train"), {r["key"] for r in test})
     return {"train": train, "test": test}
 
 

@@ -124,29 +124,44 @@ def sva(rng: random.Random) -> dict:
     return _record(key, b, verb, foil, corrupted, foil)
 
 
-def colored_objects(rng: random.Random) -> dict:
-    """Three coloured objects, then a question about one; the answer is its colour.
+COLORED_OBJECTS_FORMS = ("inventory", "question")
 
-    Merullo et al. (2023): "On the table, I see a silver pencil, a green cup, ... What color is
-    the pencil?\nA:" -> " silver". Here the question ends right after the object ("... What
-    color is the pencil ?" -> "silver"). Corrupted: another of the three objects is asked about.
+
+def colored_objects(rng: random.Random, form: str = "inventory") -> dict:
+    """Three coloured objects, then one of them again; the answer is its colour.
+
+    ``question`` is Merullo et al. (2023)'s form, colour before object: "On the table , I see a
+    red hat , a blue pen , and a green cup . What color is the pen ?" -> "blue". The colour has to
+    be moved onto its object before it can be looked up (V-composition with a previous-token head).
+    ``inventory`` lists each object before its colour: "On the table , I see : hat red , pen
+    blue , and cup green . The pen" -> "blue", an induction-style lookup (K-composition). The toy
+    model learns the inventory form within the default training budget and stays at chance on
+    the question form; pretrained models handle both. Corrupted: another of the three objects is
+    asked about.
     """
+    if form not in COLORED_OBJECTS_FORMS:
+        raise ValueError(f"unknown colored_objects form {form!r}: choose from {COLORED_OBJECTS_FORMS}")
     objects = rng.sample(vocab.OBJECTS, 3)
     colors = rng.sample(vocab.COLORS, 3)
     q, other = rng.sample(range(3), 2)
-    b = _PromptBuilder().add("On the table , I see")
+    b = _PromptBuilder().add("On the table , I see" + (" :" if form == "inventory" else ""))
     for i, (color, obj) in enumerate(zip(colors, objects)):
         if i > 0:
             b.add(", and" if i == 2 else ",")
-        b.add("a")
-        b.add(color, cue=i == q)
-        b.add(obj, cue=i == q)
-    b.add(". What color is the")
+        if form == "inventory":
+            b.add(obj, cue=i == q)
+            b.add(color, cue=i == q)
+        else:
+            b.add("a")
+            b.add(color, cue=i == q)
+            b.add(obj, cue=i == q)
+    b.add(". The" if form == "inventory" else ". What color is the")
     b.add(objects[q], cue=True)
-    b.add("?")
+    if form == "question":
+        b.add("?")
     start, end = b.spans[-1]
     corrupted = b.text[:start] + objects[other] + b.text[end:]
-    key = f"colored|{'-'.join(objects)}|{'-'.join(colors)}|{q}"
+    key = f"colored|{form}|{'-'.join(objects)}|{'-'.join(colors)}|{q}"
     return _record(key, b, colors[q], colors[other], corrupted, colors[other])
 
 

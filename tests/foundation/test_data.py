@@ -38,10 +38,49 @@ def test_sva_verb_agrees_with_subject_not_attractor(seed):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_colored_objects_answer_is_the_queried_objects_color(seed):
-    row = T.colored_objects(random.Random(seed))
+    row = T.colored_objects(random.Random(seed), form="question")
     words = _words(row["prompt"])
     queried = words[-2]  # "... What color is the <obj> ?"
+    assert words.count(queried) == 2
     assert words[words.index(queried) - 1] == row["answer"]  # "a <color> <obj>"
+    row = T.colored_objects(random.Random(seed), form="inventory")
+    words = _words(row["prompt"])
+    queried = words[-1]  # "... . The <obj>"
+    assert words.count(queried) == 2
+    assert words[words.index(queried) + 1] == row["answer"]  # "<obj> <color>"
+    corrupted = _words(row["corrupted_prompt"])
+    assert len(corrupted) == len(words) and corrupted[words.index(corrupted[-1]) + 1] == row["corrupted_answer"]
+    assert row["corrupted_answer"] != row["answer"]
+
+
+def test_corpus_mix_scales_n_train_per_task():
+    s = PrepareSettings(n_train=10, n_test=2, n_train_scale={"sva": 0.5, "induction": 3.0})
+    assert len(generate_task("sva", s)["train"]) == 5
+    assert len(generate_task("induction", s)["train"]) == 30
+    assert len(generate_task("ioi", s)["train"]) == 10
+
+
+def test_induction_repeats_sit_at_varying_offsets():
+    """With a fixed sequence length the answer would sit at a fixed offset back: no induction needed."""
+    rows = generate_task("induction", PrepareSettings(n_train=0, n_test=200))["test"]
+    offsets = set()
+    for row in rows:
+        first, second = row["prompt"].split(" | ")
+        offsets.add(len(first.split()) + 1)
+    assert len(offsets) >= 5
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"colored_objects_form": "riddle"}, "colored_objects_form='riddle': choose from"),
+    ({"tasks": ["ioi", "iol"]}, r"unknown task\(s\) \['iol'\]"),
+    ({"induction_min_len": 9, "induction_seq_len": 4}, "induction_min_len=9"),
+    ({"laundry_test_lengths": [2, 40]}, "list lengths must lie in"),
+    ({"n_train": -1}, "n_train=-1"),
+    ({"n_train_scale": {"svaa": 2.0}}, "n_train_scale.svaa=2.0: the key must be a task"),
+])
+def test_bad_prepare_settings_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        PrepareSettings(**override)
 
 
 @pytest.mark.parametrize("n_items", [2, 4, 6])
@@ -94,7 +133,7 @@ def test_missing_and_empty_data_give_clear_errors(tmp_path, data_root):
     with pytest.raises(FileNotFoundError, match="prepare stage"):
         load_task(tmp_path, "ioi")
     with pytest.raises(ValueError, match="n_test must be >= 1"):
-        generate_task("ioi", PrepareSettings(n_test=0))
+        PrepareSettings(n_test=0)
     with pytest.raises(ValueError, match="unknown task"):
         generate_task("nonsense", PrepareSettings())
 
