@@ -1,9 +1,9 @@
 """The embedded toy model: a small GPT-2-architecture causal LM trained here from scratch.
 
 It gets a word-level tokenizer built from the prepared corpus (every word one token, so names,
-colours and objects are single tokens as in the circuit literature) and is trained with plain
-next-token cross-entropy on the task corpus. Training is deterministic on CPU for a fixed
-seed: same config, same weights.
+colours and objects are single tokens as in the circuit literature) and is trained with
+next-token cross-entropy, the answer token up-weighted, on the task corpus. Training is
+deterministic on CPU for a fixed seed and thread count: same config, same weights.
 """
 
 from __future__ import annotations
