@@ -32,7 +32,7 @@ class PathsConfig:
 @dataclass
 class ModelConfig:
     name: str = "toy"  # folder name under paths.models
-    source: str = "toy"  # toy | minilm | hub name | local folder
+    source: str = "toy"  # toy | minilm | smollm2 | hub name | local folder | a local .gguf file
     kind: str = "causal_lm"  # causal_lm | encoder | sequence_classifier
     revision: Optional[str] = None  # hub revision (branch, tag or commit)
     trust_remote_code: bool = False  # never run hub code unless asked

