@@ -21,17 +21,19 @@ import torch
 from interpipe.typing import Float, Int, Tensor
 
 POST_HEAD_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-FINAL_NORMS = ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",
-               "model.final_layernorm", "transformer.norm_f")
 
 
-def _submodule(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module | None:
-    for name in names:
-        try:
-            return model.get_submodule(name)
-        except AttributeError:
-            continue
-    return None
+def _final_norm_of(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str]:
+    """The final norm (from :mod:`interpipe.models.arch`) and, when there is none, why."""
+    from interpipe.models.arch import UnsupportedArchitecture, describe_architecture
+
+    try:
+        spec = describe_architecture(model)
+    except UnsupportedArchitecture as exc:
+        return None, str(exc)
+    if spec.final_norm is None:
+        return None, f"model_type={spec.model_type!r} has no final norm"
+    return model.get_submodule(spec.final_norm), ""
 
 
 def _classifier_head(model: torch.nn.Module) -> Callable[[Tensor], Tensor]:
@@ -65,7 +67,7 @@ class ScoredModel:
             head = model.get_output_embeddings()
             if head is None:
                 raise ValueError(f"{type(model).__name__} has no output embedding (LM head)")
-            self.final_norm = _submodule(model, FINAL_NORMS)
+            self.final_norm, self._no_final_norm = _final_norm_of(model)
             self.n_outputs = int(head.weight.shape[0])
             self._head = head
             # read the LM head only at the scored positions when the model supports it (HF >= 4.45)
@@ -141,8 +143,8 @@ class ScoredModel:
 
     def _final_norm(self, hidden):
         if self.final_norm is None:
-            raise ValueError(f"cannot find the final norm of {type(self.model).__name__} "
-                             f"(looked for {FINAL_NORMS}); set attribute.layerwise=false")
+            raise ValueError(f"layer-wise scores need the final norm of {type(self.model).__name__}: "
+                             f"{self._no_final_norm}; set attribute.layerwise=false")
         return self.final_norm(hidden)
 
     def head(self, hidden: Float[Tensor, "batch pos d_model"], final: bool) -> Float[Tensor, "batch pos n_out"]:

@@ -32,6 +32,7 @@ class AttributeSettings:
     target: str = "predicted"  # classifiers: predicted class (the paper) or gold label
     norm_source: str = "hidden_states0"  # x_i^0: HF hidden_states[0] (embedding-layer output), as the official code
     layerwise: bool = True  # NormXLogit with h_i^l for every layer l (logit-lens style curves)
+    layerwise_max_layers: int = 0  # evaluate at most this many evenly spaced layers (0: all); deep models cost a pass per layer
     ig_steps: int = 16  # the paper uses 50 (paper presets); 16 keeps the default pipeline fast
     ig_method: str = "gausslegendre"  # Captum's default quadrature
     ig_baseline: str = "zero"  # zero word embeddings; special tokens keep their own embedding
@@ -57,6 +58,8 @@ class AttributeSettings:
         for key in ("n_examples", "batch_size", "max_length", "ig_steps", "ig_internal_batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"attribute.{key}={getattr(self, key)} must be >= 1")
+        if self.layerwise_max_layers < 0:
+            raise ValueError(f"attribute.layerwise_max_layers={self.layerwise_max_layers} must be >= 0 (0 means every layer)")
         if self.n_heatmaps < 0:
             raise ValueError(f"attribute.n_heatmaps={self.n_heatmaps} must be >= 0")
         if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):

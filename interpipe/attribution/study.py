@@ -96,9 +96,24 @@ def attribute_all(sm: ScoredModel, batch: Batch, method: str, s: AttributeSettin
     return Attribution.concat(parts)
 
 
+def evaluated_layers(n_states: int, max_layers: int) -> list[int]:
+    """The layer indices whose scores are evaluated: all, or ``max_layers`` evenly spaced ones
+    that always include the embeddings (0) and the last layer.
+
+    >>> evaluated_layers(31, 0)[-1], evaluated_layers(31, 4)
+    (30, [0, 10, 20, 30])
+    """
+    if max_layers <= 0 or max_layers >= n_states:
+        return list(range(n_states))
+    if max_layers == 1:
+        return [n_states - 1]
+    step = (n_states - 1) / (max_layers - 1)
+    return sorted({round(i * step) for i in range(max_layers)})
+
+
 def _layerwise(sm, batch, result: Attribution, s, rule, token, cache: dict) -> list[dict]:
     rows = []
-    for layer in range(result.layer_scores.shape[0]):
+    for layer in evaluated_layers(result.layer_scores.shape[0], s.layerwise_max_layers):
         m, _ = evaluate_by_task(sm, batch, result.layer_scores[layer], result.target_ids, s, rule, token, soft=False,
                                 cache=cache)
         rows.append({"layer": layer, **{k: v for k, v in m.items() if "/" not in k}})
