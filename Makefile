@@ -20,6 +20,7 @@ run: $(STAMP)
 	@test -d .dvc || $(BIN)/dvc init -q --no-scm
 	PATH="$(CURDIR)/$(BIN):$$PATH" INTERPIPE_GROUP=repro-$$(date -u +%Y%m%d-%H%M%S) $(BIN)/dvc repro
 	$(BIN)/python -m interpipe.report.summary outputs/report
+	$(BIN)/python -m interpipe.report.timings outputs
 
 test: $(STAMP)
 	$(BIN)/pytest -q

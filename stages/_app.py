@@ -51,6 +51,18 @@ def _sweep_dir() -> str | None:
     return str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
+def _run_record(cfg: DictConfig, settings: Any, job_type: str, study: str, method: str | None) -> dict:
+    """``run.json``: the execution's record (see :mod:`interpipe.run_record`)."""
+    from interpipe.run_record import build_run_record, model_origin
+
+    group = getattr(settings, job_type, None)  # the study group of a study stage (attribute, circuits, ...)
+    tasks = getattr(group, "tasks", None) or getattr(group, "causal_tasks", None)
+    setting = getattr(group, "study", None)
+    return build_run_record(stage=job_type, study=study, model=model_origin(settings.paths.models, settings.model.name),
+                            config=OmegaConf.to_container(cfg, resolve=True), seed=settings.seed,
+                            device=settings.device, dtype=settings.dtype, tasks=tasks, method=method, setting=setting)
+
+
 def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict], name: str | None = None,
               tags: list[str] | None = None, method: str | None = None, study: str | None = None) -> dict:
     """Run one stage execution: ``work(settings, tmp_out) -> metrics``.
@@ -78,17 +90,18 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, DIR_MODE)
     start = time.perf_counter()
+    logger = settings.logger
+    report = getattr(settings, "report", None)
+    study = study or (report.study_of(job_type) if hasattr(report, "study_of") else job_type)
     try:
         metrics = work(settings, tmp)
         metrics = {**metrics, "stage_seconds": time.perf_counter() - start}
+        write_json(tmp / "run.json", _run_record(cfg, settings, job_type, study, method))
         write_json(tmp / "metrics.json", metrics)
         _move_into(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger = settings.logger
     logger.name = logger.name or name
-    report = getattr(settings, "report", None)
-    study = study or (report.study_of(job_type) if hasattr(report, "study_of") else job_type)
     model = "" if job_type in getattr(report, "model_free", ()) else settings.model.name
     name_run(logger, job_type, model, method, study, tags, _sweep_dir(), os.environ)
     tracker = Tracker(logger, job_type=job_type, config=OmegaConf.to_container(cfg, resolve=True))

@@ -1,0 +1,89 @@
+"""The run record: what one stage execution was, written as ``run.json`` beside its ``metrics.json``.
+
+It says what ran (stage, study, model and its origin, tasks, method, seed, the resolved-config hash),
+on what (git revision and whether the tree was dirty, library versions, device, dtype) and what it
+cost (wall seconds of the whole process including imports, CPU seconds, peak resident memory).
+``stage_seconds`` in ``metrics.json`` counts the library call alone; ``wall_seconds`` here counts the
+process from its start, which is what a pipeline run waits for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+LIBRARIES = ("torch", "transformers", "transformer-lens", "interpipe")
+
+
+def config_hash(config: dict) -> str:
+    """A short, stable hash of a resolved config (key order does not matter)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def process_seconds() -> tuple[float, float]:
+    """(wall seconds since this process started, CPU seconds it used, children included)."""
+    import psutil
+
+    proc = psutil.Process()
+    cpu = proc.cpu_times()
+    return time.time() - proc.create_time(), cpu.user + cpu.system + cpu.children_user + cpu.children_system
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def model_origin(models_root: str | Path, name: str) -> dict:
+    """Name, source and revision or file hash of a model folder, from its card (empty when absent)."""
+    card = Path(models_root) / name / "card.json"
+    if not card.exists():
+        return {"name": name}
+    data = json.loads(card.read_text())
+    extra = data.get("extra", {})
+    return {"name": name, "source": data.get("source"), "revision": data.get("revision"),
+            "file_sha256": extra.get("gguf_sha256"), "architecture": data.get("architecture"),
+            "weights_origin": extra.get("weights_origin")}
+
+
+def build_run_record(*, stage: str, study: str, model: dict, config: dict, seed: int, device: str, dtype: str,
+                     tasks: list[str] | None = None, method: str | None = None, setting: str | None = None) -> dict:
+    """Everything ``run.json`` holds; call at the end of the stage so the costs are complete."""
+    wall, cpu = process_seconds()
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "stage": stage, "study": study, "model": model, "tasks": list(tasks or []), "method": method,
+        "setting": setting, "seed": seed, "config_hash": config_hash(config),
+        "git_revision": _git("rev-parse", "HEAD"), "git_dirty": None if dirty is None else bool(dirty),
+        "libraries": library_versions(), "device": device, "dtype": dtype,
+        "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1),
+        "argv": sys.argv[1:],
+    }
+
+
+__all__ = ["build_run_record", "config_hash", "library_versions", "model_origin", "peak_memory_mb"]
