@@ -46,6 +46,13 @@ class ModelConfig:
 
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model.kind={self.kind!r} is not one of {MODEL_KINDS}")
+        if self.finetune:
+            from interpipe.models.finetune import FinetuneSettings
+
+            try:
+                FinetuneSettings(**self.finetune)  # unknown keys and bad values fail here, before any load
+            except TypeError as exc:
+                raise ValueError(f"model.finetune: {exc} (valid keys: {list(FinetuneSettings.__dataclass_fields__)})") from exc
 
 
 @dataclass
@@ -96,9 +103,40 @@ def register() -> None:
         cs.store(group=group, name="schema", node=schema)
 
 
-def validate(cfg: DictConfig) -> Any:
-    """Instantiate every schema in ``cfg`` (running the range checks) and return the object.
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Messages for every key of ``cfg`` that its schema does not declare, at any depth.
 
-    Raises ``ValueError`` naming the offending key and its allowed values.
+    Hydra's ``+key=`` and ``++key=`` add keys even to struct configs, so composition alone lets a
+    typo through; this walk catches every route. Each message names the key and the closest valid ones.
     """
+    import dataclasses
+    import difflib
+
+    schema_type = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema_type):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(schema_type)}
+    problems: list[str] = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(prefix + c for c in close)}?" if close else \
+                f"valid keys here: {', '.join(prefix + f for f in fields)}"
+            problems.append(f"unknown key {path!r}: {hint}")
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+            problems += unknown_keys(node, f"{path}.")
+    return problems
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Refuse unknown keys, then instantiate every schema in ``cfg`` (running the range checks).
+
+    Raises ``ValueError`` naming the offending key and its allowed values or closest valid keys.
+    """
+    problems = unknown_keys(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
     return OmegaConf.to_object(cfg)
