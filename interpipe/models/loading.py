@@ -113,9 +113,54 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: str = "float32") 
     FileNotFoundError: /no/such/folder has no card.json ...
     """
     card = ModelCard.load(folder)
-    model, tokenizer, _ = load_pretrained(str(folder), card.kind, device=device, dtype=dtype)
+    try:
+        model, tokenizer, _ = load_pretrained(str(folder), card.kind, device=device, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - a damaged folder fails naming the file and the fix
+        broken = _damaged_file(Path(folder))
+        if broken is None:
+            raise
+        raise BrokenModelFolder(f"{broken} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                                f"rebuild the folder with the model stage: `dvc repro -f model@{card.name}` "
+                                f"(or `python -m stages.model model={card.name} hydra.run.dir={folder}`)") from exc
     return LoadedModel(model=model, tokenizer=tokenizer, card=card)
 
 
-__all__ = ["LoadedModel", "ModelCard", "describe", "load_model", "load_pretrained", "minilm_folder",
+class BrokenModelFolder(RuntimeError):
+    """A canonical model folder whose weights, config or tokenizer file cannot be read."""
+
+
+def _damaged_file(folder: Path) -> Path | None:
+    """The first file of ``folder`` that does not parse (safetensors header, JSON), else None."""
+    import json
+
+    from safetensors import safe_open
+
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return folder / "model.safetensors"
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)  # header offsets past the end of a truncated file fail here
+        except Exception:  # noqa: BLE001
+            return path
+        size = path.stat().st_size
+        with open(path, "rb") as raw:
+            header = int.from_bytes(raw.read(8), "little")
+            meta = json.loads(raw.read(header))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        if 8 + header + end > size:
+            return path
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.exists():
+            try:
+                json.loads(path.read_text())
+            except ValueError:
+                return path
+    return None
+
+
+__all__ = ["BrokenModelFolder", "LoadedModel", "ModelCard", "describe", "load_model", "load_pretrained", "minilm_folder",
            "resolve_source", "save_model_folder"]

@@ -81,3 +81,27 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 def test_dtype_is_honoured(tiny_toy_folder):
     loaded = load_model(tiny_toy_folder, dtype="bfloat16")
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header", "config"])
+def test_damaged_model_folder_names_the_file_and_the_fix(tiny_toy_folder, tmp_path, damage):
+    import shutil
+
+    from interpipe.models.loading import BrokenModelFolder, load_model
+
+    folder = tmp_path / "toy"
+    shutil.copytree(tiny_toy_folder, folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+        broken = weights
+    elif damage == "header":
+        weights.write_bytes(b"\x00" * 16)
+        broken = weights
+    else:
+        (folder / "config.json").write_text("{not json")
+        broken = folder / "config.json"
+    with pytest.raises(BrokenModelFolder) as err:
+        load_model(folder)
+    assert str(broken) in str(err.value) and "model stage" in str(err.value)
