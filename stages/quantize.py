@@ -2,6 +2,7 @@
 
     python -m stages.quantize model=minilm hydra.run.dir=outputs/quantize/minilm
     python -m stages.quantize model=toy quantize.methods=[osplus] quantize.bits=[w4a4]
+    python -m stages.quantize model=smollm2 quantize=smollm2 hydra.run.dir=outputs/quantize/smollm2
     python -m stages.quantize -m experiment=quantize_sweep   # the full grid, one job per setting
 """
 

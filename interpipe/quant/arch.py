@@ -1,20 +1,30 @@
-"""Architecture adapters: which linears are quantized and which LayerNorm feeds which linear.
+"""What the quantization study needs to know about a model, read off :mod:`interpipe.models.arch`.
 
-Two block styles are supported, and they differ in what migration (shifting/scaling a
-LayerNorm's output channels and compensating in the next linear) must do:
+The one architecture description (:func:`interpipe.models.arch.describe_architecture`) gives the
+module paths of every norm -> linears pair and of the output projections; this module turns them
+into quantization *targets* (each linear, its kind and the TransformerLens name of its input) and
+migration *pairs*, and adds what only quantization needs: GPT-2's transposed ``Conv1D``, the
+post-LN shortcut restore and the input shift of a norm without a bias. No code here looks at a
+model's name.
 
-- **pre-LN** (GPT-2): ``h = x + Attn(LN1(x))``. The LayerNorm output feeds only the linear,
-  so folding ``(LN(x) - z) / s`` into LN's weight/bias and ``W diag(s)``, ``b + W z`` into the
-  linear is exact inside the unchanged Hugging Face class.
-- **post-LN** (BERT, MiniLM): ``h = LN(x + Attn(x))``. The LayerNorm output also feeds the
-  *next* residual connection, so after the fold the shortcut must undo it explicitly:
-  ``residual = h_tilde * s + z``. This is the "gamma migration" of Outlier Suppression
-  (Wei et al. 2022): the shortcut stays in full precision, only the linear's input is quantized.
-  The migrated model then needs :func:`install_shortcut` (a forward pre-hook on
-  ``BertSelfOutput``/``BertOutput``), not just the vanilla class.
+Migration (shifting/scaling a norm's output channels and compensating in the next linears, see
+:mod:`interpipe.quant.migrate`) depends on the block style and on the norm:
+
+- **pre-LN** ``h = x + Attn(N1(x))`` (GPT-2, Llama, Qwen2, OPT) and **parallel**
+  ``out = x + Attn(N1(x)) + MLP(N2(x))`` (GPT-NeoX): each norm's output feeds only its linears,
+  so the fold is exact inside the unchanged Hugging Face class.
+- **post-LN** ``h = LN(x + Attn(x))`` (BERT, MiniLM): the norm output also feeds the *next*
+  residual connection, so the shortcut undoes the fold explicitly, ``residual = h_tilde * s + z``:
+  the "gamma migration" of Outlier Suppression (Wei et al. 2022). The migrated model then needs
+  :func:`install_shortcut` (a forward pre-hook on the module holding the residual add).
+- **RMSNorm** (Llama, Qwen2) has no bias, so it cannot output ``(x - z) / s``; it takes the scale
+  only and the shift ``delta = z / s`` becomes an *input shift* of each linear reading it
+  (:func:`set_input_shift`): the quantizer sees ``x / s - delta``, the linear adds ``W diag(s)
+  delta = W z`` back to its bias. In full precision the two cancel, so the migrated folder holds
+  exactly the FP-equivalent weights and loads with stock ``from_pretrained``.
 
 Activation names follow TransformerLens (``blocks.{L}.hook_attn_in``, ``blocks.{L}.hook_mlp_in``,
-``blocks.{L}.attn.hook_z``, ``blocks.{L}.mlp.hook_post``).
+``blocks.{L}.attn.hook_z``, ``blocks.{L}.mlp.hook_post``, ``ln_final.hook_normalized``).
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
+from interpipe.models.arch import ArchSpec, UnsupportedArchitecture, describe_architecture
 from interpipe.typing import Float, Tensor
 
 LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")
-SUPPORTED = ("gpt2", "bert")
+PAIR_KIND = {"qkv": "qkv", "mlp_in": "fc1"}  # ArchSpec pair kind -> quantization layer kind
+SHIFT_ATTR = "_interpipe_input_shift"
+SHORTCUT_ATTR = "_interpipe_shortcut"
 
 
 @dataclass
@@ -43,7 +55,7 @@ class Target:
 
 @dataclass
 class Pair:
-    """A LayerNorm and the linears that read its output (a migration pair)."""
+    """A norm and the linears that read its output (a migration pair)."""
 
     norm: str
     linears: list[str]
@@ -57,81 +69,98 @@ class Pair:
 class Arch:
     """What the quantization study needs to know about one model."""
 
-    family: str  # gpt2 | bert
-    style: str  # pre_ln | post_ln
+    spec: ArchSpec
     targets: list[Target]
     pairs: list[Pair]
-    n_heads: int
-    causal: bool
-    attn_scale: float
+    attn_scale: float  # softmax temperature of the attention scores
+    qkv_layout: str  # split (q, k, v modules) | blocks ([q | k | v] rows) | heads (per head [q k v])
     extra: dict = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def style(self) -> str:
+        """Block style: pre_ln | post_ln | parallel."""
+        return self.spec.block_style
+
+    @property
+    def causal(self) -> bool:
+        return self.spec.causal
+
+    @property
+    def n_heads(self) -> int:
+        return self.spec.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.spec.n_kv_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.spec.d_head
 
     def target(self, module: str) -> Target:
         return next(t for t in self.targets if t.module == module)
 
 
-def family_of(model: nn.Module) -> str:
-    """``gpt2`` or ``bert``, or a ``ValueError`` naming the supported architectures."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in SUPPORTED:
-        return model_type
-    raise ValueError(f"architecture {type(model).__name__} (model_type={model_type!r}) has no known "
-                     f"LayerNorm->linear pairs; the quantization study supports {SUPPORTED} "
-                     f"(add an adapter in interpipe/quant/arch.py)")
+def _hook(kind: str, block: int) -> str:
+    return {"qkv": f"blocks.{block}.hook_attn_in", "attn_out": f"blocks.{block}.attn.hook_z",
+            "fc1": f"blocks.{block}.hook_mlp_in", "fc2": f"blocks.{block}.mlp.hook_post"}[kind]
 
 
-def _prefix(model: nn.Module, attr: str) -> str:
-    for name, _ in model.named_children():
-        if name == attr:
-            return ""
-    for name, child in model.named_children():
-        if any(n == attr for n, _ in child.named_children()):
-            return f"{name}."
-    raise ValueError(f"cannot find the {attr!r} submodule in {type(model).__name__}")
+def _block_targets(spec: ArchSpec) -> list[Target]:
+    out: list[Target] = []
+    for b in spec.blocks:
+        for kind, modules in (("qkv", b.qkv), ("attn_out", (b.attn_out,)), ("fc1", b.mlp_in), ("fc2", (b.mlp_out,))):
+            out += [Target(m, kind, b.index, _hook(kind, b.index)) for m in modules]
+    return out
+
+
+def _head_targets(model: nn.Module, spec: ArchSpec, taken: set[str]) -> list[Target]:
+    """Every linear outside the blocks (unembedding, pooler, classifier): kind ``head``."""
+    base = spec.embed.split(".", 1)[0] + "." if "." in spec.embed else ""
+    out = []
+    for name, module in model.named_modules():
+        if name in taken or not (isinstance(module, nn.Linear) or is_conv1d(module)):
+            continue
+        if any(name.startswith(f"{t}.") for t in taken):
+            continue
+        short = name[len(base):] if base and name.startswith(base) else name
+        hook = "ln_final.hook_normalized" if name == spec.unembed and spec.final_norm else f"{short}.hook_in"
+        out.append(Target(name, "head", spec.n_layers, hook))
+    return out
+
+
+def _qkv_layout(model: nn.Module, spec: ArchSpec) -> str:
+    """How a fused q/k/v projection orders its output rows (GPT-2 ``Conv1D``: blocks, else per head)."""
+    if not spec.qkv_fused:
+        return "split"
+    return "blocks" if is_conv1d(model.get_submodule(spec.blocks[0].qkv[0])) else "heads"
 
 
 def describe_arch(model: nn.Module) -> Arch:
-    """Build the :class:`Arch` of a GPT-2 or BERT Hugging Face model."""
-    family = family_of(model)
-    cfg = model.config
-    if family == "gpt2":
-        p = _prefix(model, "h")
-        targets, pairs = [], []
-        for i in range(cfg.n_layer):
-            b = f"{p}h.{i}"
-            targets += [Target(f"{b}.attn.c_attn", "qkv", i, f"blocks.{i}.hook_attn_in"),
-                        Target(f"{b}.attn.c_proj", "attn_out", i, f"blocks.{i}.attn.hook_z"),
-                        Target(f"{b}.mlp.c_fc", "fc1", i, f"blocks.{i}.hook_mlp_in"),
-                        Target(f"{b}.mlp.c_proj", "fc2", i, f"blocks.{i}.mlp.hook_post")]
-            pairs += [Pair(f"{b}.ln_1", [f"{b}.attn.c_attn"], "qkv", i, f"blocks.{i}.hook_attn_in"),
-                      Pair(f"{b}.ln_2", [f"{b}.mlp.c_fc"], "fc1", i, f"blocks.{i}.hook_mlp_in")]
-        if hasattr(model, "lm_head"):
-            targets.append(Target("lm_head", "head", cfg.n_layer, "ln_final.hook_normalized"))
-        head_dim = cfg.n_embd // cfg.n_head
-        scale = 1 / math.sqrt(head_dim) if cfg.scale_attn_weights else 1.0
-        return Arch("gpt2", "pre_ln", targets, pairs, cfg.n_head, causal=True, attn_scale=scale)
-    p = _prefix(model, "encoder")
-    targets, pairs = [], []
-    for i in range(cfg.num_hidden_layers):
-        b = f"{p}encoder.layer.{i}"
-        qkv = [f"{b}.attention.self.{n}" for n in ("query", "key", "value")]
-        targets += [Target(m, "qkv", i, f"blocks.{i}.hook_attn_in") for m in qkv]
-        targets += [Target(f"{b}.attention.output.dense", "attn_out", i, f"blocks.{i}.attn.hook_z"),
-                    Target(f"{b}.intermediate.dense", "fc1", i, f"blocks.{i}.hook_mlp_in"),
-                    Target(f"{b}.output.dense", "fc2", i, f"blocks.{i}.mlp.hook_post")]
-        prev_norm = f"{p}embeddings.LayerNorm" if i == 0 else f"{p}encoder.layer.{i - 1}.output.LayerNorm"
-        pairs += [Pair(prev_norm, qkv, "qkv", i, f"blocks.{i}.hook_attn_in", shortcut=f"{b}.attention.output"),
-                  Pair(f"{b}.attention.output.LayerNorm", [f"{b}.intermediate.dense"], "fc1", i,
-                       f"blocks.{i}.hook_mlp_in", shortcut=f"{b}.output")]
-    n = cfg.num_hidden_layers
-    if hasattr(model, "classifier"):
-        base = model.get_submodule(p.rstrip(".")) if p else model
-        if getattr(base, "pooler", None) is not None:
-            targets.append(Target(f"{p}pooler.dense", "head", n, "pooler.hook_in"))
-        targets.append(Target("classifier", "head", n, "classifier.hook_in"))
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    return Arch("bert", "post_ln", targets, pairs, cfg.num_attention_heads, causal=False,
-                attn_scale=1 / math.sqrt(head_dim))
+    """The :class:`Arch` of a Hugging Face model; :class:`UnsupportedArchitecture` names its ``model_type``.
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> arch = describe_arch(LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+    ...                      num_key_value_heads=1, intermediate_size=16, vocab_size=16)))
+    >>> arch.style, [t.kind for t in arch.targets], arch.pairs[1].linears
+    ('pre_ln', ['qkv', 'qkv', 'qkv', 'attn_out', 'fc1', 'fc1', 'fc2', 'head'], ['model.layers.0.mlp.gate_proj', 'model.layers.0.mlp.up_proj'])
+    """
+    spec = describe_architecture(model)
+    targets = _block_targets(spec)
+    targets += _head_targets(model, spec, {t.module for t in targets})
+    pairs = [Pair(p.norm, list(p.linears), PAIR_KIND[p.kind], p.block, _hook(PAIR_KIND[p.kind], p.block), p.shortcut)
+             for p in spec.pairs()]
+    scaled = bool(getattr(model.config, "scale_attn_weights", True))
+    return Arch(spec, targets, pairs, 1 / math.sqrt(spec.d_head) if scaled else 1.0, _qkv_layout(model, spec))
+
+
+def family_of(model: nn.Module) -> str:
+    """The model's family (``gpt2``, ``llama``, ...), or :class:`UnsupportedArchitecture` naming its ``model_type``."""
+    return describe_architecture(model).family
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -157,13 +186,33 @@ def d_in_of(module: nn.Module) -> int:
     return linear_weight(module).shape[1]
 
 
+# --- input shift of a linear behind a bias-free norm --------------------------------------------
+
+def set_input_shift(module: nn.Module, delta: Float[Tensor, "d_in"]) -> None:
+    """Record that ``module``'s quantizer sees ``x - delta`` and its bias gains ``W delta`` (composes)."""
+    old = getattr(module, SHIFT_ATTR, None)
+    delta = delta.detach().float().clone()
+    setattr(module, SHIFT_ATTR, delta if old is None else old + delta)
+
+
+def input_shift(module: nn.Module) -> Tensor | None:
+    """The input shift ``delta`` (d_in,) recorded on ``module`` (None when there is none)."""
+    return getattr(module, SHIFT_ATTR, None)
+
+
+def input_shifts_of(model: nn.Module) -> dict[str, Tensor]:
+    """Every recorded input shift, ``{"<module>.input_shift": delta}`` (flat, for safetensors)."""
+    return {f"{name}.input_shift": input_shift(m).contiguous() for name, m in model.named_modules()
+            if input_shift(m) is not None}
+
+
 # --- post-LN shortcut restore (gamma migration) -------------------------------------------------
 
 def _shortcut_hook(module: nn.Module, args: tuple, kwargs: dict):
-    scale, shift = module._interpipe_shortcut  # (d_model,), (d_model,)
+    scale, shift = getattr(module, SHORTCUT_ATTR)  # (d_model,), (d_model,)
     if "input_tensor" in kwargs:
-        kwargs = {**kwargs, "input_tensor": kwargs["input_tensor"] * scale.to(kwargs["input_tensor"]) + shift.to(kwargs["input_tensor"])}
-        return args, kwargs
+        residual = kwargs["input_tensor"]
+        return args, {**kwargs, "input_tensor": residual * scale.to(residual) + shift.to(residual)}
     hidden, residual, *rest = args
     return (hidden, residual * scale.to(residual) + shift.to(residual), *rest), kwargs
 
@@ -174,12 +223,12 @@ def install_shortcut(module: nn.Module, scale: Tensor, shift: Tensor) -> None:
     Its ``input_tensor`` (the migrated LayerNorm output ``(h - z) / s``) becomes ``h`` again
     before the residual add; calling it twice composes correctly (scales multiply).
     """
-    if hasattr(module, "_interpipe_shortcut"):
-        old_scale, old_shift = module._interpipe_shortcut
+    if hasattr(module, SHORTCUT_ATTR):
+        old_scale, old_shift = getattr(module, SHORTCUT_ATTR)
         # restore(x) = old(new(x)) where new(x) = x * scale + shift
-        module._interpipe_shortcut = (scale * old_scale, shift * old_scale + old_shift)
+        setattr(module, SHORTCUT_ATTR, (scale * old_scale, shift * old_scale + old_shift))
         return
-    module._interpipe_shortcut = (scale.detach().clone(), shift.detach().clone())
+    setattr(module, SHORTCUT_ATTR, (scale.detach().clone(), shift.detach().clone()))
     module.register_forward_pre_hook(_shortcut_hook, with_kwargs=True)
 
 
@@ -187,7 +236,12 @@ def shortcuts_of(model: nn.Module) -> dict[str, Tensor]:
     """Every installed shortcut as flat tensors ``{"<module>.scale": ..., "<module>.shift": ...}``."""
     out: dict[str, Tensor] = {}
     for name, module in model.named_modules():
-        if hasattr(module, "_interpipe_shortcut"):
-            scale, shift = module._interpipe_shortcut
+        if hasattr(module, SHORTCUT_ATTR):
+            scale, shift = getattr(module, SHORTCUT_ATTR)
             out[f"{name}.scale"], out[f"{name}.shift"] = scale.contiguous(), shift.contiguous()
     return out
+
+
+__all__ = ["Arch", "LAYER_KINDS", "Pair", "Target", "UnsupportedArchitecture", "describe_arch", "family_of",
+           "get_module", "input_shift", "input_shifts_of", "install_shortcut", "is_conv1d", "linear_weight",
+           "set_input_shift", "set_module", "shortcuts_of"]

@@ -20,8 +20,16 @@ from interpipe.quant.arch import Arch, get_module
 from interpipe.typing import Float, Tensor
 
 
+def as_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``[batch * pos, d]`` inputs (OPT flattens its tokens before the MLP) back to ``[batch, pos, d]``."""
+    if mask is not None and x.ndim == 2 and x.shape[0] == mask.numel() and mask.shape[1] > 1:
+        return x.reshape(*mask.shape, x.shape[-1])  # (batch, pos, d)
+    return x
+
+
 def token_rows(x: Tensor, mask: Tensor) -> Tensor:
     """``x[mask]`` for a per-token tensor ``[batch, pos, d]``; pooled tensors ``[batch, d]`` as they are."""
+    x = as_tokens(x, mask)
     if x.ndim == 3 and x.shape[:2] == mask.shape:
         return x[mask.to(x.device)]  # (n_tokens, d)
     return x.reshape(-1, x.shape[-1])
@@ -97,8 +105,8 @@ class ChannelStats:
         self.n += rows.shape[0]
         self.min = torch.minimum(self.min, rows.min(0).values)
         self.max = torch.maximum(self.max, rows.max(0).values)
-        for p in range(4):
-            self.moments[p] += rows.pow(p + 1).sum(0)
+        sq = rows * rows  # (n_tokens, d) products, cheaper than pow
+        self.moments += torch.stack([rows.sum(0), sq.sum(0), (sq * rows).sum(0), (sq * sq).sum(0)])  # (4, d)
         per_example = (x.abs() * mask[..., None]).amax(1).double().cpu()  # (batch, d)
         k = min(self.top_k, self.d)
         top = per_example.topk(k, dim=-1).indices  # (batch, k)
@@ -157,7 +165,7 @@ def calibrate(model: nn.Module, arch: Arch, batches: list[Batch], device, top_k:
 
     def make_hook(hook_name: str):
         def hook(module, args):
-            x = args[0].detach()
+            x = as_tokens(args[0].detach(), current["mask"])  # (batch, pos, d) or pooled (batch, d)
             if hook_name not in stats:
                 stats[hook_name] = ChannelStats(d=x.shape[-1], top_k=top_k)
             stats[hook_name].add(x, current["mask"])

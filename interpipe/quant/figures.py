@@ -57,8 +57,8 @@ def outlier_summary(summary: pd.DataFrame):
     return fig
 
 
-def layer_sqnr(frames: dict[str, pd.DataFrame]):
-    """Propagated SQNR (dB) of every quantized linear, one line per setting."""
+def layer_sqnr(frames: dict[str, pd.DataFrame], note: str | None = None):
+    """Propagated SQNR (dB) of every quantized linear, one line per setting (``note``: FP weights' origin)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(11, 3.8))
     for name, frame in frames.items():
@@ -69,12 +69,14 @@ def layer_sqnr(frames: dict[str, pd.DataFrame]):
     ax.set_ylabel("SQNR vs FP model (dB)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    if note:
+        ax.set_title(f"FP weights: {note}", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def end_metrics(frame: pd.DataFrame, metric: str):
-    """Grouped bars of the headline end-metric delta: methods x bits."""
+def end_metrics(frame: pd.DataFrame, metric: str, note: str | None = None):
+    """Grouped bars of the headline end-metric delta: methods x bits (``note``: where the FP weights came from)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bits = list(dict.fromkeys(frame["bits"]))
@@ -88,5 +90,7 @@ def end_metrics(frame: pd.DataFrame, metric: str):
     ax.set_ylabel(f"{metric} ({'FP - quantized' if 'drop' in metric else 'quantized - FP'})")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
+    if note:
+        ax.set_title(f"FP weights: {note}", fontsize=7, wrap=True)
     fig.tight_layout()
     return fig

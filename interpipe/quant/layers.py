@@ -10,6 +10,10 @@
 
 With ``track_error`` on it also accumulates the layer-local error (same input through the
 full-precision layer) for the per-layer MSE/SQNR table.
+
+A linear behind a bias-free norm migrated by OS+ carries an input shift ``delta``
+(:func:`~interpipe.quant.arch.set_input_shift`): the quantizer then sees ``x - delta`` and the
+output is ``Q(W) Q(x - delta) + b + W delta``, equal to the layer's at full precision.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interpipe.quant.arch import get_module, is_conv1d, linear_weight, set_module
+from interpipe.quant.arch import get_module, input_shift, is_conv1d, linear_weight, set_module
+from interpipe.quant.calibrate import token_rows
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
 from interpipe.typing import Float, Tensor
 
@@ -35,8 +40,8 @@ class TokenMask:
 
     def select(self, x: Tensor) -> Tensor:
         """Rows of ``x`` (``[batch, pos, d]``) at non-padding tokens, flattened to ``[n, d]``."""
-        if self.mask is not None and x.ndim == 3 and x.shape[:2] == self.mask.shape:
-            return x[self.mask]
+        if self.mask is not None:
+            return token_rows(x, self.mask)
         return x.reshape(-1, x.shape[-1])
 
 
@@ -81,6 +86,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("x_min", torch.tensor(float("inf")), persistent=False)
         self.register_buffer("x_max", torch.tensor(float("-inf")), persistent=False)
         self._qweight: Tensor | None = None
+        shift = input_shift(inner)
+        self.register_buffer("input_shift", shift.to(self.weight) if shift is not None else None, persistent=False)
 
     @property
     def weight(self) -> Float[Tensor, "d_out d_in"]:
@@ -100,16 +107,24 @@ class QuantLinear(nn.Module):
             raise ValueError(f"mode={mode!r} is not one of {MODES}")
         self.mode = mode
 
+    def shifted_bias(self) -> Tensor | None:
+        """``b + W delta`` (d_out,) with the input shift, else the layer's own bias."""
+        if self.input_shift is None:
+            return self.bias
+        extra = self.weight.detach() @ self.input_shift  # (d_out,)
+        return extra if self.bias is None else self.bias + extra
+
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         if self.mode == "fp":
             return self.inner(x)
+        shifted = x if self.input_shift is None else x - self.input_shift  # (..., d_in) what the quantizer sees
         if self.mode == "observe":
-            rows = self.tokens.select(x.detach())
+            rows = self.tokens.select(shifted.detach())
             self.x_min = torch.minimum(self.x_min, rows.min())
             self.x_max = torch.maximum(self.x_max, rows.max())
             return self.inner(x)
-        xq = quantize_activation(x, self.a_spec, self.x_min, self.x_max)
-        out = F.linear(xq, self.qweight(), self.bias)
+        xq = quantize_activation(shifted, self.a_spec, self.x_min, self.x_max)
+        out = F.linear(xq, self.qweight(), self.shifted_bias())
         if self.track_error:
             ref = self.inner(x)
             self.local.add(self.tokens.select(ref.detach()), self.tokens.select(out.detach()))

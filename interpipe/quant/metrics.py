@@ -48,6 +48,7 @@ class EndMetrics:
 
         self.kind, self.device = kind, device
         self.tasks: dict[str, tuple[list[Batch], torch.Tensor]] = {}
+        self.skipped: dict[str, str] = {}  # task -> why it has no accuracy (recorded in the run's info)
         if kind == "causal_lm":
             corpus = load_task(data_root, "corpus", "validation")
             texts = [corpus[i]["text"] for i in _spread(len(corpus), n)]
@@ -58,7 +59,11 @@ class EndMetrics:
                     continue
                 rows = rows.select(range(min(n, len(rows))))
                 prompts = list(rows["prompt"])
-                answers = [answer_token_id(tokenizer, a) for a in rows["answer"]]
+                try:
+                    answers = [answer_token_id(tokenizer, a) for a in rows["answer"]]
+                except ValueError as exc:  # multi-token answers: no argmax accuracy for this tokenizer
+                    self.skipped[task] = str(exc)
+                    continue
                 self.tasks[task] = (make_batches(tokenizer, prompts, max_length, batch_size), torch.tensor(answers))
         elif kind == "encoder":
             sentiment = load_task(data_root, "sentiment", "test")

@@ -15,6 +15,14 @@ LayerNorm outputs ``x_tilde = (x - z) / s`` and the linear computes the same fun
   ``||Q(x~ / s) Q(W diag(s)) - FP||^2``: for q/k/v on the attention output (before the output
   projection), for fc1 on the linear's output.
 
+A norm without a bias (RMSNorm: Llama, Qwen2) cannot output ``x_tilde``: with ``n = RMSNorm(x)``
+the fold gives it ``gamma <- gamma / s`` only, so it outputs ``u = n / s``, and the shift becomes the
+linears' *input shift* ``delta = z / s``. The quantized linear computes
+``Q(W diag(s)) Q(u - delta) + b + W z``; at full precision
+``W diag(s) (n / s - z / s) + b + W z = W n + b``, so the shift costs nothing in the FP model, whose
+weights (``gamma / s``, ``W diag(s)``, ``b``) are a stock Hugging Face folder, and the bias ``b + W z``
+lives in the quantized layer (:class:`~interpipe.quant.layers.QuantLinear`).
+
 In post-LN blocks the shortcut gets the inverse transform (see :mod:`interpipe.quant.arch`).
 """
 
@@ -25,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from interpipe.quant.arch import Arch, Pair, get_module, install_shortcut, is_conv1d, linear_weight
+from interpipe.quant.arch import (Arch, Pair, get_module, install_shortcut, is_conv1d, linear_weight,
+                                  set_input_shift)
 from interpipe.quant.calibrate import Calibration
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
 from interpipe.typing import Float, Tensor
@@ -63,23 +72,28 @@ def smoothquant_scales(act_absmax: Float[Tensor, "d"], weights: list[Tensor], al
 
 @torch.no_grad()
 def fold(model: nn.Module, arch: Arch, pair: Pair, shift: Tensor, scale: Tensor) -> None:
-    """Fold ``x -> (x - shift) / scale`` into the pair's LayerNorm and linears (float64 math)."""
+    """Fold ``x -> (x - shift) / scale`` into the pair's norm and linears (float64 math).
+
+    A norm with a bias takes the shift (``beta <- (beta - z) / s``) and the linears' biases gain
+    ``W z``; a norm without one takes the scale only and the linears get the input shift ``z / s``.
+    """
     norm = get_module(model, pair.norm)
-    s, z = scale.double().to(norm.weight.device), shift.double().to(norm.weight.device)
-    norm.bias.copy_(((norm.bias.double() - z) / s).to(norm.bias.dtype))
+    s, z = scale.double().to(norm.weight.device), shift.double().to(norm.weight.device)  # (d,), (d,)
+    linears = [get_module(model, path) for path in pair.linears]
+    norm_bias = getattr(norm, "bias", None)
+    absorb = norm_bias is not None and all(lin.bias is not None for lin in linears)
+    if absorb:
+        norm_bias.copy_(((norm_bias.double() - z) / s).to(norm_bias.dtype))
     norm.weight.copy_((norm.weight.double() / s).to(norm.weight.dtype))
-    for path in pair.linears:
-        lin = get_module(model, path)
+    for lin in linears:
         w = linear_weight(lin).double()  # (out, in)
-        bias = (lin.bias.double() if lin.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
-                                                                             device=w.device)) + w @ z
-        if lin.bias is None:
-            lin.bias = nn.Parameter(bias.to(lin.weight.dtype))
-        else:
-            lin.bias.copy_(bias.to(lin.bias.dtype))
+        if absorb:
+            lin.bias.copy_((lin.bias.double() + w @ z).to(lin.bias.dtype))  # b + W z, W before scaling
+        elif bool(z.abs().max() > 0):
+            set_input_shift(lin, (z / s).float())  # (in,): the quantizer's x - delta
         new_w = w * s[None, :]  # (out, in): column j scaled by s_j
         lin.weight.copy_((new_w.t() if is_conv1d(lin) else new_w).to(lin.weight.dtype))
-    if arch.style == "post_ln":
+    if pair.shortcut is not None:
         install_shortcut(get_module(model, pair.shortcut), scale.to(norm.weight.device), shift.to(norm.weight.device))
 
 
@@ -93,22 +107,41 @@ def _pair_weights(model: nn.Module, pair: Pair) -> tuple[list[Tensor], list[Tens
     return weights, biases
 
 
+def split_qkv(qkv: Float[Tensor, "batch pos d_qkv"], arch: Arch) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values ``(batch, head, pos, d_head)`` from the concatenated q/k/v outputs.
+
+    ``split`` and ``blocks`` layouts hold ``[q | k | v]`` rows (keys and values with
+    ``n_kv_heads`` heads); ``heads`` (a fused projection as GPT-NeoX's) holds ``[q k v]`` per head.
+    """
+    batch, pos, _ = qkv.shape
+    h, kv, d = arch.n_heads, arch.n_kv_heads, arch.d_head
+    if arch.qkv_layout == "heads":
+        q, k, v = qkv.reshape(batch, pos, h, 3 * d).transpose(1, 2).chunk(3, dim=-1)  # each (batch, head, pos, d_head)
+        return q, k, v
+    q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)  # (batch, pos, h*d), (batch, pos, kv*d) x2
+    q = q.reshape(batch, pos, h, d).transpose(1, 2)  # (batch, head, pos, d_head)
+    k, v = (t.reshape(batch, pos, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
+            for t in (k, v))  # (batch, head, pos, d_head): query head i reads KV head i // group
+    return q, k, v
+
+
 def attention_output(x: Float[Tensor, "batch pos d"], mask: Tensor, weights: list[Tensor], biases: list[Tensor],
-                     arch: Arch) -> Float[Tensor, "batch pos d_head_total"]:
-    """Softmax attention's output before the output projection, from q/k/v weights ``[out, in]``."""
-    w, b = torch.cat(weights, 0), torch.cat(biases, 0)  # (3 * d_attn, d), (3 * d_attn,)
-    qkv = x @ w.t() + b  # (batch, pos, 3 * d_attn)
-    batch, pos, three_d = qkv.shape
-    d_attn = three_d // 3
-    q, k, v = (t.reshape(batch, pos, arch.n_heads, d_attn // arch.n_heads).transpose(1, 2)
-               for t in qkv.split(d_attn, dim=-1))  # each (batch, head, pos, d_head)
+                     arch: Arch) -> Float[Tensor, "batch pos d_attn"]:
+    """Softmax attention's output before the output projection, from q/k/v weights ``[out, in]``.
+
+    Rotary position embeddings are not applied: this is the OS+ search's loss, a proxy that ranks
+    thresholds; the fold itself is exact whatever the positions.
+    """
+    w, b = torch.cat(weights, 0), torch.cat(biases, 0)  # (d_qkv, d), (d_qkv,)
+    q, k, v = split_qkv(x @ w.t() + b, arch)  # each (batch, head, pos, d_head)
+    pos = x.shape[1]
     scores = (q @ k.transpose(-1, -2)) * arch.attn_scale  # (batch, head, q_pos, k_pos)
     allowed = mask[:, None, None, :].clone()  # (batch, 1, 1, k_pos)
     if arch.causal:
         allowed = allowed & torch.ones(pos, pos, dtype=torch.bool, device=x.device).tril()[None, None]
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     out = scores.softmax(-1) @ v  # (batch, head, pos, d_head)
-    return out.transpose(1, 2).reshape(batch, pos, d_attn)  # (batch, pos, d_attn)
+    return out.transpose(1, 2).reshape(x.shape[0], pos, -1)  # (batch, pos, head * d_head)
 
 
 class _OSPlusSearch:
@@ -128,7 +161,7 @@ class _OSPlusSearch:
         if self.pair.kind == "qkv":
             out = attention_output(x, mask, weights, self.biases, self.arch)
         else:
-            out = x @ weights[0].t()  # (batch, pos, d_ff); the bias cancels in the difference
+            out = x @ torch.cat(weights, 0).t()  # (batch, pos, d_ff) or gate|up; the bias cancels in the difference
         return out[mask]  # (n_tokens, d_out)
 
     def loss(self, scale: Tensor) -> float:

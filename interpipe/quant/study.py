@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from interpipe.io import OutputExistsError, read_json, save_figure, write_frame, write_json
 from interpipe.quant import figures
-from interpipe.quant.arch import describe_arch, install_shortcut, shortcuts_of
+from interpipe.quant.arch import describe_arch, input_shifts_of, install_shortcut, set_input_shift, shortcuts_of
 from interpipe.quant.calibrate import calibrate, make_batches, run_batches, token_rows
 from interpipe.quant.layers import TokenMask, check_targets, wrap_layers
 from interpipe.quant.metrics import EndMetrics, capture_outputs, headline, layer_errors
@@ -94,14 +94,17 @@ class QuantStudyResult:
         top = self.outlier_summary.sort_values("outlier_ratio", ascending=False).iloc[0]
         flat["outliers/max_ratio"] = float(top["outlier_ratio"])
         flat["outliers/max_ratio_channel"] = int(top["top_channels"].split()[0])
+        if self.info.get("weights_origin"):
+            flat["weights_origin"] = str(self.info["weights_origin"])  # e.g. dequantised 4-bit weights
         for s in self.settings:
             key = f"{s.method}-{s.bits}-{s.granularity}"
-            flat.update({f"{key}/{k}": v for k, v in s.metrics.items()})
+            flat.update({f"{key}/{k}": v for k, v in s.metrics.items() if not isinstance(v, str)})
         return flat
 
     def plot(self) -> dict:
-        return {"end_metrics": figures.end_metrics(self.to_frame(), headline(self.kind)),
-                "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings})}
+        note = self.info.get("weights_origin")
+        return {"end_metrics": figures.end_metrics(self.to_frame(), headline(self.kind), note),
+                "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings}, note)}
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         folder = Path(folder)
@@ -143,10 +146,12 @@ def equivalence(reference: list, migrated_model, batches, device) -> dict:
 
 
 def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str) -> Path:
-    """Write the migrated FP model: an HF folder; post-LN models also get ``shortcuts.safetensors``.
+    """Write the migrated FP model: an HF folder plus the extras only interpipe's quantizer reads.
 
-    Pre-LN: plain ``from_pretrained`` loads it and matches the original. Post-LN: the vanilla
-    class would miss the shortcut restore; load it with :func:`load_migrated`.
+    Pre-LN and parallel blocks: stock ``from_pretrained`` loads it and matches the original.
+    Post-LN: the vanilla class would miss the shortcut restore (``shortcuts.safetensors``); load it
+    with :func:`load_migrated`. OS+ input shifts of linears behind bias-free norms
+    (``input_shifts.safetensors``) cancel at full precision and matter only to the quantizer.
     """
     from safetensors.torch import save_file
 
@@ -156,102 +161,137 @@ def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str)
                                                                          "block_style": style})
     save_model_folder(folder, model, tokenizer, card)
     note = {"method": method, "block_style": style,
-            "load": "transformers from_pretrained" if style == "pre_ln" else "interpipe.quant.load_migrated"}
-    if style == "post_ln":
-        save_file({k: v.detach().cpu() for k, v in shortcuts_of(model).items()}, str(folder / "shortcuts.safetensors"))
+            "load": "interpipe.quant.load_migrated" if style == "post_ln" else "transformers from_pretrained"}
+    for file, tensors in (("shortcuts.safetensors", shortcuts_of(model)), ("input_shifts.safetensors", input_shifts_of(model))):
+        if tensors:
+            save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(folder / file))
+            note[file] = "interpipe.quant.load_migrated re-applies it"
     write_json(folder / "migration.json", note)
     return folder
 
 
 def load_migrated(folder: str | Path, device: str = "cpu"):
-    """Load a migrated model folder (re-installing post-LN shortcut restores); a ``LoadedModel``."""
+    """Load a migrated model folder (re-installing shortcut restores and input shifts); a ``LoadedModel``."""
     from safetensors.torch import load_file
 
     from interpipe.models import load_model
 
     folder = Path(folder)
     loaded = load_model(folder, device=device)
-    path = folder / "shortcuts.safetensors"
-    if path.exists():
-        tensors = load_file(str(path))
+    if (folder / "shortcuts.safetensors").exists():
+        tensors = load_file(str(folder / "shortcuts.safetensors"))
         for key in sorted(k for k in tensors if k.endswith(".scale")):
             module = key[: -len(".scale")]
             install_shortcut(loaded.model.get_submodule(module), tensors[key], tensors[f"{module}.shift"])
+    if (folder / "input_shifts.safetensors").exists():
+        for key, delta in load_file(str(folder / "input_shifts.safetensors")).items():
+            set_input_shift(loaded.model.get_submodule(key[: -len(".input_shift")]), delta)
     return loaded
 
 
-def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: str | Path, out_dir: str | Path,
-                 device: str = "cpu", dtype: str = "float32", seed: int = 0) -> QuantStudyResult:
-    """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``."""
+def _protocol(settings: QuantSettings) -> str:
+    sym = lambda flag: "symmetric" if flag else "asymmetric"  # noqa: E731
+    return (f"fake quantization of the inputs and weights of the target linears; layers={settings.layers}; "
+            f"weights {settings.w_granularity} {sym(settings.w_symmetric)}; activations {settings.a_granularity} "
+            f"{sym(settings.a_symmetric)} (min/max); residual stream, norms, softmax and embeddings in full precision")
+
+
+@dataclass
+class _Context:
+    """What every setting of one run shares: the FP model, its references and the batches."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    card: object
+    arch: object
+    targets: list
+    calib: object
+    calib_batches: list
+    end: EndMetrics
+    fp_raw: dict
+    probe: list
+    fp_layers: dict
+    fp_main: list
+    device: object
+
+
+def _run_setting(ctx: _Context, settings: QuantSettings, method: str, tag: str, out_dir: Path, info: dict) -> SettingResult:
+    """Copy, migrate (not for RTN), check equivalence, fake-quantize and measure one setting."""
+    w_spec, a_spec = settings.specs(tag)
+    name = f"{ctx.card.name}-{method}-{tag}-{settings.granularity}"
+    qmodel = copy.deepcopy(ctx.model)
+    metrics: dict = {"w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
+    if "weights_origin" in ctx.card.extra:
+        metrics["weights_origin"] = str(ctx.card.extra["weights_origin"])
+    migration = pd.DataFrame()
+    if method != "rtn":
+        done = migrate(qmodel, ctx.arch, ctx.calib, method, w_spec, a_spec, settings.alpha, settings.osplus_steps,
+                       settings.osplus_min_ratio, settings.osplus_samples)
+        migration = pd.DataFrame([m.row() for m in done])
+        metrics.update(equivalence(ctx.fp_main, qmodel, ctx.probe, ctx.device))
+        if settings.save_migrated:
+            save_migrated(out_dir / name / "migrated", qmodel, ctx.tokenizer, ctx.card, ctx.arch.style, method)
+    tokens = TokenMask()
+    layers = wrap_layers(qmodel, ctx.targets, w_spec, a_spec, tokens)
+    if a_spec.static:
+        for layer in layers.values():
+            layer.set_mode("observe")
+        run_batches(qmodel, ctx.calib_batches, ctx.device, tokens)
+    for layer in layers.values():
+        layer.set_mode("quant")
+    metrics.update(ctx.end.compare(ctx.fp_raw, ctx.end.measure(qmodel, tokens)))
+    for layer in layers.values():
+        layer.track_error = True
+    modules = [t.module for t in ctx.targets]
+    layer_frame = pd.DataFrame(layer_errors(ctx.fp_layers, capture_outputs(qmodel, modules, ctx.probe, ctx.device, tokens),
+                                            layers))
+    metrics["sqnr_mean_db"] = float(layer_frame["sqnr_db"].mean())
+    metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
+    metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
+    return SettingResult(name, method, tag, settings.granularity, metrics, layer_frame, migration,
+                         {**info, "name": name, "method": method, "bits": tag, "granularity": settings.granularity})
+
+
+def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtype: str) -> _Context:
+    """Load, check (before calibrating), calibrate and measure the FP references."""
     from interpipe.models import load_model
     from interpipe.runtime import resolve_device
 
-    out_dir = Path(out_dir)
     dev = resolve_device(device)
     loaded = load_model(model_folder, device=str(dev), dtype=dtype)
     model, tokenizer, card = loaded.model, loaded.tokenizer, loaded.card
-    arch = describe_arch(model)  # unknown architecture: fails here, before calibration
+    arch = describe_arch(model)  # an undescribed architecture fails here, naming its model_type
     targets = [t for t in arch.targets if t.kind in settings.layers]
     if not targets:
         raise ValueError(f"quantize.layers={settings.layers} selects no layer of {card.name} "
                          f"(it has {sorted({t.kind for t in arch.targets})})")
     for tag in settings.bits:
         check_targets(model, targets, settings.specs(tag)[0])  # group size etc.: fails before calibration
-
-    calib_batches = make_batches(tokenizer, _calibration_texts(data_root, settings.calib_source, settings.calib_samples),
-                                 settings.max_length, settings.batch_size)
+    texts = _calibration_texts(data_root, settings.calib_source, settings.calib_samples)
+    calib_batches = make_batches(tokenizer, texts, settings.max_length, settings.batch_size)
     calib = calibrate(model, arch, calib_batches, dev, settings.top_k, keep_pair_inputs="osplus" in settings.methods)
     end = EndMetrics(card.kind, tokenizer, data_root, settings.eval_samples, settings.max_length, settings.batch_size, dev)
-    fp_raw = end.measure(model)
     probe = end.probe_batches(settings.probe_samples)
-    modules = [t.module for t in targets]
-    fp_layers = capture_outputs(model, modules, probe, dev)
-    fp_main = [_main_output(o) for o in run_batches(model, probe, dev)]
+    return _Context(model, tokenizer, card, arch, targets, calib, calib_batches, end, end.measure(model), probe,
+                    capture_outputs(model, [t.module for t in targets], probe, dev),
+                    [_main_output(o) for o in run_batches(model, probe, dev)], dev)
 
+
+def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: str | Path, out_dir: str | Path,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0) -> QuantStudyResult:
+    """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``."""
+    out_dir = Path(out_dir)
+    ctx = _prepare(settings, model_folder, data_root, device, dtype)
+    card, arch, calib = ctx.card, ctx.arch, ctx.calib
     config_hash = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
     info = {"model": card.name, "source": card.source, "kind": card.kind, "architecture": card.architecture,
-            "block_style": arch.style, "seed": seed, "config_hash": config_hash, "git_revision": git_revision(),
+            "model_type": arch.spec.model_type, "block_style": arch.style, "norm_kind": arch.spec.norm_kind,
+            "weights_origin": card.extra.get("weights_origin"), "seed": seed, "config_hash": config_hash,
+            "git_revision": git_revision(),
             "calibration": {"source": settings.calib_source, "examples": calib.n_examples, "tokens": calib.n_tokens},
-            "protocol": "fake quantization of the inputs and weights of the target linears; "
-                        f"layers={settings.layers}; weights {settings.w_granularity} "
-                        f"{'symmetric' if settings.w_symmetric else 'asymmetric'}; activations {settings.a_granularity} "
-                        f"{'symmetric' if settings.a_symmetric else 'asymmetric'} (min/max); residual stream, "
-                        "LayerNorm, softmax and embeddings in full precision",
-            "settings": asdict(settings)}
-    results = []
-    for method, tag in tqdm(settings.grid(), desc=f"quantize {card.name}"):
-        w_spec, a_spec = settings.specs(tag)
-        name = f"{card.name}-{method}-{tag}-{settings.granularity}"
-        qmodel = copy.deepcopy(model)
-        metrics: dict = {"w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
-        migration = pd.DataFrame()
-        if method != "rtn":
-            done = migrate(qmodel, arch, calib, method, w_spec, a_spec, settings.alpha, settings.osplus_steps,
-                           settings.osplus_min_ratio, settings.osplus_samples)
-            migration = pd.DataFrame([m.row() for m in done])
-            metrics.update(equivalence(fp_main, qmodel, probe, dev))
-            if settings.save_migrated:
-                save_migrated(out_dir / name / "migrated", qmodel, tokenizer, card, arch.style, method)
-        tokens = TokenMask()
-        layers = wrap_layers(qmodel, targets, w_spec, a_spec, tokens)
-        if a_spec.static:
-            for layer in layers.values():
-                layer.set_mode("observe")
-            run_batches(qmodel, calib_batches, dev, tokens)
-        for layer in layers.values():
-            layer.set_mode("quant")
-        metrics.update(end.compare(fp_raw, end.measure(qmodel, tokens)))
-        for layer in layers.values():
-            layer.track_error = True
-        rows = layer_errors(fp_layers, capture_outputs(qmodel, modules, probe, dev, tokens), layers)
-        layer_frame = pd.DataFrame(rows)
-        metrics["sqnr_mean_db"] = float(layer_frame["sqnr_db"].mean())
-        metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
-        metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
-        results.append(SettingResult(name, method, tag, settings.granularity, metrics, layer_frame, migration,
-                                     {**info, "name": name, "method": method, "bits": tag,
-                                      "granularity": settings.granularity}))
-        del qmodel
+            "protocol": _protocol(settings), "skipped_tasks": ctx.end.skipped, "settings": asdict(settings)}
+    results = [_run_setting(ctx, settings, method, tag, out_dir, info)
+               for method, tag in tqdm(settings.grid(), desc=f"quantize {card.name}")]
     study = QuantStudyResult(card.name, card.kind, results, summary_table(calib, settings.top_k), channel_table(calib), info)
     study.save(out_dir, overwrite=True)
     save_figure(figures.outlier_channels(calib, study.outlier_summary), out_dir / "outliers" / "channels.png")

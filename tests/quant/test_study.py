@@ -100,17 +100,6 @@ def test_group_size_not_dividing_fails_before_calibration(toy_folder, data_root,
         run_quantize(s, toy_folder, data_root, tmp_path / "out")
 
 
-def test_unknown_architecture_fails_before_calibration(tmp_path, data_root, monkeypatch):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    monkeypatch.setattr("interpipe.quant.study.calibrate", _fail_if_called)
-    cfg = GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32)
-    folder = _folder(tmp_path, GPTNeoXForCausalLM(cfg), "causal_lm")
-    with pytest.raises(ValueError, match="no known LayerNorm->linear pairs.*gpt2.*bert"):
-        run_quantize(QuantSettings(), folder, data_root, tmp_path / "out")
-
-
 @pytest.mark.slow
 def test_real_minilm_migration_is_exact_and_finds_channel_99(tmp_path, data_root):
     from interpipe.models import describe, load_pretrained, save_model_folder
