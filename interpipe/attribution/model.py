@@ -141,11 +141,16 @@ class ScoredModel:
             logits = logits + self._head.bias[targets][:, None]
         return logits
 
+    def require_final_norm(self) -> None:
+        """Raise unless layer-wise scores can be computed (a causal LM whose final norm is known)."""
+        if self.kind == "causal_lm":
+            self._final_norm(None)
+
     def _final_norm(self, hidden):
         if self.final_norm is None:
             raise ValueError(f"layer-wise scores need the final norm of {type(self.model).__name__}: "
                              f"{self._no_final_norm}; set attribute.layerwise=false")
-        return self.final_norm(hidden)
+        return None if hidden is None else self.final_norm(hidden)
 
     def head(self, hidden: Float[Tensor, "batch pos d_model"], final: bool) -> Float[Tensor, "batch pos n_out"]:
         """The model's own head applied to every token state.

@@ -178,6 +178,8 @@ def run_attribute(settings: AttributeSettings, model_folder: str | Path, data_ro
     loaded = load_model(model_folder, device=device, dtype=dtype)
     kind = loaded.card.kind
     sm = ScoredModel(loaded.model, kind)  # fails here for a model without a head
+    if s.layerwise and "normxlogit" in s.methods:
+        sm.require_final_norm()  # layer-wise scores need it: refuse before any work, naming the model_type
     tasks = s.causal_tasks if kind == "causal_lm" else s.classifier_tasks
     batch = encode_rows(loaded.tokenizer, load_rows(data_root, tasks, s.split, s.n_examples), kind, s.max_length,
                         s.target)
