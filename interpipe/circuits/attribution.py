@@ -18,7 +18,7 @@ import torch
 from interpipe.circuits.bridge import PromptBatch
 from interpipe.circuits.engine import capture, run_to_final
 from interpipe.circuits.metrics import NormalizedLogitDiff
-from interpipe.circuits.patching import ACTIVATIONS, runs, task_metric
+from interpipe.circuits.patching import ACTIVATIONS, axis_labels, grid_name, result_axes, runs, task_metric
 from interpipe.circuits.results import CircuitResult
 
 DEFAULT_GRIDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -38,7 +38,8 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
 
     Returns:
-        ``{name: CircuitResult}`` named like the exact patching results (``z_head``, ``resid_pre_pos``, ...),
+        ``{name: CircuitResult}`` named like the exact patching results (``z_head``, ``resid_pre_pos``,
+        ``k_kv_head`` on grouped-query models, ...),
         holding ``baseline + Σ (source − target) · gradient`` per cell.
     """
     metric = metric or task_metric(bridge, batch)
@@ -62,6 +63,7 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
     results = {}
     for activation, axes in grids:
         act_axes = ACTIVATIONS[activation][1]
+        axes = tuple("head" if a == "kv_head" else a for a in axes)  # k/v: the head axis holds KV heads
         layers = []
         for layer in range(n_layers):
             name = names[(activation, layer)]
@@ -77,9 +79,9 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
             prod = prod.permute([left.index(a) for a in axes[1:]]) if left else prod
             layers.append(prod)
         values = baseline + torch.stack(layers, 0).detach()  # (layer, ...)
-        labels = {"pos": batch.position_labels()} if "pos" in axes else {}
-        name = f"{activation}_" + ("_".join(axes[1:]) if len(axes) > 1 else "layer")
-        results[name] = CircuitResult(name, values, axes, labels, baseline,
+        named = result_axes(bridge, activation, axes)
+        name = grid_name(activation, named)
+        results[name] = CircuitResult(name, values, named, axis_labels(bridge, batch, named), baseline,
                                       {"activation": activation, "direction": direction, "method": "attribution_patching",
                                        "n_prompts": batch.size})
     return results

@@ -4,7 +4,11 @@ TransformerLens 4.x ``TransformerBridge.boot_transformers`` wraps any Hugging Fa
 name or a local folder) and exposes the standard hook names (``blocks.{L}.hook_resid_pre``,
 ``blocks.{L}.attn.hook_z``, ``blocks.{L}.attn.hook_pattern``, ...), so nothing here is written
 per architecture. The model itself is loaded through :func:`interpipe.models.load_pretrained`
-(fast, explicit failure offline) and handed to the bridge as ``hf_model``.
+(fast, explicit failure offline) and handed to the bridge as ``hf_model``. Before the bridge is
+built, :func:`interpipe.models.arch.describe_architecture` says what the model is; a family the
+study cannot handle (an encoder, an undescribed ``model_type``) is refused there, naming its
+``model_type``. :func:`architecture` gives the same description of a loaded bridge, so analyses
+read head counts (query heads, key/value heads) and positions from one place.
 
 A :class:`PromptBatch` holds clean and corrupted token ids (right-padded; the model is causal,
 so padding after the answer position never reaches it), the answer and foil token ids, and the
@@ -21,9 +25,12 @@ from typing import Any, Sequence
 
 import torch
 
+from interpipe.models.arch import ArchSpec, describe_architecture
 from interpipe.typing import Int, Tensor, TokenIds
 
 MISMATCH_POLICIES = ("error", "skip")
+STUDY = "circuits"
+NEEDS = ("causal",)  # next-token logits at the answer position; any norm, block style, positions or GQA
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -31,7 +38,9 @@ def load_bridge(source: str | Path, device: str = "cpu", dtype: str = "float32",
                 revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """Load a causal LM (folder or hub name) and wrap it in a ``TransformerBridge`` in eval mode.
 
-    Raises ``ValueError`` naming the model when TransformerBridge cannot wrap it.
+    Raises :class:`~interpipe.models.arch.UnsupportedArchitecture` naming the ``model_type`` when the
+    study cannot run on the family (checked before the bridge is built), ``ValueError`` naming the
+    model when TransformerBridge cannot wrap it.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -40,6 +49,7 @@ def load_bridge(source: str | Path, device: str = "cpu", dtype: str = "float32",
 
     model, tokenizer, _ = load_pretrained(str(source), "causal_lm", revision=revision, device=device, dtype=dtype,
                                           trust_remote_code=trust_remote_code, attn_implementation="eager")
+    describe_architecture(model).require(STUDY, needs=NEEDS)
     try:
         bridge = TransformerBridge.boot_transformers(str(source), hf_model=model, tokenizer=tokenizer,
                                                      device=device, dtype=resolve_dtype(dtype))
@@ -48,6 +58,11 @@ def load_bridge(source: str | Path, device: str = "cpu", dtype: str = "float32",
         raise ValueError(f"TransformerBridge cannot wrap model {str(source)!r} (architecture {arch}): {exc}") from exc
     bridge.eval()
     return bridge
+
+
+def architecture(bridge: Any) -> ArchSpec:
+    """The :class:`~interpipe.models.arch.ArchSpec` of the model inside ``bridge`` (cheap: reads config and module paths)."""
+    return describe_architecture(bridge.original_model)
 
 
 def hook_layer(name: str) -> int | None:

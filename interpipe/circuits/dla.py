@@ -1,41 +1,42 @@
 """Direct logit attribution and the logit lens (Elhage et al. 2021; Lieberum et al. 2023; nostalgebraist 2020).
 
-The final residual stream at the answer position is a sum of writes: token and position
-embeddings, every head's output (``blocks.{L}.attn.hook_result``), each layer's attention output
-bias, and every MLP output. With the final LayerNorm's scale *frozen* at its clean-run value the
-map from residual to logits is affine, so the answer − foil logit difference splits into one
-term per write plus a constant (the LN bias and unembedding bias along the logit-difference
-direction):
+The final residual stream at the answer position is a sum of writes: the token embedding, the
+position embedding where positions are *learned* (GPT-2, OPT), every head's output, each layer's
+attention output bias, and every MLP output. With rotary positions (GPT-NeoX, Llama, Qwen2) there
+is no position write: positions only rotate queries and keys inside attention, so their effect is
+carried by the head terms and no ``pos_embed`` term exists. With the final norm's scale *frozen*
+at its clean-run value the map from residual to logits is affine (LayerNorm centres first,
+RMSNorm does not), so the answer − foil logit difference splits into one term per write plus a
+constant (the norm bias and unembedding bias along the logit-difference direction):
 
     LD = Σ_c  ((c − mean(c)) / scale) · (w ⊙ (W_U[:, answer] − W_U[:, foil]))  +  const  +  error
 
+Head outputs are computed from the per-head mixed values and the output projection,
+``result[h] = z[h] @ W_O[h]`` (``blocks.{L}.attn.hook_z`` ``[batch, pos, head, d_head]``,
+``W_O`` ``[head, d_head, d_model]``), on every family alike: with grouped-query attention ``z``
+still has one entry per *query* head, and no bridge setting (``use_attn_result``) is needed.
 ``error`` is what the decomposition misses (zero up to float error when the writes add up to the
-residual stream); it is reported, not hidden. The logit lens applies the final LayerNorm and the
+residual stream); it is reported, not hidden. The logit lens applies the final norm and the
 unembedding to the residual stream entering each block.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from interpipe.circuits.bridge import PromptBatch
+from interpipe.circuits.bridge import PromptBatch, architecture
 from interpipe.circuits.engine import capture
 from interpipe.circuits.metrics import accuracy, logit_diff
 from interpipe.circuits.results import CircuitResult
+from interpipe.typing import Float, Tensor
 
 
-@contextlib.contextmanager
-def attn_results(bridge: Any) -> Iterator[None]:
-    """Expose per-head outputs (``hook_result``) for the duration of the block, then restore."""
-    before = bool(getattr(bridge.cfg, "use_attn_result", False))
-    bridge.set_use_attn_result(True)
-    try:
-        yield
-    finally:
-        bridge.set_use_attn_result(before)
+def head_results(bridge: Any, layer: int, z: Float[Tensor, "... head d_head"]) -> Float[Tensor, "... head d_model"]:
+    """Each head's write into the residual stream, ``z[..., h, :] @ W_O[h]`` (no output bias)."""
+    w_o = bridge.blocks[layer].attn.W_O.detach()  # (head, d_head, d_model)
+    return torch.einsum("...hd,hdm->...hm", z, w_o.to(z.dtype))  # (..., head, d_model)
 
 
 def _final_norm_params(bridge: Any, d_model: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -63,23 +64,36 @@ def _frozen_scale(bridge: Any, resid: torch.Tensor) -> torch.Tensor:
     return store[0][:, 0, :]  # (batch, 1)
 
 
-def direct_logit_attribution(bridge: Any, batch: PromptBatch, run: str = "clean") -> CircuitResult:
+def dla_hooks(bridge: Any) -> list[str]:
+    """The hooks :func:`direct_logit_attribution` and :func:`logit_lens` read (one capture serves both)."""
+    learned = architecture(bridge).pos_embed is not None  # rotary models write no position embedding
+    hooks = ["hook_embed", *(["hook_pos_embed"] if learned else []), "ln_final.hook_in"]
+    for layer in range(bridge.cfg.n_layers):
+        hooks += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out",
+                  f"blocks.{layer}.hook_mlp_out"]
+    return hooks
+
+
+def _captured(bridge: Any, batch: PromptBatch, run: str, captured: tuple | None) -> tuple[dict, torch.Tensor]:
+    if captured is not None:
+        return captured
+    tokens = {"clean": batch.clean_tokens, "corrupted": batch.corrupted_tokens}[run]
+    return capture(bridge, tokens, batch.answer_pos, dla_hooks(bridge))
+
+
+def direct_logit_attribution(bridge: Any, batch: PromptBatch, run: str = "clean",
+                             captured: tuple[dict, torch.Tensor] | None = None) -> CircuitResult:
     """Each component's direct contribution to the mean answer − foil logit difference.
 
-    Components: ``embed``, ``pos_embed``, ``L{l}H{h}`` for every head, ``L{l}.attn_bias``,
-    ``L{l}.mlp`` and ``const`` (final LN bias and unembedding bias). ``info`` holds the actual
+    Components: ``embed``, ``pos_embed`` (learned positions only), ``L{l}H{h}`` for every query
+    head, ``L{l}.attn_bias``, ``L{l}.mlp`` and ``const`` (final norm bias and unembedding bias). ``info`` holds the actual
     mean logit difference, the sum of the terms and the ``residual_error`` between them.
 
     Args:
         run: ``"clean"`` or ``"corrupted"`` prompts.
+        captured: ``(activations, answer logits)`` of that run at :func:`dla_hooks`, when already captured.
     """
-    tokens = {"clean": batch.clean_tokens, "corrupted": batch.corrupted_tokens}[run]
-    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
-    hooks = ["hook_embed", "hook_pos_embed", "ln_final.hook_in"]
-    for layer in range(n_layers):
-        hooks += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
-    with attn_results(bridge):
-        acts, logits = capture(bridge, tokens, batch.answer_pos, hooks)
+    acts, logits = _captured(bridge, batch, run, captured)
     with torch.no_grad():
         return _decompose(bridge, batch, acts, logits, run)
 
@@ -104,9 +118,10 @@ def _decompose(bridge: Any, batch: PromptBatch, acts: dict, logits: torch.Tensor
         heads.append(head)
 
     add("embed", at("hook_embed"))
-    add("pos_embed", at("hook_pos_embed"))
+    if "hook_pos_embed" in acts:
+        add("pos_embed", at("hook_pos_embed"))
     for layer in range(n_layers):
-        result = at(f"blocks.{layer}.attn.hook_result")  # (batch, head, d_model)
+        result = head_results(bridge, layer, at(f"blocks.{layer}.attn.hook_z"))  # (batch, head, d_model)
         for head in range(n_heads):
             add(f"L{layer}H{head}", result[:, head], layer, head)
         add(f"L{layer}.attn_bias", at(f"blocks.{layer}.hook_attn_out") - result.sum(1), layer)
@@ -125,7 +140,7 @@ def _decompose(bridge: Any, batch: PromptBatch, acts: dict, logits: torch.Tensor
     info = {"method": "direct_logit_attribution", "run": run, "logit_diff": float(actual.mean()),
             "sum_of_terms": float(per_prompt.sum(0).mean()), "residual_error": float(error.mean()),
             "max_abs_residual_error": float(error.abs().max()), "component_layer": layers, "component_head": heads,
-            "n_prompts": batch.size}
+            "n_prompts": batch.size, "positions": architecture(bridge).positions}
     return CircuitResult("dla", per_prompt.mean(1), ("component",), {"component": names}, 0.0, info)
 
 
@@ -138,16 +153,17 @@ def dla_head_grid(result: CircuitResult, n_layers: int, n_heads: int) -> Circuit
     return CircuitResult("dla_heads", grid, ("layer", "head"), {}, 0.0, {**result.info, "method": "direct_logit_attribution"})
 
 
-def logit_lens(bridge: Any, batch: PromptBatch, run: str = "clean") -> CircuitResult:
+def logit_lens(bridge: Any, batch: PromptBatch, run: str = "clean",
+               captured: tuple[dict, torch.Tensor] | None = None) -> CircuitResult:
     """Mean logit difference (and accuracy in ``info``) read from the residual stream entering each block.
 
     Entry ``l`` is the stream entering block ``l``; the last entry is the final stream (the model's output).
+    ``captured`` is as in :func:`direct_logit_attribution`.
     """
-    tokens = {"clean": batch.clean_tokens, "corrupted": batch.corrupted_tokens}[run]
     n_layers = bridge.cfg.n_layers
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + ["ln_final.hook_in"]
-    acts, _ = capture(bridge, tokens, batch.answer_pos, hooks)
-    rows = torch.arange(batch.size, device=tokens.device)
+    acts, _ = _captured(bridge, batch, run, captured)
+    rows = torch.arange(batch.size, device=batch.answer_pos.device)
     diffs, accs = [], []
     with torch.no_grad():
         for name in hooks:

@@ -75,14 +75,21 @@ def attention_patterns(bridge: Any, batch: PromptBatch, heads: Sequence[tuple[in
     return fig
 
 
-def faithfulness_plot(curve: Sequence[float], ranking: Sequence[tuple[str, float]], k: int, title: str = "") -> Any:
-    """Faithfulness of the top-k circuits against k, the selected k marked."""
+def faithfulness_plot(curve: Sequence[float], ranking: Sequence[tuple[str, float]], k: int, title: str = "",
+                      ks: Sequence[int] | None = None) -> Any:
+    """Faithfulness of the top-k circuits against k (measured at ``ks``, default 0..N), the selected k marked."""
     plt = _plt()
+    ks = list(range(len(curve))) if ks is None else list(ks)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(curve) + 2), 3.5))
-    ax.plot(range(len(curve)), curve, marker="o", ms=3)
+    ax.plot(ks, curve, marker="o", ms=3)
     ax.axvline(k, color="red", lw=0.8, ls="--")
     ax.axhline(1.0, color="grey", lw=0.6)
-    ax.set_xticks(range(len(curve)), ["∅"] + [name for name, _ in ranking], rotation=90, fontsize=7)
+    names = ["∅"] + [name for name, _ in ranking]
+    if ks == list(range(len(ranking) + 1)):  # every k: label each point by the component it adds
+        ax.set_xticks(ks, names, rotation=90, fontsize=7)
+    else:
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("circuit size k (top-ranked components kept)")
     ax.set_ylabel("faithfulness")
     ax.set_title(title or "faithfulness of the top-k components (rest mean-ablated)")
     fig.tight_layout()

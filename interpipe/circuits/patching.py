@@ -12,6 +12,16 @@ activation and the axes (residual stream by layer × position, attention/MLP out
 position, heads over all positions or by position for outputs, q/k/v and patterns). Each equals
 the matching ``transformer_lens.patching.get_act_patch_*`` function on the same model and inputs
 (tested), but evaluates all cells in a few batched forwards.
+
+Grouped-query attention (Llama, Qwen2, Mistral: fewer key/value heads than query heads). ``z``,
+``q`` and ``pattern`` grids have one entry per *query* head. A key/value head is one tensor that
+its whole query group reads (query head ``h`` reads KV head ``h // group_size``), so ``k`` and
+``v`` grids patch **one KV head**, i.e. the keys or values seen by every query head of its group
+at once; patching one query head's copy alone would need the group split. Their grids have
+``n_kv_heads`` entries and the axis is named ``kv_head`` (labels ``KV1 (Q3-5)``), and the result is
+named ``k_kv_head`` / ``v_kv_head``; on models with as many KV heads as query heads the axis stays
+``head``. This is the convention of ``transformer_lens.patching`` (its k/v sweeps run over
+``n_key_value_heads``), which the results equal.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from typing import Any
 
 import torch
 
-from interpipe.circuits.bridge import PromptBatch
+from interpipe.circuits.bridge import PromptBatch, architecture
 from interpipe.circuits.engine import Patch, capture, run_variants
 from interpipe.circuits.metrics import NormalizedLogitDiff, logit_diff
 from interpipe.circuits.results import CircuitResult
@@ -40,6 +50,29 @@ ACTIVATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pattern": ("blocks.{layer}.attn.hook_pattern", ("head", "pos")),  # pos: destination (query) position
     "mlp_post": ("blocks.{layer}.mlp.hook_post", ("pos", "neuron")),
 }
+KV_ACTIVATIONS = ("k", "v")  # one entry per key/value head (fewer than query heads under GQA)
+
+
+def result_axes(bridge: Any, activation: str, axes: tuple[str, ...]) -> tuple[str, ...]:
+    """The axes of a grid's result: the head axis of k/v grids is ``kv_head`` on GQA models."""
+    if activation in KV_ACTIVATIONS and architecture(bridge).gqa:
+        return tuple("kv_head" if a == "head" else a for a in axes)
+    return tuple(axes)
+
+
+def grid_name(activation: str, axes: tuple[str, ...]) -> str:
+    """``z_head``, ``resid_pre_pos``, ``k_kv_head``, ``mlp_out_layer``: the name of a grid's result."""
+    return f"{activation}_" + ("_".join(axes[1:]) if len(axes) > 1 else "layer")
+
+
+def axis_labels(bridge: Any, batch: PromptBatch, axes: tuple[str, ...]) -> dict[str, list[str]]:
+    """Tick labels of a result: token positions, and the query group of each KV head."""
+    labels = {"pos": batch.position_labels()} if "pos" in axes else {}
+    if "kv_head" in axes:
+        spec = architecture(bridge)
+        size = spec.group_size
+        labels["kv_head"] = [f"KV{g} (Q{g * size}-{(g + 1) * size - 1})" for g in range(spec.n_kv_heads)]
+    return labels
 
 
 def task_metric(bridge: Any, batch: PromptBatch) -> NormalizedLogitDiff:
@@ -62,15 +95,14 @@ def runs(batch: PromptBatch, direction: str) -> tuple[Any, Any, float]:
 
 
 def _axis_size(bridge: Any, batch: PromptBatch, activation: str, axis: str) -> int:
+    spec = architecture(bridge)
     if axis == "layer":
-        return int(bridge.cfg.n_layers)
+        return spec.n_layers
     if axis == "pos":
         return batch.n_pos
     if axis == "neuron":
-        return int(getattr(bridge.cfg, "d_mlp", None) or 4 * bridge.cfg.d_model)
-    if activation in ("k", "v"):
-        return int(getattr(bridge.cfg, "n_key_value_heads", None) or bridge.cfg.n_heads)
-    return int(bridge.cfg.n_heads)
+        return spec.d_mlp
+    return spec.n_kv_heads if activation in KV_ACTIVATIONS else spec.n_heads
 
 
 def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tuple[str, ...],
@@ -80,7 +112,8 @@ def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tup
 
     Args:
         activation: a key of :data:`ACTIVATIONS` (``resid_pre``, ``attn_out``, ``z``, ``pattern``, ...).
-        axes: ``"layer"`` followed by a subset of that activation's axes (``pos``, ``head``), in any order.
+        axes: ``"layer"`` followed by a subset of that activation's axes (``pos``, ``head``), in any order;
+            for ``k``/``v`` the head axis indexes KV heads (``kv_head`` is accepted too).
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"`` (corrupted into clean).
         metric: defaults to :func:`task_metric` of ``batch``.
 
@@ -90,6 +123,7 @@ def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tup
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
     template, act_axes = ACTIVATIONS[activation]
+    axes = tuple("head" if a == "kv_head" and activation in KV_ACTIVATIONS else a for a in axes)
     if not axes or axes[0] != "layer" or any(a not in act_axes for a in axes[1:]) or len(set(axes)) != len(axes):
         raise ValueError(f"axes {axes} must be 'layer' followed by distinct axes of {activation}: {act_axes}")
     metric = metric or task_metric(bridge, batch)
@@ -116,9 +150,8 @@ def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tup
     baseline = float(out[-1]) if measure else nominal
     values = torch.full((len(cells),), baseline)
     values[todo] = out[: len(todo)]
-    labels = {"pos": batch.position_labels()} if "pos" in axes else {}
-    name = f"{activation}_" + ("_".join(axes[1:]) if len(axes) > 1 else "layer")
-    return CircuitResult(name, values.reshape(sizes), axes, labels, baseline,
+    named = result_axes(bridge, activation, axes)
+    return CircuitResult(grid_name(activation, named), values.reshape(sizes), named, axis_labels(bridge, batch, named), baseline,
                          {"activation": activation, "direction": direction, "hook": template,
                           "n_prompts": batch.size, "method": "activation_patching"})
 
@@ -149,14 +182,21 @@ def patch_head_out_by_pos(bridge: Any, batch: PromptBatch, **kwargs: Any) -> Cir
 
 
 def patch_head_qkv_all_pos(bridge: Any, batch: PromptBatch, which: str, **kwargs: Any) -> CircuitResult:
-    """Patch each head's query, key or value vectors (``which`` = q|k|v) at all positions: ``[layer, head]``."""
+    """Patch each head's query, key or value vectors (``which`` = q|k|v) at all positions: ``[layer, head]``.
+
+    Keys and values are patched per KV head (``[layer, kv_head]`` on grouped-query models: each
+    entry changes what the whole query group reads); queries per query head.
+    """
     if which not in ("q", "k", "v"):
         raise ValueError(f"which={which!r} must be q, k or v")
     return activation_patch(bridge, batch, which, ("layer", "head"), **kwargs)
 
 
 def patch_head_qkv_by_pos(bridge: Any, batch: PromptBatch, which: str, **kwargs: Any) -> CircuitResult:
-    """Patch each head's query, key or value vector at one position at a time: ``[layer, pos, head]``."""
+    """Patch each head's query, key or value vector at one position at a time: ``[layer, pos, head]``.
+
+    As :func:`patch_head_qkv_all_pos`: k/v by KV head (``[layer, pos, kv_head]`` under GQA).
+    """
     if which not in ("q", "k", "v"):
         raise ValueError(f"which={which!r} must be q, k or v")
     return activation_patch(bridge, batch, which, ("layer", "pos", "head"), **kwargs)

@@ -8,6 +8,14 @@ is added to one receiver head's q, k or v input while every other reader still s
 run. Merullo et al. (2024, "Circuit Component Reuse") restrict the sender's write to the last
 position (``sender_positions="answer"``). All receivers of one sender go through the batched
 engine together; the result equals ``transformer_lens.patching.get_act_patch_direct_path``.
+
+Grouped-query attention: a receiver's key and value inputs are forked per *KV head*
+(``hook_k_input`` is ``[batch, pos, kv_head, d_model]``), so the k and v rows of the result index
+KV heads, as the k/v patching grids do (see :mod:`.patching`); their entries from ``n_kv_heads``
+on are padding at the baseline (``info["receiver_heads"]`` gives each row's real count).
+TransformerBridge does not fork the q/k/v inputs of every family (OPT's attention has no such
+hook): there :func:`path_patch` raises :class:`~interpipe.models.arch.UnsupportedArchitecture`
+naming the ``model_type``, and :func:`path_patching_support` says so without running anything.
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from interpipe.circuits.bridge import PromptBatch, check_head
+from interpipe.circuits.bridge import PromptBatch, architecture, check_head
 from interpipe.circuits.engine import Patch, capture, capture_with_cache, run_variants
 from interpipe.circuits.metrics import NormalizedLogitDiff
 from interpipe.circuits.patching import runs, task_metric
 from interpipe.circuits.results import CircuitResult
+from interpipe.models.arch import UnsupportedArchitecture
 
 COMPONENTS = ("q", "k", "v")
 SENDER_POSITIONS = ("all", "answer")
@@ -34,13 +43,26 @@ def split_qkv_inputs(bridge: Any) -> Iterator[None]:
     attn_in = bool(getattr(bridge.cfg, "use_attn_in", False))
     if attn_in:
         bridge.set_use_attn_in(False)
-    bridge.set_use_split_qkv_input(True)
     try:
+        bridge.set_use_split_qkv_input(True)
         yield
     finally:
-        bridge.set_use_split_qkv_input(split)
+        if not split:
+            with contextlib.suppress(NotImplementedError):
+                bridge.set_use_split_qkv_input(False)
         if attn_in:
             bridge.set_use_attn_in(True)
+
+
+def path_patching_support(bridge: Any) -> str | None:
+    """None when the bridge forks every head's q/k/v input, else why path patching cannot run."""
+    try:
+        with split_qkv_inputs(bridge):
+            pass
+    except NotImplementedError as exc:
+        return (f"path patching needs per-head q/k/v input hooks, which TransformerBridge does not provide for "
+                f"model_type={architecture(bridge).model_type!r}: {exc}")
+    return None
 
 
 def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
@@ -51,9 +73,15 @@ def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
 
     Returns:
         ``[component, layer, head]``: the patched metric; layers up to the sender's are left at
-        the baseline (no path exists).
+        the baseline (no path exists). Under GQA the k/v rows index KV heads (padded to ``n_heads``).
+
+    Raises:
+        UnsupportedArchitecture: the bridge has no per-head q/k/v input hooks for this family.
     """
     layer, head = check_head(bridge, *sender)
+    reason = path_patching_support(bridge)
+    if reason:
+        raise UnsupportedArchitecture(reason)
     for c in components:
         if c not in COMPONENTS:
             raise ValueError(f"component {c!r} is not one of {COMPONENTS}")
@@ -70,9 +98,11 @@ def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
         keep = torch.zeros_like(delta[..., :1])
         keep[torch.arange(batch.size), batch.answer_pos] = 1.0
         delta = delta * keep
-    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
-    cells = [(c, dl, dh) for c in components for dl in range(layer + 1, n_layers) for dh in range(n_heads)]
-    values = torch.full((len(components), n_layers, n_heads), float(baseline))
+    spec = architecture(bridge)
+    n_layers, n_heads = spec.n_layers, spec.n_heads
+    receivers = {c: spec.n_kv_heads if c in ("k", "v") else n_heads for c in components}  # k/v inputs: per KV head
+    cells = [(c, dl, dh) for c in components for dl in range(layer + 1, n_layers) for dh in range(receivers[c])]
+    values = torch.full((len(components), n_layers, n_heads), float(baseline))  # (component, layer, head)
     if cells:
         sources = {f"blocks.{dl}.attn.hook_{c}_input": delta[:, :, None, :] for c, dl, _ in cells}  # (batch, pos, 1, d_model)
         variants = [[Patch(f"blocks.{dl}.attn.hook_{c}_input", (None, dh), add=True)] for c, dl, dh in cells]
@@ -84,4 +114,5 @@ def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
     return CircuitResult(f"path_L{layer}H{head}", values, ("component", "layer", "head"),
                          {"component": list(components)}, baseline,
                          {"method": "path_patching", "sender": [layer, head], "direction": direction,
-                          "sender_positions": sender_positions, "n_prompts": batch.size})
+                          "sender_positions": sender_positions, "n_prompts": batch.size,
+                          "receiver_heads": [receivers[c] for c in components]})

@@ -25,7 +25,8 @@ import torch
 from interpipe.io import OutputExistsError, atomic_dir, read_json, write_json
 from interpipe.typing import Float, Tensor
 
-AXIS_COLUMNS = {"layer": "layer", "head": "head", "pos": "position"}
+# axis -> frame column; a key/value head (grouped-query k/v grids, analysis ``k_kv_head``) goes in ``head``
+AXIS_COLUMNS = {"layer": "layer", "head": "head", "kv_head": "head", "pos": "position"}
 
 
 @dataclass

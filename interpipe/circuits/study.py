@@ -2,9 +2,14 @@
 
 :func:`run_circuits` loads the model once into a ``TransformerBridge`` and, per task, runs direct
 logit attribution and the logit lens, exact activation patching of the configured grids (batched),
-attribution patching of the same grids with its correlation to the exact effects, path patching
-from the top sender heads, single-head/MLP/neuron ablations, and circuit discovery with its
-faithfulness. It writes ``<out>/<model>-<task>/`` (``metrics.json``, ``effects.parquet`` with the
+attribution patching of the same (or other) grids with its correlation to the exact effects, path
+patching from the top sender heads, single-head/MLP/neuron ablations, and circuit discovery with its
+faithfulness. Nothing depends on the architecture's name: head counts and positions come from
+:func:`interpipe.circuits.bridge.architecture`, a family the study cannot run on is refused when
+the model loads, and an analysis the bridge cannot do on a family (path patching without per-head
+q/k/v inputs) is skipped with a note in ``circuit.json``. Large models fit a CPU budget by ranking
+with attribution patching (``rank_with``), sampling the faithfulness curve (``curve_points``) and
+skipping the one-component-at-a-time sweeps (``single_ablations``, ``neuron_ablation``). It writes ``<out>/<model>-<task>/`` (``metrics.json``, ``effects.parquet`` with the
 columns ``analysis, layer, head, position, effect, value``, ``circuit.json`` and PNG figures) and
 returns the flat metrics of the whole run, including the head overlap of the circuits of the
 configured task pair.
@@ -15,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +28,7 @@ from tqdm.auto import tqdm
 from interpipe.circuits import ablation, attribution, dla, discovery, figures, paths, patching
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
-from interpipe.circuits.metrics import accuracy
+from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
 from interpipe.io import save_figure, write_frame, write_json
 
 # grid name -> (activation, axes) of the exact and attribution patching runs
@@ -32,8 +37,11 @@ GRIDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mlp_out": ("mlp_out", ("layer", "pos")), "z": ("z", ("layer", "head")), "z_pos": ("z", ("layer", "pos", "head")),
     "q": ("q", ("layer", "head")), "k": ("k", ("layer", "head")), "v": ("v", ("layer", "head")),
     "pattern": ("pattern", ("layer", "head")), "pattern_pos": ("pattern", ("layer", "head", "pos")),
+    "attn_layer": ("attn_out", ("layer",)), "mlp_layer": ("mlp_out", ("layer",)),  # whole layer, all positions
 }
 RANK_BY = ("denoise", "noise", "both")
+RANK_WITH = ("exact", "attribution")
+RANK_GRIDS = (("z", ("layer", "head")), ("mlp_out", ("layer",)))  # the effects that rank heads and MLPs
 
 
 @dataclass
@@ -45,12 +53,16 @@ class CircuitSettings:
     split: str = "test"  # held-out prompts the model never trained on
     on_mismatch: str = "error"  # error | skip prompts whose clean/corrupted token lengths differ
     grids: list[str] = field(default_factory=lambda: ["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"])
+    attribution_grids: Optional[list[str]] = None  # attribution-patching grids; None: the exact grids
     rank_by: str = "both"  # rank components by |denoising|, |noising| or the larger of the two effects
+    rank_with: str = "exact"  # exact | attribution: which head/MLP patching effects rank the components
     selection: str = "faithfulness"  # faithfulness | threshold | top_k
     target_faithfulness: float = 0.8  # smallest top-k circuit reaching this is selected
     threshold: float = 0.1  # |effect| cut for selection=threshold
     top_k: int = 8  # circuit size for selection=top_k
     ablation: str = "mean"  # mean | zero | resample: how components outside the circuit are removed
+    curve_points: int = 0  # faithfulness curve at every k (0) or at about this many k, spaced geometrically
+    single_ablations: bool = True  # ablate every head and every MLP alone (one patched run each)
     path_senders: int = 1  # path patching from this many top-ranked heads
     sender_positions: str = "all"  # all | answer: positions of the sender's write (Merullo et al. use the last)
     neuron_ablation: int = 32  # ablate this many neurons of the top-ranked MLP (picked by attribution), one at a time
@@ -61,10 +73,10 @@ class CircuitSettings:
     progress: bool = False  # per-chunk progress bars
 
     def __post_init__(self) -> None:
-        bad = [g for g in self.grids if g not in GRIDS]
+        bad = [g for g in [*self.grids, *(self.attribution_grids or [])] if g not in GRIDS]
         if bad:
             raise ValueError(f"circuits.grids has unknown entries {bad}: use {sorted(GRIDS)}")
-        checks = {"rank_by": (self.rank_by, RANK_BY), "selection": (self.selection, discovery.SELECTIONS),
+        checks = {"rank_by": (self.rank_by, RANK_BY), "rank_with": (self.rank_with, RANK_WITH), "selection": (self.selection, discovery.SELECTIONS),
                   "ablation": (self.ablation, ablation.KINDS), "on_mismatch": (self.on_mismatch, ("error", "skip")),
                   "sender_positions": (self.sender_positions, paths.SENDER_POSITIONS)}
         for key, (value, allowed) in checks.items():
@@ -76,6 +88,8 @@ class CircuitSettings:
             raise ValueError(f"circuits.target_faithfulness={self.target_faithfulness} must be in (0, 2]")
         if len(self.overlap) not in (0, 2):
             raise ValueError(f"circuits.overlap={self.overlap} must name two tasks (or none)")
+        if self.curve_points < 0:
+            raise ValueError(f"circuits.curve_points={self.curve_points} must be >= 0 (0: every circuit size)")
         if self.memory_mb <= 0:
             raise ValueError(f"circuits.memory_mb={self.memory_mb} must be > 0")
 
@@ -91,56 +105,108 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
     """All analyses of one task, written into ``out``; returns (metrics, circuit heads)."""
     start = time.perf_counter()
     batch = batch_from_task(bridge, data_root, task, settings.n_prompts, settings.split, settings.on_mismatch)
-    metric = patching.task_metric(bridge, batch)
+    clean = capture(bridge, batch.clean_tokens, batch.answer_pos, dla.dla_hooks(bridge))  # (acts, logits)
+    metric = _metric(bridge, batch, clean[1])
     kw = {"metric": metric, "memory_mb": settings.memory_mb}
-    _, clean_logits = capture(bridge, batch.clean_tokens, batch.answer_pos, [])
-    metrics: dict[str, Any] = {
-        "n_prompts": batch.size, "skipped_prompts": batch.skipped, "clean_logit_diff": metric.clean,
-        "corrupted_logit_diff": metric.corrupted, "clean_accuracy": float(accuracy(clean_logits, batch.answer_ids)),
-        "clean_foil_rate": float(accuracy(clean_logits, batch.foil_ids)),
-    }
     title = f"{model_name} {task}"
-    direct = dla.direct_logit_attribution(bridge, batch)
-    lens = dla.logit_lens(bridge, batch)
-    metrics.update(dla_residual_error=direct.info["max_abs_residual_error"], dla_logit_diff=direct.info["logit_diff"])
-    save_figure(figures.heatmaps([dla.dla_head_grid(direct, bridge.cfg.n_layers, bridge.cfg.n_heads), lens],
-                                 f"{title}: direct logit attribution, logit lens"), out / "dla.png")
-    tables = [direct, lens]
-    solved = metric.clean - metric.corrupted >= settings.min_logit_gap
-    metrics["solved"] = int(solved)
+    metrics = _baselines(batch, metric, clean[1])
+    tables = _direct(bridge, batch, clean, metrics, out, title)
+    metrics["solved"] = int(metric.clean - metric.corrupted >= settings.min_logit_gap)
     heads: list[str] = []
-    if solved:
-        exact = {g: patching.activation_patch(bridge, batch, *GRIDS[g], **kw) for g in settings.grids}
-        estimates = attribution.attribution_patch(bridge, batch, [GRIDS[g] for g in settings.grids], metric=metric)
-        pairs = [(estimates[r.name], r) for r in exact.values()]
-        for g, (estimate, result) in zip(settings.grids, pairs):
-            metrics[f"attribution_corr_{g}"] = attribution.correlation(estimate, result)
-        heads_only = [(e, r) for e, r in pairs if "head" in r.axes]
-        metrics["attribution_corr_heads"] = attribution.correlation(
-            _stack([e for e, _ in heads_only]), _stack([r for _, r in heads_only])) if heads_only else 0.0
-        tables += list(exact.values()) + [e for e, _ in pairs]
-        save_figure(figures.heatmaps(list(exact.values()), f"{title}: activation patching (clean → corrupted)"),
-                    out / "patching.png")
-        save_figure(figures.attribution_scatter(pairs, f"{title}: attribution vs exact"), out / "attribution.png")
-        circuit, extra = _circuit(bridge, batch, settings, kw)
-        tables += extra
-        heads = circuit.heads
-        metrics.update(faithfulness=circuit.faithfulness, circuit_size=len(circuit.components), circuit_heads=len(heads))
-        write_json(out / "circuit.json", {"components": circuit.components, "heads": heads, "ranking": circuit.ranking,
-                                          "faithfulness_curve": circuit.curve, "selection": circuit.selection,
-                                          **circuit.info})
-        save_figure(figures.faithfulness_plot(circuit.curve, circuit.ranking, circuit.info["k"], title),
-                    out / "faithfulness.png")
-        top = [ablation.Component.parse(n) for n, _ in circuit.ranking if "H" in n][: settings.figure_heads]
-        save_figure(figures.attention_patterns(bridge, batch, [(c.layer, c.index) for c in top], title),
-                    out / "attention_top_heads.png")
-        for c in top[: settings.path_senders]:
-            result = paths.path_patch(bridge, batch, (c.layer, c.index), sender_positions=settings.sender_positions, **kw)
-            tables.append(result)
+    if metrics["solved"]:
+        estimates = _patching(bridge, batch, settings, kw, metrics, tables, out, title)
+        heads = _discover(bridge, batch, settings, kw, estimates, metrics, tables, out, title)
     write_frame(out / "effects.parquet", _frames(tables))
     metrics["seconds"] = time.perf_counter() - start
     write_json(out / "metrics.json", metrics)
     return metrics, heads
+
+
+def _metric(bridge: Any, batch: Any, clean_logits: torch.Tensor) -> NormalizedLogitDiff:
+    """The normalised logit difference of ``batch`` (as :func:`patching.task_metric`), reusing the clean run."""
+    _, corrupted = capture(bridge, batch.corrupted_tokens, batch.answer_pos, [])
+    return NormalizedLogitDiff(batch.answer_ids, batch.foil_ids,
+                               clean=float(logit_diff(clean_logits, batch.answer_ids, batch.foil_ids).mean()),
+                               corrupted=float(logit_diff(corrupted, batch.answer_ids, batch.foil_ids).mean()))
+
+
+def _baselines(batch: Any, metric: Any, clean_logits: torch.Tensor) -> dict[str, Any]:
+    """Prompt counts, clean/corrupted logit differences, clean accuracy and foil rate."""
+    return {"n_prompts": batch.size, "skipped_prompts": batch.skipped, "clean_logit_diff": metric.clean,
+            "corrupted_logit_diff": metric.corrupted, "clean_accuracy": float(accuracy(clean_logits, batch.answer_ids)),
+            "clean_foil_rate": float(accuracy(clean_logits, batch.foil_ids))}
+
+
+def _direct(bridge: Any, batch: Any, clean: tuple, metrics: dict, out: Path, title: str) -> list:
+    """Direct logit attribution and the logit lens of the clean run (figure ``dla.png``); returns their tables."""
+    direct = dla.direct_logit_attribution(bridge, batch, captured=clean)
+    lens = dla.logit_lens(bridge, batch, captured=clean)
+    metrics.update(dla_residual_error=direct.info["max_abs_residual_error"], dla_logit_diff=direct.info["logit_diff"])
+    save_figure(figures.heatmaps([dla.dla_head_grid(direct, bridge.cfg.n_layers, bridge.cfg.n_heads), lens],
+                                 f"{title}: direct logit attribution, logit lens"), out / "dla.png")
+    return [direct, lens]
+
+
+def _patching(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, metrics: dict, tables: list,
+              out: Path, title: str) -> dict:
+    """Exact patching of ``grids``, attribution patching of ``attribution_grids`` and their correlations.
+
+    Returns the denoising attribution estimates by result name (with the ranking grids when
+    ``rank_with="attribution"``, so the circuit ranking reuses them).
+    """
+    exact = {g: patching.activation_patch(bridge, batch, *GRIDS[g], **kw) for g in settings.grids}
+    attr = settings.attribution_grids if settings.attribution_grids is not None else settings.grids
+    extra = list(RANK_GRIDS) if settings.rank_with == "attribution" else []
+    wanted = list(dict.fromkeys([GRIDS[g] for g in attr] + extra))
+    estimates = attribution.attribution_patch(bridge, batch, wanted, metric=kw["metric"]) if wanted else {}
+    by_grid = {g: estimates[patching.grid_name(GRIDS[g][0], patching.result_axes(bridge, *GRIDS[g]))] for g in attr}
+    pairs = [(by_grid[g], exact[g]) for g in settings.grids if g in by_grid]
+    for g in settings.grids:
+        if g in by_grid:
+            metrics[f"attribution_corr_{g}"] = attribution.correlation(by_grid[g], exact[g])
+    heads_only = [(e, r) for e, r in pairs if {"head", "kv_head"} & set(r.axes)]
+    if pairs:  # without an exact grid there is nothing to correlate: no number
+        metrics["attribution_corr_heads"] = attribution.correlation(
+            _stack([e for e, _ in heads_only]), _stack([r for _, r in heads_only])) if heads_only else 0.0
+    tables += list(exact.values()) + [e for e, _ in pairs] + [by_grid[g] for g in attr if g not in exact]
+    if exact:
+        save_figure(figures.heatmaps(list(exact.values()), f"{title}: activation patching (clean → corrupted)"),
+                    out / "patching.png")
+    if pairs:
+        save_figure(figures.attribution_scatter(pairs, f"{title}: attribution vs exact"), out / "attribution.png")
+    only = [by_grid[g] for g in attr if g not in exact]
+    if only:
+        save_figure(figures.heatmaps(only, f"{title}: attribution patching estimates (clean → corrupted)"),
+                    out / "attribution_patching.png")
+    return estimates
+
+
+def _discover(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, estimates: dict, metrics: dict,
+              tables: list, out: Path, title: str) -> list[str]:
+    """Circuit selection, its faithfulness, top-head figures and path patching; returns the circuit's heads."""
+    circuit, extra = _circuit(bridge, batch, settings, kw, estimates)
+    tables += extra
+    metrics.update(faithfulness=circuit.faithfulness, circuit_size=len(circuit.components),
+                   circuit_heads=len(circuit.heads))
+    save_figure(figures.faithfulness_plot(circuit.curve, circuit.ranking, circuit.info["k"], title,
+                                          circuit.info["curve_k"]), out / "faithfulness.png")
+    top = [ablation.Component.parse(n) for n, _ in circuit.ranking if "H" in n][: settings.figure_heads]
+    save_figure(figures.attention_patterns(bridge, batch, [(c.layer, c.index) for c in top], title),
+                out / "attention_top_heads.png")
+    notes = []
+    senders = top[: settings.path_senders]
+    reason = paths.path_patching_support(bridge) if senders else None
+    if reason:
+        notes.append(f"path patching skipped: {reason}")
+        metrics["path_patching_skipped"] = 1
+        senders = []
+    for c in senders:
+        tables.append(paths.path_patch(bridge, batch, (c.layer, c.index), sender_positions=settings.sender_positions, **kw))
+    write_json(out / "circuit.json", {"components": circuit.components, "heads": circuit.heads,
+                                      "ranking": circuit.ranking, "faithfulness_curve": circuit.curve,
+                                      "selection": circuit.selection, **circuit.info,
+                                      **({"notes": notes} if notes else {})})
+    return circuit.heads
 
 
 def _stack(results: list) -> Any:
@@ -150,23 +216,37 @@ def _stack(results: list) -> Any:
                          baseline=results[0].baseline)
 
 
-def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict) -> tuple[Any, list]:
-    """Rank heads and MLPs by patching effect, ablate, pick the circuit."""
+def _scores(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, estimates: dict) -> dict[str, tuple]:
+    """Per direction, the (head ``[layer, head]``, MLP ``[layer]``) effects that rank the components."""
     scores = {}
     for direction in ("denoise", "noise"):
-        if settings.rank_by in (direction, "both"):
-            heads = patching.activation_patch(bridge, batch, "z", ("layer", "head"), direction=direction, **kw)
-            mlps = patching.activation_patch(bridge, batch, "mlp_out", ("layer",), direction=direction, **kw)
-            scores[direction] = (heads, mlps)
+        if settings.rank_by not in (direction, "both"):
+            continue
+        if settings.rank_with == "exact":
+            scores[direction] = (patching.activation_patch(bridge, batch, "z", ("layer", "head"), direction=direction, **kw),
+                                 patching.activation_patch(bridge, batch, "mlp_out", ("layer",), direction=direction, **kw))
+            continue
+        est = estimates if direction == "denoise" else attribution.attribution_patch(
+            bridge, batch, list(RANK_GRIDS), direction, kw["metric"])
+        scores[direction] = (est["z_head"], est["mlp_out_layer"])
+    return scores
+
+
+def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, estimates: dict) -> tuple[Any, list]:
+    """Rank heads and MLPs by patching effect, ablate, pick the circuit."""
+    scores = _scores(bridge, batch, settings, kw, estimates)
     head_score = torch.stack([h.effect().abs() for h, _ in scores.values()]).amax(0)
     mlp_score = torch.stack([m.effect().abs() for _, m in scores.values()]).amax(0)
     ranking = discovery.rank_components(head_score, mlp_score)
-    curve = discovery.faithfulness_curve(bridge, batch, ranking, settings.ablation, **kw)
+    size = discovery.selected_size(ranking, settings.selection, settings.threshold, settings.top_k)
+    ks = discovery.curve_ks(len(ranking), settings.curve_points, [] if size is None else [size])
+    curve = discovery.faithfulness_curve(bridge, batch, ranking, settings.ablation, ks=ks, **kw)
     circuit = discovery.select_circuit(ranking, curve, settings.selection, settings.threshold, settings.top_k,
-                                       settings.target_faithfulness)
-    extra = [r for pair in scores.values() for r in pair]
-    extra += [ablation.ablate_heads(bridge, batch, settings.ablation, **kw),
-              ablation.ablate_mlps(bridge, batch, settings.ablation, **kw)]
+                                       settings.target_faithfulness, ks)
+    extra = [r for pair in scores.values() for r in pair] if settings.rank_with == "exact" else []
+    if settings.single_ablations:
+        extra += [ablation.ablate_heads(bridge, batch, settings.ablation, **kw),
+                  ablation.ablate_mlps(bridge, batch, settings.ablation, **kw)]
     top_mlp = next((ablation.Component.parse(n) for n, _ in ranking if n.endswith(".mlp")), None)
     if settings.neuron_ablation > 0 and top_mlp is not None:
         estimate = attribution.attribution_patch(bridge, batch, [("mlp_post", ("layer", "neuron"))], "noise", kw["metric"])

@@ -30,6 +30,14 @@ def test_gpu_preset_composes():
     assert cfg.circuits.tasks[0] == "ioi" and cfg.circuits.n_prompts >= 100
 
 
+def test_smollm2_preset_composes_and_validates():
+    from stages import schema
+
+    settings = schema.validate(compose(["model=smollm2", "circuits=smollm2"])).circuits
+    assert settings.rank_with == "attribution" and settings.curve_points > 0 and not settings.single_ablations
+    assert settings.tasks == ["ioi", "colored_objects", "laundry_list", "sva", "induction"]  # from the default
+
+
 @pytest.mark.slow
 def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     from interpipe.circuits import CircuitSettings, run_circuits
