@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from interpipe.models.arch import ArchSpec, describe_architecture
+from interpipe.models.tokens import adds_bos
 from interpipe.typing import Int, Tensor, TokenIds
 
 MISMATCH_POLICIES = ("error", "skip")
@@ -50,12 +51,14 @@ def load_bridge(source: str | Path, device: str = "cpu", dtype: str = "float32",
     model, tokenizer, _ = load_pretrained(str(source), "causal_lm", revision=revision, device=device, dtype=dtype,
                                           trust_remote_code=trust_remote_code, attn_implementation="eager")
     describe_architecture(model).require(STUDY, needs=NEEDS)
+    prepend_bos = adds_bos(tokenizer)  # read before the bridge wraps the tokenizer (it adds a BOS to it)
     try:
         bridge = TransformerBridge.boot_transformers(str(source), hf_model=model, tokenizer=tokenizer,
                                                      device=device, dtype=resolve_dtype(dtype))
     except Exception as exc:  # noqa: BLE001 - re-raised naming the model
         arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
         raise ValueError(f"TransformerBridge cannot wrap model {str(source)!r} (architecture {arch}): {exc}") from exc
+    bridge.cfg.default_prepend_bos = prepend_bos  # the tokenizer's own rule, as every other study
     bridge.eval()
     return bridge
 

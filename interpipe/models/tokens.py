@@ -24,6 +24,26 @@ def answer_token_id(tokenizer, word: str) -> int:
     return int(ids[0])
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` itself puts its BOS token first (the rule the model was trained with).
+
+    Every study follows this rule and adds no BOS of its own: the toy's tokenizer prepends one,
+    SmolLM2's does not.
+
+    >>> class NoBos:
+    ...     bos_token_id = 1
+    ...     def __call__(self, text):
+    ...         return {"input_ids": [7]}
+    >>> adds_bos(NoBos())
+    False
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and int(ids[0]) == int(bos)
+
+
 def encode_prompts(tokenizer, prompts: list[str], max_len: int | None, padding_side: str = "right"):
     """Tokenize prompts into a padded batch; raise naming the first prompt that is too long.
 

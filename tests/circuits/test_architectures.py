@@ -138,3 +138,29 @@ def test_study_runs_with_attribution_ranking(arch_folders, data_root, tmp_path, 
     assert metrics["sva/solved"] == 1 and len(circuit["faithfulness_curve"]) == len(circuit["curve_k"]) <= 5
     assert circuit["k"] in circuit["curve_k"] and -1 <= task["attribution_corr_mlp_layer"] <= 1
     assert ("notes" in circuit) == (family == "opt") and task.get("path_patching_skipped", 0) == (family == "opt")
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_prompts_are_the_tokenizers_own_ids(family_bridges, family, arch_folders):
+    """No BOS of the study's own: the patched tokens are what the model's tokenizer gives (as in
+    evaluate and attribute). The matrix tokenizer adds no BOS; TransformerBridge alone would prepend one."""
+    from transformers import AutoTokenizer
+
+    from interpipe.circuits import make_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(arch_folders[family])
+    prompt = "When Mary and John went to the store , John gave a drink to"
+    batch = make_batch(family_bridges[family], [prompt], [prompt], ["Mary"], ["John"])
+    expected = tokenizer(prompt)["input_ids"]
+    assert batch.clean_tokens[0, : len(expected)].tolist() == expected
+
+
+def test_toy_keeps_its_bos(tiny_toy_folder):
+    from interpipe.circuits import load_bridge, make_batch
+    from interpipe.models import load_model
+
+    tokenizer = load_model(tiny_toy_folder).tokenizer
+    prompt = "When Mary and John went to the store , John gave a drink to"
+    batch = make_batch(load_bridge(tiny_toy_folder), [prompt], [prompt], ["Mary"], ["John"])
+    assert batch.clean_tokens[0].tolist() == tokenizer(prompt)["input_ids"]
+    assert batch.clean_tokens[0, 0] == tokenizer.bos_token_id
