@@ -83,10 +83,10 @@ class RootConfig:
 
 def _study_schemas() -> list[tuple[str, type]]:
     """(group, dataclass) of every study; imported here so the library stays free of Hydra."""
-    from interpipe.attribution.settings import AttributeSettings
-    from interpipe.circuits.study import CircuitSettings
-    from interpipe.quant.settings import QuantSettings
-    from interpipe.report import ReportSettings
+    from interpipe.settings.attribute import AttributeSettings
+    from interpipe.settings.circuits import CircuitSettings
+    from interpipe.settings.quantize import QuantSettings
+    from interpipe.settings.report import ReportSettings
     from interpipe.weights.settings import WeightsSettings
 
     return [("attribute", AttributeSettings), ("circuits", CircuitSettings), ("weights", WeightsSettings),

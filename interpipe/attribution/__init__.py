@@ -18,7 +18,7 @@ from interpipe.attribution.methods import REGISTRY, attribute, path_gradients, q
 from interpipe.attribution.model import ScoredModel, eager_attention
 from interpipe.attribution.result import Attribution
 from interpipe.attribution.sequence import attribute_positions
-from interpipe.attribution.settings import METHODS, AttributeSettings
+from interpipe.settings.attribute import METHODS, AttributeSettings
 
 __all__ = ["METHODS", "REGISTRY", "AttributeSettings", "Attribution", "Batch", "ScoredModel", "answer_token",
            "attribute", "attribute_positions", "eager_attention", "encode_rows", "path_gradients", "quadrature",

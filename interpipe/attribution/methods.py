@@ -32,7 +32,7 @@ import torch
 from interpipe.attribution.inputs import Batch
 from interpipe.attribution.model import ScoredModel, eager_attention, input_gradients_only
 from interpipe.attribution.result import Attribution
-from interpipe.attribution.settings import METHODS, AttributeSettings
+from interpipe.settings.attribute import METHODS, AttributeSettings
 from interpipe.typing import Float, Int, Tensor
 
 Scores = tuple[Float[Tensor, "batch pos"], Int[Tensor, "batch"], "Tensor | None"]  # scores, targets, layers

@@ -29,7 +29,7 @@ from interpipe.attribution.inputs import Batch, encode_rows
 from interpipe.attribution.methods import attribute
 from interpipe.attribution.model import ScoredModel
 from interpipe.attribution.result import Attribution
-from interpipe.attribution.settings import AttributeSettings
+from interpipe.settings.attribute import AttributeSettings
 from interpipe.faithfulness import evaluate, full_probs, rank_agreement, replacement_token
 
 SUMMARY_KEYS = ("comprehensiveness", "sufficiency", "soft_comprehensiveness", "soft_sufficiency",

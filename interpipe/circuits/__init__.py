@@ -21,7 +21,8 @@ from interpipe.circuits.patching import (activation_patch, patch_attn_out, patch
                                          patch_head_qkv_all_pos, patch_head_qkv_by_pos, patch_mlp_out, patch_resid_pre,
                                          task_metric)
 from interpipe.circuits.results import CircuitResult
-from interpipe.circuits.study import CircuitSettings, run_circuits
+from interpipe.circuits.study import run_circuits
+from interpipe.settings.circuits import CircuitSettings
 
 __all__ = [
     "Component", "ablate", "ablate_heads", "ablate_mlps", "ablate_neurons", "attribution_patch", "correlation",

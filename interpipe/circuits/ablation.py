@@ -26,7 +26,7 @@ from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, kl_diverge
 from interpipe.circuits.patching import task_metric
 from interpipe.circuits.results import CircuitResult
 
-KINDS = ("zero", "mean", "resample")
+from interpipe.settings.circuits import ABLATIONS as KINDS  # noqa: E402 - the allowed values live with the settings
 METRICS = ("normalized_logit_diff", "logit_diff", "accuracy", "kl")
 _PATTERN = re.compile(r"^L(\d+)(?:H(\d+)|\.mlp|\.n(\d+))$")
 

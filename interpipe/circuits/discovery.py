@@ -27,7 +27,7 @@ from interpipe.circuits.ablation import Component, ablate, all_components
 from interpipe.circuits.bridge import PromptBatch
 from interpipe.circuits.metrics import NormalizedLogitDiff
 
-SELECTIONS = ("threshold", "top_k", "faithfulness")
+from interpipe.settings.circuits import SELECTIONS  # noqa: E402 - the allowed values live with the settings
 
 
 @dataclass

@@ -33,7 +33,7 @@ from interpipe.circuits.results import CircuitResult
 from interpipe.models.arch import UnsupportedArchitecture
 
 COMPONENTS = ("q", "k", "v")
-SENDER_POSITIONS = ("all", "answer")
+from interpipe.settings.circuits import SENDER_POSITIONS  # noqa: E402 - the allowed values live with the settings
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from interpipe.io import OutputExistsError, atomic_dir, read_json, write_json
 from interpipe.typing import Float, Tensor

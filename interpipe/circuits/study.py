@@ -18,9 +18,8 @@ configured task pair.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -30,68 +29,9 @@ from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
 from interpipe.io import save_figure, write_frame, write_json
+from interpipe.settings.circuits import GRIDS, CircuitSettings
 
-# grid name -> (activation, axes) of the exact and attribution patching runs
-GRIDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "resid_pre": ("resid_pre", ("layer", "pos")), "attn_out": ("attn_out", ("layer", "pos")),
-    "mlp_out": ("mlp_out", ("layer", "pos")), "z": ("z", ("layer", "head")), "z_pos": ("z", ("layer", "pos", "head")),
-    "q": ("q", ("layer", "head")), "k": ("k", ("layer", "head")), "v": ("v", ("layer", "head")),
-    "pattern": ("pattern", ("layer", "head")), "pattern_pos": ("pattern", ("layer", "head", "pos")),
-    "attn_layer": ("attn_out", ("layer",)), "mlp_layer": ("mlp_out", ("layer",)),  # whole layer, all positions
-}
-RANK_BY = ("denoise", "noise", "both")
-RANK_WITH = ("exact", "attribution")
 RANK_GRIDS = (("z", ("layer", "head")), ("mlp_out", ("layer",)))  # the effects that rank heads and MLPs
-
-
-@dataclass
-class CircuitSettings:
-    """Settings of the circuit study (``conf/circuits/``)."""
-
-    tasks: list[str] = field(default_factory=lambda: ["ioi", "colored_objects", "sva", "induction"])  # default pipeline's tasks
-    n_prompts: int = 32  # prompts per task: small keeps the default pipeline inside its time budget
-    split: str = "test"  # held-out prompts the model never trained on
-    on_mismatch: str = "error"  # error | skip prompts whose clean/corrupted token lengths differ
-    grids: list[str] = field(default_factory=lambda: ["resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"])
-    attribution_grids: Optional[list[str]] = None  # attribution-patching grids; None: the exact grids
-    rank_by: str = "both"  # rank components by |denoising|, |noising| or the larger of the two effects
-    rank_with: str = "exact"  # exact | attribution: which head/MLP patching effects rank the components
-    selection: str = "faithfulness"  # faithfulness | threshold | top_k
-    target_faithfulness: float = 0.8  # smallest top-k circuit reaching this is selected
-    threshold: float = 0.1  # |effect| cut for selection=threshold
-    top_k: int = 8  # circuit size for selection=top_k
-    ablation: str = "mean"  # mean | zero | resample: how components outside the circuit are removed
-    curve_points: int = 0  # faithfulness curve at every k (0) or at about this many k, spaced geometrically
-    single_ablations: bool = True  # ablate every head and every MLP alone (one patched run each)
-    path_senders: int = 1  # path patching from this many top-ranked heads
-    sender_positions: str = "all"  # all | answer: positions of the sender's write (Merullo et al. use the last)
-    neuron_ablation: int = 32  # ablate this many neurons of the top-ranked MLP (picked by attribution), one at a time
-    figure_heads: int = 4  # attention-pattern panels for the top heads
-    overlap: list[str] = field(default_factory=lambda: ["ioi", "colored_objects"])  # task pair compared
-    min_logit_gap: float = 0.5  # below this clean-corrupted gap the task is unsolved: no circuit is sought
-    memory_mb: float = 512.0  # activation memory per batched forward; sets the chunk size
-    progress: bool = False  # per-chunk progress bars
-
-    def __post_init__(self) -> None:
-        bad = [g for g in [*self.grids, *(self.attribution_grids or [])] if g not in GRIDS]
-        if bad:
-            raise ValueError(f"circuits.grids has unknown entries {bad}: use {sorted(GRIDS)}")
-        checks = {"rank_by": (self.rank_by, RANK_BY), "rank_with": (self.rank_with, RANK_WITH), "selection": (self.selection, discovery.SELECTIONS),
-                  "ablation": (self.ablation, ablation.KINDS), "on_mismatch": (self.on_mismatch, ("error", "skip")),
-                  "sender_positions": (self.sender_positions, paths.SENDER_POSITIONS)}
-        for key, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"circuits.{key}={value!r} is not one of {allowed}")
-        if self.n_prompts < 1:
-            raise ValueError(f"circuits.n_prompts={self.n_prompts} must be >= 1")
-        if not 0 < self.target_faithfulness <= 2:
-            raise ValueError(f"circuits.target_faithfulness={self.target_faithfulness} must be in (0, 2]")
-        if len(self.overlap) not in (0, 2):
-            raise ValueError(f"circuits.overlap={self.overlap} must name two tasks (or none)")
-        if self.curve_points < 0:
-            raise ValueError(f"circuits.curve_points={self.curve_points} must be >= 0 (0: every circuit size)")
-        if self.memory_mb <= 0:
-            raise ValueError(f"circuits.memory_mb={self.memory_mb} must be > 0")
 
 
 def _frames(results: list) -> Any:

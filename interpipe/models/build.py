@@ -3,7 +3,6 @@ hub model or local folder, and optionally fine-tune a classification head."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -12,7 +12,7 @@ pre-LN (GPT-2) and with a shortcut restore for post-LN (BERT) blocks
 from interpipe.quant.arch import Arch, describe_arch, install_shortcut
 from interpipe.quant.fake import ActSpec, WeightSpec, fake_quantize, quantize_activation, quantize_weight
 from interpipe.quant.migrate import fold, migrate, smoothquant_scales
-from interpipe.quant.settings import METHODS, QuantSettings, parse_bits
+from interpipe.settings.quantize import METHODS, QuantSettings, parse_bits
 from interpipe.quant.study import QuantStudyResult, SettingResult, load_migrated, run_quantize
 
 __all__ = ["ActSpec", "Arch", "METHODS", "QuantSettings", "QuantStudyResult", "SettingResult", "WeightSpec",

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from interpipe.models.arch import ArchSpec, UnsupportedArchitecture, describe_architecture
+from interpipe.settings.quantize import LAYER_KINDS
 from interpipe.typing import Float, Tensor
 
-LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")
 PAIR_KIND = {"qkv": "qkv", "mlp_in": "fc1"}  # ArchSpec pair kind -> quantization layer kind
 SHIFT_ATTR = "_interpipe_input_shift"
 SHORTCUT_ATTR = "_interpipe_shortcut"

@@ -25,19 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+from interpipe.settings.quantize import A_GRANULARITIES, W_GRANULARITIES, check_bits, parse_bits
 from interpipe.typing import Float, Tensor
 
-MIN_BITS, MAX_BITS = 2, 16
-W_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-A_GRANULARITIES = ("per_tensor_static", "per_token_dynamic")
 EPS = torch.finfo(torch.float32).eps
-
-
-def check_bits(bits: int, key: str = "bits") -> int:
-    """Raise ``ValueError`` naming ``key`` unless ``2 <= bits <= 16``."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{key}={bits!r} is outside the supported range {MIN_BITS}..{MAX_BITS} bits")
-    return bits
 
 
 def int_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -173,3 +164,10 @@ def sqnr_db(reference: Tensor, approx: Tensor) -> float:
     signal = reference.double().pow(2).sum()
     noise = (reference.double() - approx.double()).pow(2).sum()
     return float(10 * torch.log10(signal / noise.clamp(min=1e-30)))
+
+
+def specs(settings, tag: str) -> tuple["WeightSpec", "ActSpec"]:
+    """The weight and activation grids of ``settings`` (a ``QuantSettings``) at bits ``tag`` (``w8a8``)."""
+    w, a = parse_bits(tag)
+    return (WeightSpec(w, settings.w_symmetric, settings.w_granularity, settings.group_size),
+            ActSpec(a, settings.a_symmetric, settings.a_granularity))

@@ -27,11 +27,12 @@ from interpipe.io import OutputExistsError, read_json, save_figure, write_frame,
 from interpipe.quant import figures
 from interpipe.quant.arch import describe_arch, input_shifts_of, install_shortcut, set_input_shift, shortcuts_of
 from interpipe.quant.calibrate import calibrate, make_batches, run_batches, token_rows
+from interpipe.quant.fake import specs
 from interpipe.quant.layers import TokenMask, check_targets, wrap_layers
 from interpipe.quant.metrics import EndMetrics, capture_outputs, headline, layer_errors
 from interpipe.quant.migrate import migrate
 from interpipe.quant.outliers import channel_table, summary_table
-from interpipe.quant.settings import QuantSettings, parse_bits
+from interpipe.settings.quantize import QuantSettings, parse_bits
 from interpipe.runtime import git_revision
 
 
@@ -217,7 +218,7 @@ class _Context:
 
 def _run_setting(ctx: _Context, settings: QuantSettings, method: str, tag: str, out_dir: Path, info: dict) -> SettingResult:
     """Copy, migrate (not for RTN), check equivalence, fake-quantize and measure one setting."""
-    w_spec, a_spec = settings.specs(tag)
+    w_spec, a_spec = specs(settings, tag)
     name = f"{ctx.card.name}-{method}-{tag}-{settings.granularity}"
     qmodel = copy.deepcopy(ctx.model)
     metrics: dict = {"w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
@@ -266,7 +267,7 @@ def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtyp
         raise ValueError(f"quantize.layers={settings.layers} selects no layer of {card.name} "
                          f"(it has {sorted({t.kind for t in arch.targets})})")
     for tag in settings.bits:
-        check_targets(model, targets, settings.specs(tag)[0])  # group size etc.: fails before calibration
+        check_targets(model, targets, specs(settings, tag)[0])  # group size etc.: fails before calibration
     texts = _calibration_texts(data_root, settings.calib_source, settings.calib_samples)
     calib_batches = make_batches(tokenizer, texts, settings.max_length, settings.batch_size)
     calib = calibrate(model, arch, calib_batches, dev, settings.top_k, keep_pair_inputs="osplus" in settings.methods)

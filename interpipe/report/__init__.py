@@ -11,7 +11,7 @@ multirun folders alike), ``tidy_results`` turns them into rows
 from interpipe.report.aggregate import Report, collect, run_aggregate
 from interpipe.report.compare import StudyTable, study_tables
 from interpipe.report.discover import COLUMNS, RunRecord, find_runs, tidy_results
-from interpipe.report.settings import ReportSettings
+from interpipe.settings.report import ReportSettings
 
 __all__ = ["COLUMNS", "Report", "ReportSettings", "RunRecord", "StudyTable", "collect", "find_runs",
            "run_aggregate", "study_tables", "tidy_results"]

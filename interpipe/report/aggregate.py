@@ -26,7 +26,7 @@ from interpipe.io import read_json, write_frame, write_text
 from interpipe.report.compare import StudyTable, lower_is_better, plot_frame, study_tables
 from interpipe.report.discover import RunRecord, find_figures, find_runs, tidy_results
 from interpipe.report.page import model_cards, render_page, revision_info, shrink_png
-from interpipe.report.settings import ReportSettings
+from interpipe.settings.report import ReportSettings
 
 
 @dataclass

@@ -5,7 +5,7 @@ methods compared under the same conditions) is marked; whether smaller or larger
 the metric's name (``ReportSettings.lower_is_better``).
 
 >>> import pandas as pd
->>> from interpipe.report.settings import ReportSettings
+>>> from interpipe.settings.report import ReportSettings
 >>> rows = [dict(study="s", stage="x", model="m", method=k, task="t", setting="", metric="loss",
 ...              value=v, run_dir=k, config_hash="") for k, v in [("a", 2.0), ("b", 1.0)]]
 >>> table = study_tables(pd.DataFrame(rows), ReportSettings())["s"]
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from interpipe.report.settings import ReportSettings
+from interpipe.settings.report import ReportSettings
 
 KEYS = ["model", "task", "method", "setting"]
 

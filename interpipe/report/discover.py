@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from interpipe.io import flatten_metrics
-from interpipe.report.settings import ReportSettings
+from interpipe.settings.report import ReportSettings
 
 COLUMNS = ["study", "stage", "model", "method", "task", "setting", "metric", "value", "run_dir", "config_hash"]
 METRIC_SEPARATORS = ("/", ".", "_")

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from interpipe.report.compare import headline_metric, lower_is_better
-from interpipe.report.settings import ReportSettings
+from interpipe.settings.report import ReportSettings
 
 
 def summary_rows(results, settings: ReportSettings) -> list[list[str]]:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from interpipe.quant.arch import LAYER_KINDS
-from interpipe.quant.fake import A_GRANULARITIES, W_GRANULARITIES, ActSpec, WeightSpec, check_bits
-
 METHODS = ("rtn", "smoothquant", "osplus")
+LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")  # quantizable linears: q/k/v, attention output, MLP in/out, heads
+MIN_BITS, MAX_BITS = 2, 16
+W_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+A_GRANULARITIES = ("per_tensor_static", "per_token_dynamic")
 _BITS = re.compile(r"^w(\d+)a(\d+)$")
+
+
+def check_bits(bits: int, key: str = "bits") -> int:
+    """Raise ``ValueError`` naming ``key`` unless ``2 <= bits <= 16``."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"{key}={bits!r} is outside the supported range {MIN_BITS}..{MAX_BITS} bits")
+    return bits
 
 
 def parse_bits(tag: str) -> tuple[int, int]:
@@ -89,11 +97,6 @@ class QuantSettings:
                 raise ValueError(f"quantize.{key}={getattr(self, key)} must be >= 1")
         if not 0.0 < self.osplus_min_ratio <= 1.0:
             raise ValueError(f"quantize.osplus_min_ratio={self.osplus_min_ratio} must lie in (0, 1]")
-
-    def specs(self, tag: str) -> tuple[WeightSpec, ActSpec]:
-        w, a = parse_bits(tag)
-        return (WeightSpec(w, self.w_symmetric, self.w_granularity, self.group_size),
-                ActSpec(a, self.a_symmetric, self.a_granularity))
 
     @property
     def granularity(self) -> str:
