@@ -23,9 +23,11 @@ def run_weights(settings: WeightsSettings, model_folder, data_root, out_dir, che
     from pathlib import Path
 
     from interpipe.models import load_model
+    from interpipe.weights.common import architecture
 
     out_dir = Path(out_dir)
     loaded = load_model(model_folder, device=device, dtype=dtype)
+    architecture(loaded.model, settings.study)  # refuse undescribed / non-causal families, naming the model_type
     if loaded.card.kind != "causal_lm":
         raise ValueError(f"the weight-level studies need a causal LM; {loaded.card.name} is a {loaded.card.kind}")
     if settings.study == "talking_heads":

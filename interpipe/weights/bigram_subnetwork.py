@@ -28,20 +28,31 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from interpipe.weights.common import (StudyResult, batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
-                                      remove_checkpoint, restore_optimizer, save_checkpoint, token_losses, transformer_blocks)
+                                      remove_checkpoint, restore_optimizer, save_checkpoint, token_losses)
+
+
+def matrix_roles(model) -> dict[str, tuple[int, str, str]]:
+    """``{parameter name: (layer, kind, matrix)}`` of every attention/MLP weight matrix of the blocks,
+    from the :class:`~interpipe.models.arch.ArchSpec` paths (``kind`` is ``attn`` or ``mlp``; ``matrix``
+    is ``"<layer>.<path inside the block>"``)."""
+    import os
+
+    from interpipe.weights.common import architecture
+
+    spec = architecture(model, "bigram")
+    out = {}
+    for b in spec.blocks:
+        attn, mlp = (*b.qkv, b.attn_out), (*b.mlp_in, b.mlp_out)
+        block = os.path.commonprefix([*attn, *mlp]).rsplit(".", 1)[0] + "."  # e.g. "transformer.h.0."
+        for kind, paths in (("attn", attn), ("mlp", mlp)):
+            for path in paths:
+                out[f"{path}.weight"] = (b.index, kind, f"{b.index}.{path[len(block):]}")
+    return out
 
 
 def maskable_weights(model) -> dict[str, torch.nn.Parameter]:
     """Every attention/MLP weight matrix inside the transformer blocks, by full parameter name."""
-    blocks = transformer_blocks(model)
-    prefix = next(name for name, module in model.named_modules() if module is blocks)
-    out = {}
-    for name, module in blocks.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-            out[f"{prefix}.{name}.weight"] = module.weight
-    if not out:
-        raise ValueError(f"no linear weight matrices found in the blocks of {type(model).__name__}")
-    return out
+    return {name: model.get_parameter(name) for name in matrix_roles(model)}
 
 
 def masked_logits(model, masks: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
@@ -209,14 +220,11 @@ def density_frame(masks: dict[str, torch.Tensor], model):
     """Per-matrix mask density (DataFrame): layer, matrix, kind (attn/mlp), n, kept, density."""
     import pandas as pd
 
-    blocks = transformer_blocks(model)
-    prefix = next(name for name, module in model.named_modules() if module is blocks)
+    roles = matrix_roles(model)
     rows = []
     for name, m in masks.items():
-        rest = name[len(prefix) + 1:]
-        layer = int(rest.split(".")[0])
-        kind = "mlp" if "mlp" in rest else "attn"
-        rows.append({"layer": layer, "matrix": rest.removesuffix(".weight"), "kind": kind, "n": m.numel(),
+        layer, kind, matrix = roles[name]
+        rows.append({"layer": layer, "matrix": matrix, "kind": kind, "n": m.numel(),
                      "kept": int(m.sum()), "density": float(m.mean())})
     return pd.DataFrame(rows)
 

@@ -19,6 +19,12 @@ For two rank-1 components the score reduces to ``|v . a|`` (``a`` the receiver c
 direction), which is how every component pair is scored at once. SVDs are taken in factored form
 (QR of both factors, SVD of the small ``d_head x d_head`` core), as TransformerLens's
 ``FactoredMatrix`` does, so ``d_model x d_model`` matrices are never formed.
+
+Heads are query heads: under grouped-query attention the weights arrive with ``W_K``/``W_V``
+expanded to their query heads (:func:`interpipe.weights.common.folded_head_weights`), so every
+score has ``n_heads`` entries per layer. With rotary positions the QK matrices leave out the
+rotation: Q/K-composition is the composition at relative offset 0 (position-free); V-composition
+does not involve positions.
 """
 
 from __future__ import annotations
@@ -111,21 +117,38 @@ def component_composition(components: HeadComponents, mode: str) -> Float[Tensor
     return scores * later[:, None, None, :, None, None]
 
 
-def component_matrix_composition(w: HeadWeights, components: HeadComponents, mode: str) -> Float[Tensor, "layer head comp layer_r head_r"]:
-    """Composition score of every sender OV component with every receiver's whole matrix."""
+def _receiver_factors(w: HeadWeights, mode: str):
+    """The factors ``(A, B)`` of the receiver matrix mode ``mode`` reads through (``v^T A B``)."""
     if mode == "Q":  # v^T W_Q W_K^T
-        A, B = w.W_Q, w.W_K.transpose(-2, -1)
-    elif mode == "K":  # v^T W_K W_Q^T
-        A, B = w.W_K, w.W_Q.transpose(-2, -1)
-    elif mode == "V":
-        A, B = w.W_V, w.W_O
-    else:
-        raise ValueError(f"composition mode {mode!r} is not one of {MODES}")
+        return w.W_Q, w.W_K.transpose(-2, -1)
+    if mode == "K":  # v^T W_K W_Q^T
+        return w.W_K, w.W_Q.transpose(-2, -1)
+    if mode == "V":
+        return w.W_V, w.W_O
+    raise ValueError(f"composition mode {mode!r} is not one of {MODES}")
+
+
+def component_matrix_composition(w: HeadWeights, components: HeadComponents, mode: str) -> Float[Tensor, "layer head comp layer_r head_r"]:
+    """Composition score of every sender OV component with every receiver's whole matrix.
+
+    Memory grows as ``(layer head)^2 comp d_model``: for one receiver use :func:`receiver_composition`.
+    """
+    A, B = _receiver_factors(w, mode)
     va = torch.einsum("lhcd,mgdr->lhcmgr", components.ov_out, A)  # (Ls, Hs, C, Lr, Hr, r)
     num = torch.linalg.vector_norm(torch.einsum("lhcmgr,mgre->lhcmge", va, B), dim=-1)  # (Ls, Hs, C, Lr, Hr)
     scores = num / factored_norm(A, B)[None, None, None]
     later = torch.arange(w.n_layers)[:, None] < torch.arange(w.n_layers)[None, :]
     return scores * later[:, None, None, :, None]
+
+
+def receiver_composition(w: HeadWeights, components: HeadComponents, mode: str,
+                         receiver: tuple[int, int]) -> Float[Tensor, "layer head comp"]:
+    """:func:`component_matrix_composition` for one receiver head ``(layer, head)`` only."""
+    A, B = _receiver_factors(w, mode)
+    A, B = A[receiver], B[receiver]  # (d_model, r), (r, d_out)
+    num = torch.linalg.vector_norm(components.ov_out @ A @ B, dim=-1)  # (Ls, Hs, C)
+    scores = num / factored_norm(A, B)
+    return scores * (torch.arange(w.n_layers) < receiver[0])[:, None, None]
 
 
 def q_composition(w: HeadWeights, components: HeadComponents) -> Tensor:

@@ -13,19 +13,34 @@ def _heads(labels) -> list[str]:
     return sorted(set(labels), key=lambda s: tuple(int(x) for x in s.split(".")))
 
 
+def _head_ticks(heads: list[str], max_labels: int = 40) -> tuple[list[int], list[str]]:
+    """Tick positions and labels: every head, or (deep models) the first head of every few layers as ``L<n>``."""
+    if len(heads) <= max_labels:
+        return list(range(len(heads))), heads
+    layer = [h.split(".")[0] for h in heads]
+    starts = [i for i in range(len(heads)) if i == 0 or layer[i] != layer[i - 1]]
+    starts = starts[:: -(-len(starts) // max_labels)]
+    return starts, [f"L{layer[i]}" for i in starts]
+
+
+def _composition_grid(sub) -> tuple[np.ndarray, list[str], list[str]]:
+    """(sender, receiver) grid of the largest component-pair score of one mode (NaN where not causal)."""
+    senders, receivers = _heads(sub["sender"]), _heads(sub["receiver"])
+    grid = np.full((len(senders), len(receivers)), np.nan)
+    s_idx, r_idx = {h: i for i, h in enumerate(senders)}, {h: i for i, h in enumerate(receivers)}
+    grid[sub["sender"].map(s_idx).to_numpy(), sub["receiver"].map(r_idx).to_numpy()] = sub["max_component_score"].to_numpy()
+    return grid, senders, receivers
+
+
 def plot_talking_heads(result) -> dict:
     figs = {}
     pairs = result.tables["head_composition"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
     for ax, mode in zip(axes, ("Q", "K", "V")):
-        sub = pairs[pairs["mode"] == mode]
-        senders, receivers = _heads(sub["sender"]), _heads(sub["receiver"])
-        grid = np.full((len(senders), len(receivers)), np.nan)
-        for row in sub.itertuples():
-            grid[senders.index(row.sender), receivers.index(row.receiver)] = row.max_component_score
-        im = ax.imshow(grid, cmap="viridis", vmin=0, aspect="auto")
-        ax.set_xticks(range(len(receivers)), receivers, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(senders)), senders, fontsize=7)
+        grid, senders, receivers = _composition_grid(pairs[pairs["mode"] == mode])
+        im = ax.imshow(grid, cmap="viridis", vmin=0, aspect="auto", interpolation="nearest")
+        ax.set_xticks(*_head_ticks(receivers), rotation=90, fontsize=7)
+        ax.set_yticks(*_head_ticks(senders), fontsize=7)
         ax.set_xlabel("receiver head"), ax.set_ylabel("sender head")
         ax.set_title(f"{mode}-composition (max over component pairs)")
         fig.colorbar(im, ax=ax, fraction=0.046)

@@ -26,6 +26,7 @@ class TalkingHeadsSettings:
     top_channels: int = 20  # strongest sender->receiver component channels listed
     receiver: Optional[str] = None  # "L.H" of the receiver (mover) head; None = the head attending most to the answer
     inhibition_components: int = 2  # top components per sender head removed for the data-based score (one forward each)
+    max_senders: int = 0  # sender components scored on data (strongest weight-based Q-composition first); 0 = all
     n_inhibition_prompts: int = 32  # held-out prompts the inhibition scores are measured on
     edit_candidates: int = 2  # components with the largest inhibition scores tried as edits
     edit_scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0, 3.0])  # scale grid of the edit
@@ -39,6 +40,8 @@ class TalkingHeadsSettings:
                   inhibition_components=self.inhibition_components,
                   n_inhibition_prompts=self.n_inhibition_prompts, edit_candidates=self.edit_candidates,
                   n_select=self.n_select, batch_size=self.batch_size)
+        if self.max_senders < 0:
+            raise ValueError(f"weights.talking_heads.max_senders={self.max_senders} must be >= 0 (0 = all)")
         if not self.edit_scales or any(s < 0 for s in self.edit_scales):
             raise ValueError(f"weights.talking_heads.edit_scales={self.edit_scales} must be a non-empty list of scales >= 0")
         if any(n < 2 for n in self.extra_lengths):
@@ -78,7 +81,7 @@ class BigramSettings:
 
 @dataclass
 class LNFreeSettings:
-    """Baroni et al. 2025: fine-tune while freezing each LayerNorm's std, one at a time."""
+    """Baroni et al. 2025: fine-tune while freezing each norm's scale (LayerNorm std, RMSNorm RMS) in turn."""
 
     start_step: int = 10  # steps of plain fine-tuning before the first LN is frozen (paper: 20)
     gap: int = 4  # steps between freezing two LNs (paper: 2 for GPT-2 small)
@@ -86,17 +89,27 @@ class LNFreeSettings:
     batch_size: int = 16  # texts per step
     lr: float = 1e-3  # AdamW learning rate of the fine-tuning (the short toy schedule needs a high one)
     ema: float = 0.9  # moving-average factor of each LN's measured std before it is frozen
+    scale_stat: str = "mean"  # per-forward statistic of the real tokens' scales that is averaged: mean | max
     big_eps: float = 1e12  # LN epsilon of the saved model: sqrt(var + eps) ~ sqrt(eps), i.e. no normalisation
     max_train_texts: int = 0  # corpus texts to fine-tune on; 0 = all
+    max_tokens: int = 0  # tokens kept of each fine-tuning text (its start, BOS included); 0 = whole texts
     max_eval_texts: int = 256  # held-out corpus texts for the CE loss; 0 = all
     checkpoint_every: int = 25  # steps between resumable checkpoints
     control: bool = True  # also fine-tune the same steps with LN kept: separates LN removal from extra training
+    norms_per_step: int = 1  # norms frozen together at each freezing step (deep models: several per step)
+    n_calibration: int = 256  # corpus texts whose real-token norm scales set the no-fine-tuning baseline
+    tasks: Optional[list[str]] = None  # causal tasks evaluated before/after; None = every prepared one
 
     def __post_init__(self) -> None:
         _positive("lnfree", gap=self.gap, batch_size=self.batch_size, lr=self.lr, big_eps=self.big_eps,
-                  checkpoint_every=self.checkpoint_every)
+                  checkpoint_every=self.checkpoint_every, norms_per_step=self.norms_per_step,
+                  n_calibration=self.n_calibration)
+        if self.max_tokens < 0 or self.max_tokens == 1:
+            raise ValueError(f"weights.lnfree.max_tokens={self.max_tokens} must be 0 (whole texts) or >= 2")
         if self.start_step < 0 or self.extra_steps < 0:
             raise ValueError("weights.lnfree.start_step and weights.lnfree.extra_steps must be >= 0")
+        if self.scale_stat not in ("mean", "max"):
+            raise ValueError(f"weights.lnfree.scale_stat={self.scale_stat!r} must be 'mean' or 'max'")
         if not 0 <= self.ema < 1:
             raise ValueError(f"weights.lnfree.ema={self.ema} must be in [0, 1)")
 

@@ -78,7 +78,7 @@ def test_folded_weights_match_transformer_lens_processing(tiny_loaded, tiny_toy_
     """LN folding and centring agree with TransformerLens's own weight processing (compatibility mode)."""
     from interpipe.weights.common import boot_bridge, folded_head_weights
 
-    ours = folded_head_weights(boot_bridge(tiny_loaded.model, tiny_loaded.tokenizer, tiny_toy_folder))
+    ours = folded_head_weights(boot_bridge(tiny_loaded.model, tiny_loaded.tokenizer, tiny_toy_folder), tiny_loaded.model)
     ref = boot_bridge(tiny_loaded.model, tiny_loaded.tokenizer, tiny_toy_folder)
     ref.enable_compatibility_mode()
     with torch.no_grad():

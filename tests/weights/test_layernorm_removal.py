@@ -76,7 +76,27 @@ def test_unfrozen_layernorm_refuses_to_unwrap(tiny_loaded):
         unwrap_to_lnfree(model, wrapped, 1e12)
 
 
-@pytest.mark.parametrize("kwargs, key", [({"gap": 0}, "gap"), ({"ema": 1.0}, "ema"), ({"lr": 0}, "lr")])
+@pytest.mark.parametrize("kwargs, key", [({"gap": 0}, "gap"), ({"ema": 1.0}, "ema"), ({"lr": 0}, "lr"),
+                                         ({"max_tokens": 1}, "max_tokens")])
 def test_bad_settings(kwargs, key):
     with pytest.raises(ValueError, match=f"weights.lnfree.{key}"):
         LNFreeSettings(**kwargs)
+
+
+def test_max_scale_statistic_ignores_padding():
+    from interpipe.weights.layernorm_removal import FrozenScaleNorm, set_token_mask
+
+    wrapper = FrozenScaleNorm(torch.nn.LayerNorm(8), ema=0.0, stat="max")
+    x = torch.randn(2, 5, 8)
+    x[0, 0] *= 50  # a massive first position (real)
+    x[1, 3:] *= 1000  # padding
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    wrapper.track = True
+    set_token_mask({"n": wrapper}, mask)
+    wrapper(x)
+    xc = x - x.mean(-1, keepdim=True)
+    std = (xc.pow(2).mean(-1) + 1e-5).sqrt()  # (batch, pos)
+    assert float(wrapper.avg_std) == pytest.approx(float(std[mask].max()), rel=1e-5)
+    with pytest.raises(ValueError, match="weights.lnfree.scale_stat"):
+        LNFreeSettings(scale_stat="median")
