@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from interpipe.data import PrepareSettings
-from interpipe.models.toy import ToySettings
+from interpipe.settings.models import ToySettings
 from interpipe.runtime import DTYPES
 from interpipe.tracking import TrackingSettings
 
@@ -42,12 +42,12 @@ class ModelConfig:
     toy: ToySettings = field(default_factory=ToySettings)
 
     def __post_init__(self) -> None:
-        from interpipe.models import MODEL_KINDS
+        from interpipe.settings.models import MODEL_KINDS
 
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model.kind={self.kind!r} is not one of {MODEL_KINDS}")
         if self.finetune:
-            from interpipe.models.finetune import FinetuneSettings
+            from interpipe.settings.models import FinetuneSettings
 
             try:
                 FinetuneSettings(**self.finetune)  # unknown keys and bad values fail here, before any load

@@ -47,7 +47,7 @@ def data_root(tmp_path_factory) -> Path:
 def tiny_toy_folder(tmp_path_factory, data_root) -> Path:
     """A canonical folder of a tiny toy GPT-2 trained for a few steps."""
     from interpipe.models.build import BuildRequest, build_model
-    from interpipe.models.toy import ToySettings
+    from interpipe.settings.models import ToySettings
 
     folder = tmp_path_factory.mktemp("models") / "toy"
     toy = ToySettings(n_layer=2, n_head=2, n_embd=32, steps=40, batch_size=16, log_every=10, warmup_steps=5)

@@ -1,6 +1,7 @@
 """Models: the toy GPT-2 trained here, the embedded MiniLM, hub and local models."""
 
-from interpipe.models.card import MODEL_KINDS, ModelCard, describe
+from interpipe.models.card import ModelCard, describe
+from interpipe.settings.models import MODEL_KINDS
 from interpipe.models.loading import (LoadedModel, load_model, load_pretrained, minilm_folder,
                                       resolve_source, save_model_folder)
 

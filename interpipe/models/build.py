@@ -8,7 +8,8 @@ from pathlib import Path
 
 from interpipe.models.card import ModelCard, describe
 from interpipe.models.loading import load_pretrained, save_model_folder
-from interpipe.models.toy import ToySettings, train_toy
+from interpipe.models.toy import train_toy
+from interpipe.settings.models import ToySettings
 
 
 @dataclass
@@ -90,7 +91,8 @@ def build_model(req: BuildRequest, data_root: str | Path, out_dir: str | Path, d
         extra: dict = {}
         if req.finetune_task:
             from interpipe.data import load_task
-            from interpipe.models.finetune import FinetuneSettings, finetune_classifier
+            from interpipe.models.finetune import finetune_classifier
+            from interpipe.settings.models import FinetuneSettings
 
             if kind != "sequence_classifier":
                 raise ValueError(f"model.finetune_task={req.finetune_task!r} needs model.kind=sequence_classifier (got {kind!r})")

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from interpipe.io import read_json, write_json
 
-MODEL_KINDS = ("causal_lm", "encoder", "sequence_classifier")
-
 
 @dataclass
 class ModelCard:

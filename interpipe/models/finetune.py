@@ -10,31 +10,11 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-
-@dataclass
-class FinetuneSettings:
-    """Schedule of the classifier fine-tuning (``model.finetune``)."""
-
-    steps: int = 30  # held-out accuracy reaches 1.0 by step ~20 (~15-30 s on 2 CPU cores)
-    lr: float = 1e-4  # high for BERT fine-tuning, fine for so few steps on an easy task
-    batch_size: int = 16  # sequences per step
-    max_length: int = 32  # sentiment prompts are ~12-16 word pieces
-    n_train: int = 512  # training rows used (the first of the train split)
-    weight_decay: float = 0.01
-    log_every: int = 10  # training-curve resolution
-    seed: int = 0  # batch order and dropout
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "max_length", "n_train", "log_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"model.finetune.{key}={getattr(self, key)} must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"model.finetune.lr={self.lr} must be > 0")
+from interpipe.settings.models import FinetuneSettings
 
 
 def _labels(rows: list[dict]) -> list[int]:

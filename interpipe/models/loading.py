@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from interpipe.hub import hub_reachable, offline_error
-from interpipe.models.card import MODEL_KINDS, ModelCard, describe
+from interpipe.models.card import ModelCard, describe
+from interpipe.settings.models import MODEL_KINDS
 from interpipe.runtime import resolve_device, resolve_dtype
 
 

@@ -10,32 +10,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from interpipe.settings.models import ToySettings
+
 BOS = "<|endoftext|>"
 PAD = "<pad>"
 UNK = "<unk>"
-
-
-@dataclass
-class ToySettings:
-    """Architecture and training schedule of the toy GPT-2."""
-
-    n_layer: int = 4  # induction needs 2; 3-layer trials learned IOI later and less reliably
-    n_head: int = 4  # several heads per layer so circuits have components to choose from
-    n_embd: int = 128  # small enough to train in a few minutes on 2 CPU cores
-    n_positions: int = 64  # longest prompt (Laundry List with 6 items) is ~45 tokens
-    steps: int = 3200  # IOI's phase change came anywhere from 1200 to past 2200 steps in trials; 3200 gave 1.0 for seeds 0 and 1
-    batch_size: int = 32  # sequences per step
-    lr: float = 2e-3  # AdamW peak; 3e-3 and 1.5e-3 learned IOI later in trials
-    warmup_steps: int = 100  # linear warm-up, then cosine decay to 10 %
-    weight_decay: float = 0.01
-    answer_weight: float = 10.0  # loss weight of each text's last token (the task answer) vs 1 for the rest
-    log_every: int = 50  # training-curve resolution
-    seed: int = 0
 
 
 def build_tokenizer(texts: list[str]):

@@ -54,7 +54,8 @@ def test_every_attribution_preset_composes():
 
 def test_finetune_learns_the_cues(bert, data_root):
     from interpipe.data import load_task
-    from interpipe.models.finetune import FinetuneSettings, classifier_accuracy, finetune_classifier
+    from interpipe.models.finetune import classifier_accuracy, finetune_classifier
+    from interpipe.settings.models import FinetuneSettings
 
     model, tokenizer = bert
     model = type(model)(model.config)  # a fresh copy: the session fixture stays untouched

@@ -11,7 +11,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from interpipe.hub import HubUnreachableError
 from interpipe.models import ModelCard, load_model, load_pretrained, minilm_folder
-from interpipe.models.toy import ToySettings, answer_weighted_loss, build_tokenizer, train_toy
+from interpipe.models.toy import answer_weighted_loss, build_tokenizer, train_toy
+from interpipe.settings.models import ToySettings
 
 
 def test_word_tokenizer_is_one_token_per_word_with_bos():

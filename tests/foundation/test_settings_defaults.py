@@ -33,6 +33,6 @@ def test_python_defaults_equal_the_composed_yaml(group):
 
 
 def test_toy_model_defaults_equal_the_yaml():
-    from interpipe.models.toy import ToySettings
+    from interpipe.settings.models import ToySettings
 
     assert _plain(schema.validate(compose(["model=toy"])).model.toy) == _plain(ToySettings())
