@@ -87,7 +87,7 @@ def _study_schemas() -> list[tuple[str, type]]:
     from interpipe.settings.circuits import CircuitSettings
     from interpipe.settings.quantize import QuantSettings
     from interpipe.settings.report import ReportSettings
-    from interpipe.weights.settings import WeightsSettings
+    from interpipe.settings.weights import WeightsSettings
 
     return [("attribute", AttributeSettings), ("circuits", CircuitSettings), ("weights", WeightsSettings),
             ("quantize", QuantSettings), ("report", ReportSettings)]

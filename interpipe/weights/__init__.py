@@ -9,7 +9,7 @@
 ``settings.study`` and writes its result into ``out_dir``.
 """
 
-from interpipe.weights.settings import (STUDIES, BigramSettings, LNFreeSettings, TalkingHeadsSettings,
+from interpipe.settings.weights import (STUDIES, BigramSettings, LNFreeSettings, TalkingHeadsSettings,
                                         WeightsSettings)
 
 __all__ = ["STUDIES", "BigramSettings", "LNFreeSettings", "TalkingHeadsSettings", "WeightsSettings", "run_weights"]

@@ -52,3 +52,29 @@ def import_closure(entry: str | Path) -> set[Path]:
                 if target is not None and target not in seen:
                     todo.append(target)
     return {p.relative_to(ROOT) for p in seen}
+
+
+def minimal_deps(files: set[Path]) -> list[str]:
+    """The closure as DVC deps: a folder where every ``.py`` file in it (recursively) is in the closure."""
+    files = {ROOT / f for f in files}
+    deps: list[str] = []
+
+    def walk(folder: Path) -> None:
+        sources = sorted(folder.rglob("*.py"))
+        if sources and all(f in files for f in sources):
+            deps.append(str(folder.relative_to(ROOT)))
+            return
+        for f in sorted(folder.glob("*.py")):
+            if f in files:
+                deps.append(str(f.relative_to(ROOT)))
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"):
+            walk(sub)
+
+    for package in PACKAGES:
+        walk(ROOT / package)
+    return deps
+
+
+if __name__ == "__main__":  # print each stage's deps, to paste into dvc.yaml
+    for stage in sorted(p.stem for p in (ROOT / "stages").glob("[!_]*.py") if p.stem != "schema"):
+        print(stage, minimal_deps(import_closure(ROOT / "stages" / f"{stage}.py")))

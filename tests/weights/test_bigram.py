@@ -9,7 +9,7 @@ import torch
 
 from interpipe.weights.bigram_subnetwork import (BigramTable, apply_masks, load_masks, maskable_weights, masked_logits,
                                                  random_masks_like, save_masks, train_masks)
-from interpipe.weights.settings import BigramSettings
+from interpipe.settings.weights import BigramSettings
 
 
 def test_all_ones_masks_equal_base_model(tiny_loaded):

@@ -9,7 +9,7 @@ import torch
 
 from interpipe.weights.layernorm_removal import (FrozenStdLayerNorm, dla_exactness, layernorm_schedule,
                                                  unwrap_to_lnfree, wrap_layernorms)
-from interpipe.weights.settings import LNFreeSettings
+from interpipe.settings.weights import LNFreeSettings
 
 PROMPTS = ["The bag has a cup , a key and a box . I took out the cup and the box and kept the"] * 2
 ANSWERS = ["key", "box"]
