@@ -48,6 +48,13 @@ class AttributeSettings:
     def __post_init__(self) -> None:
         if not self.methods:
             raise ValueError(f"attribute.methods is empty: choose from {METHODS}")
+        from interpipe.data.prepare import CAUSAL_TASKS
+
+        for key, tasks, allowed in (("causal_tasks", self.causal_tasks, CAUSAL_TASKS),
+                                    ("classifier_tasks", self.classifier_tasks, ("sentiment",))):
+            unknown = [t for t in tasks if t not in allowed]
+            if unknown:
+                raise ValueError(f"attribute.{key} names unknown tasks {unknown}: use {list(allowed)}")
         for method in self.methods:
             _check_choice("methods", method, METHODS)
         _check_choice("target", self.target, TARGETS)

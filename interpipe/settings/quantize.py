@@ -74,6 +74,10 @@ class QuantSettings:
     save_migrated: bool = True  # write the migrated FP model of every smoothquant/osplus setting
 
     def __post_init__(self) -> None:
+        from interpipe.data.prepare import ALL_TASKS
+
+        if self.calib_source != "corpus" and self.calib_source not in ALL_TASKS:
+            raise ValueError(f"quantize.calib_source={self.calib_source!r} is neither 'corpus' nor a task of {list(ALL_TASKS)}")
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"quantize.methods entry {m!r} is not one of {METHODS}")

@@ -110,6 +110,11 @@ class LNFreeSettings:
             raise ValueError("weights.lnfree.start_step and weights.lnfree.extra_steps must be >= 0")
         if self.scale_stat not in ("mean", "max"):
             raise ValueError(f"weights.lnfree.scale_stat={self.scale_stat!r} must be 'mean' or 'max'")
+        from interpipe.data.prepare import CAUSAL_TASKS
+
+        unknown = [t for t in (self.tasks or []) if t not in CAUSAL_TASKS]
+        if unknown:
+            raise ValueError(f"weights.lnfree.tasks names unknown tasks {unknown}: use {list(CAUSAL_TASKS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"weights.lnfree.ema={self.ema} must be in [0, 1)")
 

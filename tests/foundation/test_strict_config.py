@@ -74,6 +74,11 @@ BAD_OVERRIDES = [  # (override, text the error must contain)
     ("attribute.ig_method=simpson", "simpson"),
     ("model=nonexistent", "nonexistent"),
     ("logger.mode=sometimes", "sometimes"),
+    ("circuits.tasks=[nope]", "nope"),
+    ("circuits.overlap=[ioi,nope]", "nope"),
+    ("attribute.causal_tasks=[nope]", "nope"),
+    ("quantize.calib_source=nope", "nope"),
+    ("weights.lnfree.tasks=[nope]", "nope"),
 ]
 
 
@@ -84,7 +89,8 @@ def test_bad_override_is_refused_naming_the_key(override, needle):
     assert needle in str(err.value) or needle in str(err.value.__cause__), str(err.value)
 
 
-@pytest.mark.parametrize("override,needle", [("+nonexistent_key=1", "nonexistent_key"),
+@pytest.mark.parametrize("override,needle", [("circuits.tasks=[nope]", "nope"),
+                                             ("+nonexistent_key=1", "nonexistent_key"),
                                              ("++model.nonexistent_key=1", "model.nonexistent_key"),
                                              ("+attribute.ig_stepz=50", "attribute.ig_steps")])
 def test_stage_exits_in_seconds_before_any_load(tmp_path, override, needle):
