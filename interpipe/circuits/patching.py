@@ -35,6 +35,7 @@ from interpipe.circuits.bridge import PromptBatch, architecture
 from interpipe.circuits.engine import Patch, capture, run_variants
 from interpipe.circuits.metrics import NormalizedLogitDiff, logit_diff
 from interpipe.circuits.results import CircuitResult
+from interpipe.models.arch import UnsupportedArchitecture
 
 DIRECTIONS = ("denoise", "noise")
 # activation -> (hook name template, names of the indexable axes after the batch axis)
@@ -105,6 +106,25 @@ def _axis_size(bridge: Any, batch: PromptBatch, activation: str, axis: str) -> i
     return spec.n_kv_heads if activation in KV_ACTIVATIONS else spec.n_heads
 
 
+@torch.no_grad()
+def pattern_patching_support(bridge: Any, tokens: torch.Tensor) -> str | None:
+    """None when an edit of ``hook_pattern`` reaches the model's output, else why not.
+
+    Where TransformerBridge delegates attention to the wrapped HF module (OPT), the pattern hook
+    only reports the pattern: an edit is discarded, so pattern patching would return the baseline
+    everywhere. Probed with two forwards of one short prompt: layer 0's pattern zeroed must change
+    the logits.
+    """
+    probe = tokens[:1, : min(8, tokens.shape[1])]
+    before = bridge(probe)
+    with bridge.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda pattern, hook: pattern * 0.0)]):
+        after = bridge(probe)
+    if torch.allclose(before, after):
+        return (f"pattern patching needs an attention whose pattern hook is used downstream; TransformerBridge "
+                f"discards pattern edits for model_type={architecture(bridge).model_type!r}")
+    return None
+
+
 def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tuple[str, ...],
                      direction: str = "denoise", metric: NormalizedLogitDiff | None = None,
                      memory_mb: float = 512.0, progress: bool = False) -> CircuitResult:
@@ -122,6 +142,8 @@ def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tup
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
+    if activation == "pattern" and (reason := pattern_patching_support(bridge, batch.clean_tokens)):
+        raise UnsupportedArchitecture(reason)
     template, act_axes = ACTIVATIONS[activation]
     axes = tuple("head" if a == "kv_head" and activation in KV_ACTIVATIONS else a for a in axes)
     if not axes or axes[0] != "layer" or any(a not in act_axes for a in axes[1:]) or len(set(axes)) != len(axes):

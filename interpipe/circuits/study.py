@@ -87,6 +87,19 @@ def _direct(bridge: Any, batch: Any, clean: tuple, metrics: dict, out: Path, tit
     return [direct, lens]
 
 
+def _supported_grids(bridge: Any, batch: Any, settings: CircuitSettings, metrics: dict) -> tuple[list, list]:
+    """The exact and attribution grids this model supports; pattern grids dropped where edits are discarded."""
+    attr = settings.attribution_grids if settings.attribution_grids is not None else settings.grids
+    wanted = [*settings.grids, *attr]
+    if not any(GRIDS[g][0] == "pattern" for g in wanted):
+        return list(settings.grids), list(attr)
+    if patching.pattern_patching_support(bridge, batch.clean_tokens) is None:
+        return list(settings.grids), list(attr)
+    metrics["pattern_patching_skipped"] = 1
+    keep = lambda grids: [g for g in grids if GRIDS[g][0] != "pattern"]  # noqa: E731
+    return keep(settings.grids), keep(attr)
+
+
 def _patching(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, metrics: dict, tables: list,
               out: Path, title: str) -> dict:
     """Exact patching of ``grids``, attribution patching of ``attribution_grids`` and their correlations.
@@ -94,14 +107,14 @@ def _patching(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, metr
     Returns the denoising attribution estimates by result name (with the ranking grids when
     ``rank_with="attribution"``, so the circuit ranking reuses them).
     """
-    exact = {g: patching.activation_patch(bridge, batch, *GRIDS[g], **kw) for g in settings.grids}
-    attr = settings.attribution_grids if settings.attribution_grids is not None else settings.grids
+    grids, attr = _supported_grids(bridge, batch, settings, metrics)
+    exact = {g: patching.activation_patch(bridge, batch, *GRIDS[g], **kw) for g in grids}
     extra = list(RANK_GRIDS) if settings.rank_with == "attribution" else []
     wanted = list(dict.fromkeys([GRIDS[g] for g in attr] + extra))
     estimates = attribution.attribution_patch(bridge, batch, wanted, metric=kw["metric"]) if wanted else {}
     by_grid = {g: estimates[patching.grid_name(GRIDS[g][0], patching.result_axes(bridge, *GRIDS[g]))] for g in attr}
-    pairs = [(by_grid[g], exact[g]) for g in settings.grids if g in by_grid]
-    for g in settings.grids:
+    pairs = [(by_grid[g], exact[g]) for g in grids if g in by_grid]
+    for g in grids:
         if g in by_grid:
             metrics[f"attribution_corr_{g}"] = attribution.correlation(by_grid[g], exact[g])
     heads_only = [(e, r) for e, r in pairs if {"head", "kv_head"} & set(r.axes)]

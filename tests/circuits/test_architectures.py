@@ -57,12 +57,29 @@ GRIDS = [  # (activation, axes, TransformerLens's function)
 ]
 
 
+PATTERN_EDITS_DISCARDED = ("opt",)  # the bridge delegates OPT's attention to HF: pattern hooks only observe
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_pattern_edits_reach_the_output_except_where_discarded(family_bridges, family_batches, family):
+    from interpipe.circuits.patching import pattern_patching_support
+
+    reason = pattern_patching_support(family_bridges[family], family_batches[family].clean_tokens)
+    assert (reason is not None) == (family in PATTERN_EDITS_DISCARDED), reason
+
+
 @pytest.mark.parametrize("family", CAUSAL_FAMILIES)
 @pytest.mark.parametrize("activation, axes, theirs", GRIDS, ids=[g[0] for g in GRIDS])
 def test_patching_matches_transformer_lens(family_bridges, family_batches, family, activation, axes, theirs):
     bridge, batch = family_bridges[family], family_batches[family]
+    if activation == "pattern" and family in PATTERN_EDITS_DISCARDED:
+        with pytest.raises(UnsupportedArchitecture, match=f"model_type='{family}'"):
+            activation_patch(bridge, batch, activation, axes, metric=raw_metric(batch))
+        return
     _, clean_cache = bridge.run_with_cache(batch.clean_tokens)
     expected = theirs(bridge, batch.corrupted_tokens, clean_cache, tl_metric(batch))
+    if activation == "pattern":  # the grid must move somewhere, or agreement with TransformerLens says nothing
+        assert float((expected - expected.flatten()[0]).abs().max()) > 1e-3
     result = activation_patch(bridge, batch, activation, axes, metric=raw_metric(batch), memory_mb=2.0)
     assert result.values.shape == expected.shape
     torch.testing.assert_close(result.values, expected.cpu().float(), atol=ATOL, rtol=0)
