@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEV_STAMP := $(VENV)/.installed-dev  # test-only extras (pytest, playwright): make run does without them
+# test-only extras (pytest, playwright) get their own stamp: make run does without them
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test install clean-outputs
 
