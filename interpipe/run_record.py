@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
+
+from interpipe.runtime import git, git_revision
 
 LIBRARIES = ("torch", "transformers", "transformer-lens", "interpipe")
 
@@ -24,14 +25,6 @@ LIBRARIES = ("torch", "transformers", "transformer-lens", "interpipe")
 def config_hash(config: dict) -> str:
     """A short, stable hash of a resolved config (key order does not matter)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def library_versions() -> dict[str, str | None]:
@@ -75,11 +68,11 @@ def build_run_record(*, stage: str, study: str, model: dict, config: dict, seed:
                      tasks: list[str] | None = None, method: str | None = None, setting: str | None = None) -> dict:
     """Everything ``run.json`` holds; call at the end of the stage so the costs are complete."""
     wall, cpu = process_seconds()
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "stage": stage, "study": study, "model": model, "tasks": list(tasks or []), "method": method,
         "setting": setting, "seed": seed, "config_hash": config_hash(config),
-        "git_revision": _git("rev-parse", "HEAD"), "git_dirty": None if dirty is None else bool(dirty),
+        "git_revision": git_revision(), "git_dirty": None if dirty is None else bool(dirty),
         "libraries": library_versions(), "device": device, "dtype": dtype,
         "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1),
         "argv": sys.argv[1:],

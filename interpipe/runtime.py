@@ -43,10 +43,15 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}") from None
 
 
-def git_revision() -> str | None:
-    """The current git commit of the working directory, or None outside a repository."""
+def git(*args: str) -> str | None:
+    """The stripped output of ``git <args>`` in the working directory, or None when git fails."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_revision() -> str | None:
+    """The current git commit of the working directory, or None outside a repository."""
+    return git("rev-parse", "HEAD") or None

@@ -332,13 +332,14 @@ def describe_architecture(model: nn.Module) -> ArchSpec:
             f"{SUPPORTED_MODEL_TYPES}. Add a describer to interpipe/models/arch.py (norms, q/k/v, MLP and "
             f"output projection paths) to run the studies on it.")
     fields = DESCRIBERS[model_type](model, cfg)
-    spec = ArchSpec(model_type=model_type, norm_offset_one=False, tied_unembed=False, **fields)
+    spec = ArchSpec(model_type=model_type, norm_offset_one=False,
+                    tied_unembed=_tied(model, fields["embed"], fields["unembed"]), **fields)
     missing = [path for b in spec.blocks[:1] for path in (b.attn_norm, b.mlp_norm, *b.qkv, b.attn_out, *b.mlp_in, b.mlp_out)
                if not _exists(model, path)]
     if missing:
         raise UnsupportedArchitecture(f"model_type={model_type!r} ({type(model).__name__}) lacks the modules "
                                       f"{missing}; its implementation differs from the one interpipe describes")
-    return _with_tied(spec, model)
+    return spec
 
 
 def _exists(model: nn.Module, path: str) -> bool:
@@ -347,12 +348,6 @@ def _exists(model: nn.Module, path: str) -> bool:
         return True
     except AttributeError:
         return False
-
-
-def _with_tied(spec: ArchSpec, model: nn.Module) -> ArchSpec:
-    from dataclasses import replace
-
-    return replace(spec, tied_unembed=_tied(model, spec.embed, spec.unembed))
 
 
 __all__ = ["ArchSpec", "BLOCK_STYLES", "BlockModules", "FEATURES", "NORM_KINDS", "NormLinearPair", "POSITIONS",
