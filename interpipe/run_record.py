@@ -65,13 +65,15 @@ def model_origin(models_root: str | Path, name: str) -> dict:
 
 
 def build_run_record(*, stage: str, study: str, model: dict, config: dict, seed: int, device: str, dtype: str,
-                     tasks: list[str] | None = None, method: str | None = None, setting: str | None = None) -> dict:
+                     tasks: list[str] | None = None, method: str | None = None, setting: str | None = None,
+                     overrides: list[str] | None = None, multirun: bool = False) -> dict:
     """Everything ``run.json`` holds; call at the end of the stage so the costs are complete."""
     wall, cpu = process_seconds()
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "stage": stage, "study": study, "model": model, "tasks": list(tasks or []), "method": method,
-        "setting": setting, "seed": seed, "config_hash": config_hash(config),
+        "setting": setting, "overrides": list(overrides or []), "multirun": multirun,
+        "seed": seed, "config_hash": config_hash(config),
         "git_revision": git_revision(), "git_dirty": None if dirty is None else bool(dirty),
         "libraries": library_versions(), "device": device, "dtype": dtype,
         "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1),

@@ -60,7 +60,15 @@ def _run_record(cfg: DictConfig, settings: Any, job_type: str, study: str, metho
     setting = getattr(group, "study", None)
     return build_run_record(stage=job_type, study=study, model=model_origin(settings.paths.models, settings.model.name),
                             config=OmegaConf.to_container(cfg, resolve=True), seed=settings.seed,
-                            device=settings.device, dtype=settings.dtype, tasks=tasks, method=method, setting=setting)
+                            device=settings.device, dtype=settings.dtype, tasks=tasks, method=method, setting=setting,
+                            overrides=_task_overrides(), multirun=_sweep_dir() is not None)
+
+
+def _task_overrides() -> list[str]:
+    """The command line's config overrides (``model=toy``, ``quantize.bits=[w8a8]``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
 
 
 def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict], name: str | None = None,

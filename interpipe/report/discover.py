@@ -155,8 +155,87 @@ def _stage_in_path(parts: list[str], job_name: str, settings: ReportSettings) ->
     return (stages[0], 0) if stages else ("unknown", -1)
 
 
+def run_record_of(folder: Path, root: Path) -> tuple[Path, dict] | None:
+    """``(execution folder, its run.json)`` for ``folder`` or its nearest ancestor below ``root``."""
+    current = folder
+    while True:
+        path = current / "run.json"
+        if path.exists():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                record = None
+            if isinstance(record, dict) and record.get("stage"):
+                return current, record
+        if current == root or current.parent == current or root not in current.parents:
+            return None
+        current = current.parent
+
+
+def _split_part(parts: list[str], model: str, task: str, method: str, settings: ReportSettings) -> tuple[str, str, list[str]]:
+    """``(task, method, rest)`` of a sub-run folder's path below its execution (the study's layout):
+    ``<method>/``, ``<model>-<task>/``, ``<model>-<method>-<bits>-<protocol>/``."""
+    rest = [q for p in parts for q in (p[len(model) + 1:].split("-", 1) if model and p.startswith(model + "-") else [p])]
+    found = next((p for p in rest if p in settings.tasks), "")
+    if found:
+        rest.remove(found)
+    if not method and rest:
+        method = rest.pop(0)
+    return found or task, method, rest
+
+
+def _swept(overrides: list[str], method: str, task: str, settings: ReportSettings) -> tuple[str, str, list[str]]:
+    """A multirun job's overrides: a swept single method or task names it, the rest are its setting."""
+    swept: list[str] = []
+    for override in sorted(overrides):
+        key, _, value = override.lstrip("+~").partition("=")
+        leaf = key.rsplit(".", 1)[-1]
+        if key == "model" or key.split(".", 1)[0] in settings.ignored_overrides:
+            continue
+        single = value.strip("[]'\" ")  # quantize.methods=[rtn] names one method too
+        if leaf in ("method", "methods") and "," not in single and method in (single, ""):
+            method = method or single
+        elif leaf in ("task", "tasks") and "," not in single and task in (single, ""):
+            task = task or single
+        else:
+            swept.append(f"{key}={value}")
+    return method, task, swept
+
+
+def _identify_by_record(folder: Path, home: Path, record: dict, repo: Path, settings: ReportSettings) -> RunRecord:
+    stage = str(record["stage"])
+    named = record.get("setting")  # weights.study=bigram: the weights stage ran the bigram study
+    if isinstance(named, str) and named in settings.studies and settings.study_of(named) == settings.study_of(stage):
+        stage = named
+    model = "" if stage in settings.model_free else str((record.get("model") or {}).get("name") or "")
+    method = str(record.get("method") or "")  # the task comes from a sub-run folder or a metric's prefix
+    task, method, rest = _split_part(list(folder.relative_to(home).parts), model, "", method, settings)
+    swept: list[str] = []
+    if record.get("multirun"):
+        method, task, swept = _swept([str(o) for o in record.get("overrides") or []], method, task, settings)
+    setting = ",".join(swept + ["/".join(rest)] * bool(rest))
+    return RunRecord(
+        run_dir=folder.relative_to(repo).as_posix() if repo in folder.parents or folder == repo else str(folder),
+        study=settings.study_of(stage), stage=stage, model=model, method=method, task=task, setting=setting,
+        config_hash=str(record.get("config_hash") or ""),
+    )
+
+
 def identify(folder: Path, root: Path, repo: Path, settings: ReportSettings) -> RunRecord:
-    """Work out study/stage/model/method/task/setting of an output folder under ``root``."""
+    """Work out study/stage/model/method/task/setting of an output folder under ``root``.
+
+    The execution's ``run.json`` says what ran; only the part of the path below it (a study's
+    sub-run folders: ``<method>/``, ``<model>-<task>/``) adds method, task and setting. Folders
+    written before run records existed are read off their path and ``.hydra`` folder instead.
+    """
+    found = run_record_of(folder, root)
+    if found is not None:
+        return _identify_by_record(folder, found[0], found[1], repo, settings)
+    return _identify_by_path(folder, root, repo, settings)
+
+
+def _identify_by_path(folder: Path, root: Path, repo: Path, settings: ReportSettings) -> RunRecord:
+    """The identity of a folder without ``run.json``, from its path and its Hydra files."""
     info = hydra_info(folder, root)
     parts = list(folder.relative_to(root).parts)
     prefix: list[str] = []
@@ -174,28 +253,12 @@ def identify(folder: Path, root: Path, repo: Path, settings: ReportSettings) -> 
         rest.remove(model)
     elif not model and rest and not info.config:
         model = rest.pop(0)
-    if model:  # "<model>-<method>[-<setting>]" folders, e.g. outputs/quantize/toy/toy-rtn-w8a8-per_tensor
-        rest = [q for p in rest for q in (p[len(model) + 1:].split("-", 1) if p.startswith(model + "-") else [p])]
+    task, method, rest = _split_part(rest, model, "", "", settings)
     if stage in settings.model_free:
         model = ""
-    task = next((p for p in rest if p in settings.tasks), "")
-    if task:
-        rest.remove(task)
-    method = rest.pop(0) if rest else ""
     swept: list[str] = []
     if info.multirun:
-        for override in sorted(info.overrides):
-            key, _, value = override.lstrip("+~").partition("=")
-            leaf = key.rsplit(".", 1)[-1]
-            if key == "model" or key.split(".", 1)[0] in settings.ignored_overrides:
-                continue
-            single = value.strip("[]'\" ")  # quantize.methods=[rtn] names one method too
-            if leaf in ("method", "methods") and "," not in single and method in (single, ""):
-                method = method or single
-            elif leaf in ("task", "tasks") and "," not in single and task in (single, ""):
-                task = task or single
-            else:
-                swept.append(f"{key}={value}")
+        method, task, swept = _swept(info.overrides, method, task, settings)
     setting = ",".join(["/".join(prefix)] * bool(prefix) + swept + ["/".join(rest)] * bool(rest))
     return RunRecord(
         run_dir=folder.relative_to(repo).as_posix() if repo in folder.parents or folder == repo else str(folder),

@@ -20,6 +20,18 @@ def write_hydra(folder: Path, config: dict, job_name: str, overrides: list[str] 
     (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(hydra))
 
 
+def write_run(folder: Path, stage: str, model: str, config: dict, overrides: list[str] | None = None,
+              multirun: bool = False, **fields) -> None:
+    """Write the ``run.json`` a stage execution leaves (the fields the report reads)."""
+    from interpipe.report.discover import config_hash
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"stage": stage, "study": stage, "model": {"name": model}, "tasks": [], "method": None,
+              "setting": None, "overrides": list(overrides or []), "multirun": multirun,
+              "config_hash": config_hash(config), **fields}
+    (folder / "run.json").write_text(json.dumps(record))
+
+
 def write_metrics(folder: Path, metrics: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -38,7 +50,8 @@ def make_repo(root: Path) -> Path:
     - foundation: outputs/data (model-free), outputs/models/toy with a card, outputs/evaluate/toy
     - attribution: one execution (``.hydra`` at outputs/attribute/toy) writing one folder per method
     - quantization: outputs/quantize/minilm/<method>/<setting>/ with ``.hydra`` per model
-    - weights: outputs/talking_heads/toy/ without any ``.hydra`` (model read off the path)
+    - weights: outputs/talking_heads/toy/ without any ``.hydra`` or ``run.json`` (an old run: model read off the path)
+    - ``run.json`` (what a stage writes) for evaluate, attribute and the sweep; the rest are older layouts
     - a multirun sweep of the attribute stage over a method and a step count
     - noise the walk must ignore: a hidden temporary folder, a broken metrics.json, the report itself
     """
@@ -51,10 +64,13 @@ def make_repo(root: Path) -> Path:
     (toy / "card.json").write_text(json.dumps({"name": "toy", "source": "toy", "kind": "causal_lm",
                                                "n_params": 1000, "n_layers": 2, "training_curve": [{"step": 0}]}))
     write_hydra(out / "evaluate" / "toy", {"model": {"name": "toy"}}, "evaluate", ["model=toy"])
+    write_run(out / "evaluate" / "toy", "evaluate", "toy", {"model": {"name": "toy"}}, ["model=toy"])
     write_metrics(out / "evaluate" / "toy", {"ioi/accuracy": 0.9, "ioi/loss": 0.25})
 
     attribute = out / "attribute" / "toy"
     write_hydra(attribute, {"model": {"name": "toy"}, "attribute": {"methods": ["saliency", "ig"]}}, "attribute")
+    write_run(attribute, "attribute", "toy", {"model": {"name": "toy"}, "attribute": {"methods": ["saliency", "ig"]}},
+              tasks=["ioi"])
     write_metrics(attribute, {"saliency/ioi/comprehensiveness": 0.5, "ig/seconds_per_example": 0.01,
                               "stage_seconds": 3.0})  # the stage's own summary of its method folders
     write_metrics(attribute / "saliency", {"ioi/comprehensiveness": 0.5, "ioi/sufficiency": 0.2})
@@ -73,6 +89,8 @@ def make_repo(root: Path) -> Path:
     sweep = root / "multirun" / "2026-01-01" / "10-00-00" / "attribute.method=ig,attribute.steps=8,model=toy"
     write_hydra(sweep, {"model": {"name": "toy"}, "attribute": {"method": "ig", "steps": 8}}, "attribute",
                 ["attribute.method=ig", "attribute.steps=8", "model=toy"], multirun=True)
+    write_run(sweep, "attribute", "toy", {"model": {"name": "toy"}, "attribute": {"method": "ig", "steps": 8}},
+              ["attribute.method=ig", "attribute.steps=8", "model=toy"], multirun=True)
     write_metrics(sweep, {"ioi/comprehensiveness": 0.75})
 
     write_metrics(out / ".report.tmp-abc", {"x": 1.0})  # an interrupted stage's temporary folder

@@ -123,3 +123,18 @@ def test_sweep_stage_from_a_config_value(tmp_path):
     row = tidy_results(find_runs(tmp_path, ReportSettings())).iloc[0]
     assert (row["study"], row["stage"], row["setting"]) == (
         "weights", "bigram", "experiment=sweep_bigram,weights.bigram.l0_lambda=10")
+
+
+def test_run_record_wins_over_the_folder_name(tmp_path):
+    """A stage run into any folder is identified by its run.json, not by where it was written."""
+    from tests.report.synthetic import write_metrics, write_run
+
+    job = tmp_path / "outputs" / "my_experiment" / "attempt3"
+    write_run(job, "weights", "smollm2", {"seed": 1}, ["model=smollm2", "weights.study=lnfree"], setting="lnfree")
+    write_metrics(job, {"ce_lnfree": 3.0})
+    write_metrics(job / "smollm2-ioi", {"logit_diff": 2.0})  # a study's sub-run folder below the execution
+    rows = tidy_results(find_runs(tmp_path, ReportSettings()))
+    got = [tuple(r) for r in rows[["study", "stage", "model", "method", "task", "setting", "metric"]].itertuples(index=False)]
+    assert got == [("weights", "lnfree", "smollm2", "", "", "", "ce_lnfree"),
+                   ("weights", "lnfree", "smollm2", "", "ioi", "", "logit_diff")]
+    assert set(rows["config_hash"]) == {config_hash({"seed": 1})}

@@ -25,10 +25,10 @@ def test_joblib_sweep_lands_in_the_aggregate_table(tmp_path):
     results = tidy_results(find_runs(tmp_path, ReportSettings()))
     got = sorted((r.study, r.stage, r.model, r.method, r.task, r.setting, r.metric, r.value)
                  for r in results.itertuples() if r.metric != "stage_seconds")
-    # logger.* overrides are not part of the setting; the method comes from the path or a *.method override
+    # logger.* overrides are not part of the setting; the method is the one the stage names in run.json
     assert got == [
-        ("toy_stage", "toy_stage", "minilm", "", "ioi", "seed=3", "accuracy", 0.8),
-        ("toy_stage", "toy_stage", "toy", "", "ioi", "seed=3", "accuracy", 0.3),
+        ("toy_stage", "toy_stage", "minilm", "known", "ioi", "seed=3", "accuracy", 0.8),
+        ("toy_stage", "toy_stage", "toy", "known", "ioi", "seed=3", "accuracy", 0.3),
     ]
     assert set(results["run_dir"]) == {f"multirun/2026-01-01/12-00-00/model={m},seed=3" for m in ("toy", "minilm")}
 
