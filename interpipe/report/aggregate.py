@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from interpipe.io import read_json, write_frame, write_text
 from interpipe.report.compare import StudyTable, lower_is_better, plot_frame, study_tables
-from interpipe.report.discover import RunRecord, find_figures, find_runs, tidy_results
+from interpipe.report.discover import RunRecord, find_figures, find_headlines, find_runs, tidy_results
+from interpipe.headline import is_headline_figure, read_headline
 from interpipe.report.page import model_cards, render_page, revision_info, shrink_png
 from interpipe.settings.report import ReportSettings
 
@@ -38,6 +39,7 @@ class Report:
     records: list[RunRecord] = field(default_factory=list)
     figures: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, png, width, height, source}]
     n_hidden: dict[str, int] = field(default_factory=dict)  # study -> figures left out of the page
+    headlines: dict[str, Any] = field(default_factory=dict)  # study -> DataFrame of headline rows
     info: dict[str, Any] = field(default_factory=dict)  # revision, model cards
 
     def to_frame(self) -> Any:
@@ -65,6 +67,8 @@ class Report:
         write_frame(out_dir / "results.parquet", self.results)
         for study, table in self.tables.items():
             write_frame(out_dir / "tables" / f"{study}.csv", table.frame)
+        for study, frame in self.headlines.items():  # W&B logs each as a Table
+            write_frame(out_dir / "headline" / f"{study}.csv", frame)
         studies = sorted((set(settings.studies.values()) | set(self.tables)) - {settings.study_of("aggregate")})
         for study in studies:
             write_frame(out_dir / "plots" / f"{study}.csv", plot_frame(self.results, study, settings))
@@ -75,6 +79,7 @@ class Report:
                 path.write_bytes(figure["png"])
         page = render_page(title, self.info.get("revision", {}), self.info.get("cards", []), self.tables,
                            self.figures, self.n_hidden, n_runs=len(self.records), n_rows=len(self.results),
+                           headlines=self.headlines,
                            order=list(dict.fromkeys(settings.studies.values())))
         return write_text(out_dir / "index.html", page)
 
@@ -94,6 +99,8 @@ class Report:
 
 def _figure_key(path: Path, settings: ReportSettings) -> tuple[int, str]:
     name = path.name.lower()
+    if is_headline_figure(path):
+        return -1, str(path)  # a study's own key figures come first and always make the page
     rank = next((i for i, p in enumerate(settings.key_figures) if re.search(p, name)), len(settings.key_figures))
     return rank, str(path)
 
@@ -120,11 +127,30 @@ def collect(settings: ReportSettings, repo: str | Path = ".", env: Mapping[str, 
         except OSError:
             continue  # not a readable image
         file = re.sub(r"[^A-Za-z0-9_.=-]+", "_", rel.split("/", 1)[-1].replace("/", "__"))
-        figures.setdefault(study, []).append(
-            {"caption": rel, "png": png, "width": width, "height": height, "file": file})
+        figures.setdefault(study, []).append({"caption": rel, "png": png, "width": width, "height": height,
+                                              "file": file, "headline": is_headline_figure(path)})
     info = {"revision": revision_info(repo, env), "cards": model_cards(repo / settings.models_dir)}
     return Report(results=results, tables=study_tables(results, settings), records=records,
-                  figures=figures, n_hidden=hidden, info=info)
+                  figures=figures, n_hidden=hidden, info=info, headlines=collect_headlines(repo, settings))
+
+
+def collect_headlines(repo: Path, settings: ReportSettings) -> dict[str, Any]:
+    """Every ``headline.csv`` per study, models side by side, with where each row came from."""
+    import pandas as pd
+
+    frames: dict[str, list] = {}
+    for record, path in find_headlines(repo, settings):
+        try:
+            frame = read_headline(path)
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue  # a damaged or foreign file: the full table still has the run's numbers
+        frame.insert(0, "stage", record.stage)
+        frame["setting"] = record.setting
+        frame["run_dir"] = record.run_dir
+        frames.setdefault(record.study, []).append(frame)
+    return {study: pd.concat(parts, ignore_index=True).sort_values(["stage", "task", "method", "metric", "model"],
+                                                                   kind="stable").reset_index(drop=True)
+            for study, parts in sorted(frames.items())}
 
 
 def run_aggregate(settings: ReportSettings, out_dir: str | Path, repo: str | Path = ".",

@@ -347,3 +347,10 @@ def find_figures(repo: str | os.PathLike, settings: ReportSettings) -> list[tupl
             study = identify(folder, root, repo, settings).study
             found.extend((study, folder / f) for f in pngs)
     return found
+
+
+def find_headlines(repo: str | os.PathLike, settings: ReportSettings) -> list[tuple[RunRecord, Path]]:
+    """Every study's ``headline.csv`` under the report roots with the identity of its run, by path."""
+    repo = Path(repo).resolve()
+    return [(identify(folder, root, repo, settings), folder / "headline.csv")
+            for root, folder, files in _walk_roots(repo, settings) if "headline.csv" in files and folder != root]

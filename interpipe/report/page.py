@@ -36,6 +36,8 @@ nav a { margin-right: 1rem; }
 .figures { display: flex; flex-wrap: wrap; gap: 1rem; }
 figure { margin: 0; max-width: 440px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .75rem; color: #555; word-break: break-all; }
+figure.key { max-width: 680px; } .headline table td { white-space: nowrap; }
+details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 </style>
 </head>
 <body>
@@ -57,6 +59,19 @@ figcaption { font-size: .75rem; color: #555; word-break: break-all; }
 {% for s in studies %}
 <section id="{{ s.id }}">
 <h2>{{ s.name }}</h2>
+{% if s.headline %}<div class="headline" data-study="{{ s.name }}">
+<p class="muted">Headline: each number with its 95 % interval [low, high] and, in brackets, its baseline.</p>
+<div class="scroll"><table>
+<tr>{% for k in s.headline.columns %}<th>{{ k }}</th>{% endfor %}{% for m in s.headline.models %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for row in s.headline.rows %}<tr>{% for k in row.labels %}<td class="key">{{ k }}</td>{% endfor %}
+{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>
+{% if s.key_figures %}<div class="figures">
+{% for f in s.key_figures %}<figure class="key"><img src="{{ f.uri }}" alt="{{ f.caption }}" width="{{ f.width }}" height="{{ f.height }}">
+<figcaption>{{ f.caption }}</figcaption></figure>
+{% endfor %}</div>{% endif %}
+</div>{% endif %}
+<details{% if not s.headline %} open{% endif %}><summary>All results: {{ s.n_rows }} rows, {{ s.figures | length }} figures</summary>
 <p class="muted">{{ s.n_rows }} rows &middot; best method per model, task and setting in green
 (&darr; smaller is better: {{ s.lower | join(", ") or "none" }})</p>
 <div class="scroll"><table>
@@ -69,6 +84,7 @@ figcaption { font-size: .75rem; color: #555; word-break: break-all; }
 <figcaption>{{ f.caption }}</figcaption></figure>
 {% endfor %}</div>{% if s.n_hidden %}<p class="muted">{{ s.n_hidden }} more figures in the output folders.</p>{% endif %}
 {% endif %}
+</details>
 </section>
 {% endfor %}
 {% if not studies %}<p>No results yet: run <code>dvc repro</code>.</p>{% endif %}
@@ -147,21 +163,60 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _inline(figure: dict) -> dict:
+    return {**figure, "uri": "data:image/png;base64," + base64.b64encode(figure["png"]).decode()}
+
+
 def _anchor(name: str) -> str:
     return "study-" + "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
+HEADLINE_KEYS = ["stage", "task", "method", "metric", "setting"]
+
+
+def headline_block(frame: Any) -> dict | None:
+    """The headline table of one study: a row per quoted number, a column per model."""
+    from interpipe.headline import format_value
+
+    if frame is None or not len(frame):
+        return None
+    models = list(dict.fromkeys(frame["model"]))
+    keys = [k for k in HEADLINE_KEYS if k in frame and frame[k].astype(str).str.len().any()]
+    rows = []
+    for labels, group in frame.groupby(keys, sort=False):
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        cells = []
+        for model in models:
+            hit = group[group["model"] == model]
+            if not len(hit):
+                cells.append("")
+                continue
+            r = hit.iloc[-1]
+            text = format_value(float(r["value"]), float(r["ci_low"]), float(r["ci_high"]))
+            base = r["baseline_value"]
+            if r["baseline"] or base == base:
+                text += f" ({r['baseline']}{': ' if r['baseline'] and base == base else ''}"
+                text += f"{format_value(float(base), float('nan'), float('nan')) if base == base else ''})"
+            cells.append(text)
+        rows.append({"labels": list(labels), "cells": cells})
+    return {"columns": keys, "models": models, "rows": rows}
+
+
 def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str, StudyTable],
                 figures: dict[str, list[dict]], n_hidden: dict[str, int], n_runs: int, n_rows: int,
-                order: list[str] | tuple[str, ...] = ()) -> str:
+                order: list[str] | tuple[str, ...] = (), headlines: dict[str, Any] | None = None) -> str:
     """Render the page, studies in ``order`` first, then alphabetically.
 
-    ``figures[study]`` holds dicts with ``caption``, ``png`` bytes, ``width`` and ``height``.
+    ``figures[study]`` holds dicts with ``caption``, ``png`` bytes, ``width`` and ``height`` (and
+    ``headline``: a study's key figure, shown beside its headline table); ``headlines[study]`` the
+    study's headline rows (:mod:`interpipe.headline`).
     """
     import jinja2
 
+    headlines = headlines or {}
     studies = []
-    for name in sorted(set(tables) | set(figures), key=lambda n: (order.index(n) if n in order else len(order), n)):
+    names = set(tables) | set(figures) | set(headlines)
+    for name in sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)):
         table = tables.get(name)
         rows = []
         if table is not None:
@@ -176,8 +231,9 @@ def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str,
             "metrics": table.metrics if table else [],
             "lower": [m for m, low in (table.lower if table else {}).items() if low],
             "n_rows": len(table.frame) if table else 0,
-            "figures": [{**f, "uri": "data:image/png;base64," + base64.b64encode(f["png"]).decode()}
-                        for f in figures.get(name, [])],
+            "headline": headline_block(headlines.get(name)),
+            "key_figures": [_inline(f) for f in figures.get(name, []) if f.get("headline")],
+            "figures": [_inline(f) for f in figures.get(name, []) if not f.get("headline")],
             "n_hidden": n_hidden.get(name, 0),
         })
     card_columns = [c for c in CARD_COLUMNS if any(c in card for card in cards)]

@@ -48,7 +48,8 @@ def make_repo(root: Path) -> Path:
     """Outputs of every kind the report must understand. Returns ``root``.
 
     - foundation: outputs/data (model-free), outputs/models/toy with a card, outputs/evaluate/toy
-    - attribution: one execution (``.hydra`` at outputs/attribute/toy) writing one folder per method
+    - attribution: one execution (``.hydra`` at outputs/attribute/toy) writing one folder per method,
+      with its ``headline.csv`` and a ``headline_*.png`` key figure
     - quantization: outputs/quantize/minilm/<method>/<setting>/ with ``.hydra`` per model
     - weights: outputs/talking_heads/toy/ without any ``.hydra`` or ``run.json`` (an old run: model read off the path)
     - ``run.json`` (what a stage writes) for evaluate, attribute and the sweep; the rest are older layouts
@@ -77,6 +78,12 @@ def make_repo(root: Path) -> Path:
     write_metrics(attribute / "ig", {"ioi/comprehensiveness": 0.7, "ioi/sufficiency": 0.3, "note": "text"})
     write_png(attribute / "saliency" / "heatmap.png", width=2000, height=500)
     write_png(attribute / "faithfulness_curve.png")
+    (attribute / "headline.csv").write_text(  # the study's quoted numbers, one with no interval
+        "model,task,method,metric,value,ci_low,ci_high,baseline,baseline_value\n"
+        "toy,ioi,ig,comprehensiveness,0.7,0.6,0.8,random,0.2\n"
+        "toy,ioi,saliency,comprehensiveness,0.5,0.4,0.55,random,0.2\n"
+        "toy,all,normxlogit,speedup_vs_ig,40,,,integrated_gradients,1\n")
+    write_png(attribute / "headline_faithfulness.png", width=1200, height=600, color=(30, 160, 30))
 
     quantize = out / "quantize" / "minilm"
     write_hydra(quantize, {"model": {"name": "minilm"}}, "quantize", ["model=minilm"])

@@ -57,7 +57,7 @@ def test_metrics_json(report_dir):
     assert metrics["n_runs"] == 10 and metrics["n_rows"] == 18 and metrics["n_studies"] == 4
     assert metrics["attribution/best/comprehensiveness"] == 0.75
     assert metrics["attribution/best/sufficiency"] == 0.2
-    assert metrics["n_figures"] == 3
+    assert metrics["n_figures"] == 4
 
 
 def test_plot_data_for_dvc(report_dir):
@@ -72,7 +72,7 @@ def test_page_is_self_contained(report_dir):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not load anything remotely"
     assert "<script" not in html
     images = re.findall(r'<img src="data:image/png;base64,', html)
-    assert len(images) == 3
+    assert len(images) == 4  # three figures and the headline figure
     for heading in ["attribution", "quantization", "weights", "foundation", "Models"]:
         assert f">{heading}</h2>" in html
     assert "causal_lm" in html and "experiment bits4" in html  # model card and DVC experiment in the header
@@ -83,12 +83,34 @@ def test_key_figures_first_and_downscaled(tmp_path):
     from PIL import Image
 
     root = make_repo(tmp_path)
-    settings = ReportSettings(max_figures_per_study=1, figure_width_px=300)
+    settings = ReportSettings(max_figures_per_study=2, figure_width_px=300)
     report = collect(settings, root, progress=False)
-    (figure,) = report.figures["attribution"]
+    key, figure = report.figures["attribution"]
+    assert key["caption"] == "outputs/attribute/toy/headline_faithfulness.png" and key["headline"]  # the study's own
     assert figure["caption"] == "outputs/attribute/toy/saliency/heatmap.png"  # "heatmap" ranks before "curve"
     assert Image.open(io.BytesIO(figure["png"])).size == (300, 75)
     assert report.n_hidden["attribution"] == 1
+
+
+def test_headline_rows_and_dvc_metrics(tmp_path):
+    from interpipe.headline import headline_metrics, read_headline
+
+    root = make_repo(tmp_path)
+    report = collect(ReportSettings(), root, progress=False)
+    frame = report.headlines["attribution"]
+    assert list(frame[["method", "metric", "value"]].itertuples(index=False, name=None)) == [
+        ("normxlogit", "speedup_vs_ig", 40.0), ("ig", "comprehensiveness", 0.7), ("saliency", "comprehensiveness", 0.5)]
+    assert set(frame["run_dir"]) == {"outputs/attribute/toy"} and set(frame["stage"]) == {"attribute"}
+    flat = headline_metrics(read_headline(root / "outputs" / "attribute" / "toy" / "headline.csv"))
+    assert flat == {"ioi/ig/comprehensiveness": 0.7, "ioi/ig/comprehensiveness_ci_low": 0.6,
+                    "ioi/ig/comprehensiveness_ci_high": 0.8, "ioi/ig/comprehensiveness_baseline": 0.2,
+                    "ioi/saliency/comprehensiveness": 0.5, "ioi/saliency/comprehensiveness_ci_low": 0.4,
+                    "ioi/saliency/comprehensiveness_ci_high": 0.55, "ioi/saliency/comprehensiveness_baseline": 0.2,
+                    "all/normxlogit/speedup_vs_ig": 40.0, "all/normxlogit/speedup_vs_ig_baseline": 1.0}
+    report.save(tmp_path / "out", ReportSettings())
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "0.7 [0.6, 0.8] (random: 0.2)" in html and "40 (integrated_gradients: 1)" in html
+    assert (tmp_path / "out" / "headline" / "attribution.csv").is_file()  # W&B logs it as a Table
 
 
 def test_terminal_summary(report_dir):

@@ -49,13 +49,17 @@ def check_page(page_path: Path, screenshot: Path) -> dict:
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
             page.goto(page_path.resolve().as_uri(), wait_until="load")
+            headlines = page.evaluate(
+                "() => Array.from(document.querySelectorAll('.headline')).map(h => ({study: h.dataset.study, "
+                "rows: h.querySelectorAll('tr').length, images: h.querySelectorAll('img').length}))")
             images = page.evaluate(
                 "() => Array.from(document.images).map(i => ({src: i.src.slice(0, 40), ok: i.complete && i.naturalWidth > 0}))")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    return {"errors": errors, "images": images, "broken": [i["src"] for i in images if not i["ok"]]}
+    return {"errors": errors, "images": images, "broken": [i["src"] for i in images if not i["ok"]],
+            "headlines": headlines}
 
 
 def test_report_page_in_chromium(tmp_path):
@@ -67,6 +71,8 @@ def test_report_page_in_chromium(tmp_path):
     screenshot = shot_dir / "report-page.png"
     result = check_page(out / "index.html", screenshot)
     assert result["errors"] == [], result["errors"]
-    assert len(result["images"]) == 3
+    assert len(result["images"]) == 4
+    # the attribution study has a headline block: its 3 quoted numbers (plus the header) and its key figure
+    assert result["headlines"] == [{"study": "attribution", "rows": 4, "images": 1}]
     assert result["broken"] == []
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
