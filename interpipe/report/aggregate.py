@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from interpipe.io import read_json, write_frame, write_text
 from interpipe.report.compare import StudyTable, lower_is_better, plot_frame, study_tables
-from interpipe.report.discover import RunRecord, find_figures, find_headlines, find_runs, tidy_results
+from interpipe.report.discover import RunRecord, find_figures, find_named, find_runs, tidy_results
 from interpipe.headline import is_headline_figure, read_headline
 from interpipe.report.page import model_cards, render_page, revision_info, shrink_png
 from interpipe.settings.report import ReportSettings
@@ -40,6 +40,7 @@ class Report:
     figures: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, png, width, height, source}]
     n_hidden: dict[str, int] = field(default_factory=dict)  # study -> figures left out of the page
     headlines: dict[str, Any] = field(default_factory=dict)  # study -> DataFrame of headline rows
+    key_tables: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, frame}] (report.key_tables)
     info: dict[str, Any] = field(default_factory=dict)  # revision, model cards
 
     def to_frame(self) -> Any:
@@ -79,7 +80,7 @@ class Report:
                 path.write_bytes(figure["png"])
         page = render_page(title, self.info.get("revision", {}), self.info.get("cards", []), self.tables,
                            self.figures, self.n_hidden, n_runs=len(self.records), n_rows=len(self.results),
-                           headlines=self.headlines,
+                           headlines=self.headlines, key_tables=self.key_tables,
                            order=list(dict.fromkeys(settings.studies.values())))
         return write_text(out_dir / "index.html", page)
 
@@ -131,7 +132,23 @@ def collect(settings: ReportSettings, repo: str | Path = ".", env: Mapping[str, 
                                               "file": file, "headline": is_headline_figure(path)})
     info = {"revision": revision_info(repo, env), "cards": model_cards(repo / settings.models_dir)}
     return Report(results=results, tables=study_tables(results, settings), records=records,
-                  figures=figures, n_hidden=hidden, info=info, headlines=collect_headlines(repo, settings))
+                  figures=figures, n_hidden=hidden, info=info, headlines=collect_headlines(repo, settings),
+                  key_tables=collect_key_tables(repo, settings))
+
+
+def collect_key_tables(repo: Path, settings: ReportSettings) -> dict[str, list[dict]]:
+    """The small tables a study writes beside its headline (``report.key_tables``), per study."""
+    import pandas as pd
+
+    found: dict[str, list[dict]] = {}
+    for name in settings.key_tables:
+        for record, path in find_named(repo, settings, name):
+            try:
+                frame = pd.read_csv(path)
+            except (OSError, ValueError):
+                continue
+            found.setdefault(record.study, []).append({"caption": path.relative_to(repo).as_posix(), "frame": frame})
+    return {study: sorted(tables, key=lambda t: t["caption"]) for study, tables in sorted(found.items())}
 
 
 def collect_headlines(repo: Path, settings: ReportSettings) -> dict[str, Any]:
@@ -139,7 +156,7 @@ def collect_headlines(repo: Path, settings: ReportSettings) -> dict[str, Any]:
     import pandas as pd
 
     frames: dict[str, list] = {}
-    for record, path in find_headlines(repo, settings):
+    for record, path in find_named(repo, settings, "headline.csv"):
         try:
             frame = read_headline(path)
         except (OSError, ValueError, pd.errors.ParserError):

@@ -349,8 +349,8 @@ def find_figures(repo: str | os.PathLike, settings: ReportSettings) -> list[tupl
     return found
 
 
-def find_headlines(repo: str | os.PathLike, settings: ReportSettings) -> list[tuple[RunRecord, Path]]:
-    """Every study's ``headline.csv`` under the report roots with the identity of its run, by path."""
+def find_named(repo: str | os.PathLike, settings: ReportSettings, name: str) -> list[tuple[RunRecord, Path]]:
+    """Every file called ``name`` (``headline.csv``) under the report roots with its run's identity, by path."""
     repo = Path(repo).resolve()
-    return [(identify(folder, root, repo, settings), folder / "headline.csv")
-            for root, folder, files in _walk_roots(repo, settings) if "headline.csv" in files and folder != root]
+    return [(identify(folder, root, repo, settings), folder / name)
+            for root, folder, files in _walk_roots(repo, settings) if name in files and folder != root]

@@ -59,13 +59,17 @@ details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 {% for s in studies %}
 <section id="{{ s.id }}">
 <h2>{{ s.name }}</h2>
-{% if s.headline %}<div class="headline" data-study="{{ s.name }}">
-<p class="muted">Headline: each number with its 95 % interval [low, high] and, in brackets, its baseline.</p>
+{% if s.headline or s.key_tables %}<div class="headline" data-study="{{ s.name }}">
+{% if s.headline %}<p class="muted">Headline: each number with its 95 % interval [low, high] and, in brackets, its baseline.</p>
 <div class="scroll"><table>
 <tr>{% for k in s.headline.columns %}<th>{{ k }}</th>{% endfor %}{% for m in s.headline.models %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for row in s.headline.rows %}<tr>{% for k in row.labels %}<td class="key">{{ k }}</td>{% endfor %}
 {% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</table></div>
+{% endfor %}</table></div>{% endif %}
+{% for t in s.key_tables %}<details><summary>{{ t.caption }} ({{ t.rows | length }} rows)</summary>
+<div class="scroll"><table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</table></div></details>
+{% endfor %}
 {% if s.key_figures %}<div class="figures">
 {% for f in s.key_figures %}<figure class="key"><img src="{{ f.uri }}" alt="{{ f.caption }}" width="{{ f.width }}" height="{{ f.height }}">
 <figcaption>{{ f.caption }}</figcaption></figure>
@@ -163,6 +167,14 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _table(table: dict) -> dict:
+    """A small CSV as text cells (numbers to 3 significant digits, empty for missing)."""
+    frame = table["frame"]
+    rows = [[("" if v != v else f"{v:.3g}") if isinstance(v, float) else str(v) for v in row]
+            for row in frame.itertuples(index=False, name=None)]
+    return {"caption": table["caption"], "columns": list(frame.columns), "rows": rows}
+
+
 def _inline(figure: dict) -> dict:
     return {**figure, "uri": "data:image/png;base64," + base64.b64encode(figure["png"]).decode()}
 
@@ -204,7 +216,8 @@ def headline_block(frame: Any) -> dict | None:
 
 def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str, StudyTable],
                 figures: dict[str, list[dict]], n_hidden: dict[str, int], n_runs: int, n_rows: int,
-                order: list[str] | tuple[str, ...] = (), headlines: dict[str, Any] | None = None) -> str:
+                order: list[str] | tuple[str, ...] = (), headlines: dict[str, Any] | None = None,
+                key_tables: dict[str, list[dict]] | None = None) -> str:
     """Render the page, studies in ``order`` first, then alphabetically.
 
     ``figures[study]`` holds dicts with ``caption``, ``png`` bytes, ``width`` and ``height`` (and
@@ -213,7 +226,7 @@ def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str,
     """
     import jinja2
 
-    headlines = headlines or {}
+    headlines, key_tables = headlines or {}, key_tables or {}
     studies = []
     names = set(tables) | set(figures) | set(headlines)
     for name in sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)):
@@ -232,6 +245,7 @@ def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str,
             "lower": [m for m, low in (table.lower if table else {}).items() if low],
             "n_rows": len(table.frame) if table else 0,
             "headline": headline_block(headlines.get(name)),
+            "key_tables": [_table(t) for t in key_tables.get(name, [])],
             "key_figures": [_inline(f) for f in figures.get(name, []) if f.get("headline")],
             "figures": [_inline(f) for f in figures.get(name, []) if not f.get("headline")],
             "n_hidden": n_hidden.get(name, 0),

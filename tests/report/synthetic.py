@@ -84,6 +84,8 @@ def make_repo(root: Path) -> Path:
         "toy,ioi,saliency,comprehensiveness,0.5,0.4,0.55,random,0.2\n"
         "toy,all,normxlogit,speedup_vs_ig,40,,,integrated_gradients,1\n")
     write_png(attribute / "headline_faithfulness.png", width=1200, height=600, color=(30, 160, 30))
+    (attribute / "operators.csv").write_text("operator,method,metric,value\npad,ig,comprehensiveness,0.71234\n"
+                                             "mean,ig,comprehensiveness,\n")  # a key table (report.key_tables)
 
     quantize = out / "quantize" / "minilm"
     write_hydra(quantize, {"model": {"name": "minilm"}}, "quantize", ["model=minilm"])

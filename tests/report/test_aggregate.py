@@ -111,6 +111,7 @@ def test_headline_rows_and_dvc_metrics(tmp_path):
     html = (tmp_path / "out" / "index.html").read_text()
     assert "0.7 [0.6, 0.8] (random: 0.2)" in html and "40 (integrated_gradients: 1)" in html
     assert (tmp_path / "out" / "headline" / "attribution.csv").is_file()  # W&B logs it as a Table
+    assert "outputs/attribute/toy/operators.csv (2 rows)" in html and "<td>0.712</td>" in html
 
 
 def test_terminal_summary(report_dir):

@@ -51,7 +51,8 @@ def check_page(page_path: Path, screenshot: Path) -> dict:
             page.goto(page_path.resolve().as_uri(), wait_until="load")
             headlines = page.evaluate(
                 "() => Array.from(document.querySelectorAll('.headline')).map(h => ({study: h.dataset.study, "
-                "rows: h.querySelectorAll('tr').length, images: h.querySelectorAll('img').length}))")
+                "rows: h.querySelector('table').querySelectorAll('tr').length, images: h.querySelectorAll('img').length, "
+                "tables: h.querySelectorAll('details').length}))")
             images = page.evaluate(
                 "() => Array.from(document.images).map(i => ({src: i.src.slice(0, 40), ok: i.complete && i.naturalWidth > 0}))")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,6 @@ def test_report_page_in_chromium(tmp_path):
     assert result["errors"] == [], result["errors"]
     assert len(result["images"]) == 4
     # the attribution study has a headline block: its 3 quoted numbers (plus the header) and its key figure
-    assert result["headlines"] == [{"study": "attribution", "rows": 4, "images": 1}]
+    assert result["headlines"] == [{"study": "attribution", "rows": 4, "images": 1, "tables": 1}]  # + operators.csv
     assert result["broken"] == []
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
