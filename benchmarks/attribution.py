@@ -2,6 +2,7 @@
 
     python benchmarks/attribution.py                       # toy GPT-2 + MiniLM, lengths 32 and 128
     python benchmarks/attribution.py --lengths 32 --n 8 --out bench.json
+    python benchmarks/attribution.py --models smollm2 --lengths 32 --n 8 --ig-n 1 --repeats 1   # the real LM
 
 For each model and sequence length, every method runs on the same model and the same inputs
 (random non-special token ids; ``--n`` examples per batch, ``--ig-n`` for integrated gradients,
@@ -84,6 +85,14 @@ def minilm():
     return model, tokenizer, "sequence_classifier"
 
 
+def smollm2(folder: str = "outputs/models/smollm2"):
+    """The embedded SmolLM2-135M-Instruct model folder written by the model stage (``dvc repro model``)."""
+    from interpipe.models import load_model
+
+    loaded = load_model(folder)
+    return loaded.model, loaded.tokenizer, "causal_lm"
+
+
 def random_batch(tokenizer, kind: str, n: int, length: int) -> Batch:
     gen = torch.Generator().manual_seed(length)
     specials = set(tokenizer.all_special_ids)
@@ -139,7 +148,10 @@ def bench_model(name, model, tokenizer, kind, lengths, n, ig_n, n_single, repeat
     for length in lengths:
         full = random_batch(tokenizer, kind, n, length)
         full.target_ids = resolve_targets(sm, full)  # the same explicit targets for both libraries
-        s = AttributeSettings(ig_steps=ig_steps, ig_internal_batch_size=internal, layerwise=False)
+        # IG with Captum's fixed Gauss-Legendre rule at equal steps (the side-by-side comparison); the
+        # study's adaptive default would spend a different number of steps per example
+        s = AttributeSettings(ig_method="gausslegendre", ig_steps=ig_steps, ig_internal_batch_size=internal,
+                              layerwise=False)
         ours: dict[str, float] = {}
         for method in ("normxlogit", "saliency", "grad_x_input", "integrated_gradients"):
             ig = method == "integrated_gradients"
@@ -208,7 +220,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ig-steps", type=int, default=50)
     parser.add_argument("--internal-batch-size", type=int, default=64)
-    parser.add_argument("--models", nargs="+", default=["toy", "minilm"], choices=["toy", "minilm"])
+    parser.add_argument("--models", nargs="+", default=["toy", "minilm"], choices=["toy", "minilm", "smollm2"],
+                        help="smollm2 reads outputs/models/smollm2 (dvc repro model)")
     parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                         help="auto: process CPU time without CUDA (robust on a shared machine), else wall time")
     parser.add_argument("--out", help="also write the rows as JSON here")
@@ -220,7 +233,7 @@ def main() -> None:
           f"{'compared on every-position attribution' if inseq_available() else 'not installed, skipped'}")
     rows = []
     for name in args.models:
-        model, tokenizer, kind = toy_gpt2() if name == "toy" else minilm()
+        model, tokenizer, kind = {"toy": toy_gpt2, "minilm": minilm, "smollm2": smollm2}[name]()
         rows += bench_model(name, model, tokenizer, kind, args.lengths, args.n, min(args.ig_n, args.n), args.n_single,
                             args.repeats, args.ig_steps, args.internal_batch_size)
     print("\nsummary (ratio > 1: ours faster)")

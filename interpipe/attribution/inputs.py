@@ -1,7 +1,15 @@
 """Encoded inputs for attribution: one padded batch with targets, scoring positions and cue masks.
 
 A causal LM is read at the last prompt token (its next-token prediction is the task answer);
-a sequence classifier is read through its own pooled head. Everything that can be wrong with
+a sequence classifier is read through its own pooled head.
+
+The causal-LM protocol. In a causal LM ``LogAt(x_i)`` is the target's logit *after* position
+``i``, so at the scored (last) position it is the prediction itself and NormXLogit ranks that
+position first by construction. By default (``scored_position="exclude"``) it is kept out of
+ranking and removal, as the paper keeps [CLS] out for its classifiers: the scored position is
+where the output is read, not evidence for it, and removing it would move the read-out itself.
+``"rank"`` ranks and removes it like any other token (the earlier behaviour). Either way every
+method still scores it, and integrated gradients still integrates over it. Everything that can be wrong with
 an input (empty rows, empty prompts, prompts longer than the model, an answer the tokenizer
 cannot encode, a target outside the output space) is rejected here, before any work.
 """
@@ -31,6 +39,11 @@ class Batch:
     target_ids: Int[Tensor, "batch"]  # token or class scored; -1 = the model's prediction
     gold_ids: Int[Tensor, "batch"]  # correct answer token or label, for accuracy
     tokens: list[list[str]] = field(default_factory=list)  # unpadded token strings
+    attributable: Bool[Tensor, "batch pos"] | None = None  # real, non-special tokens (eligible plus a kept-out scored position)
+
+    def __post_init__(self) -> None:
+        if self.attributable is None:
+            self.attributable = self.eligible.clone()
 
     def __len__(self) -> int:
         return len(self.example_ids)
@@ -44,11 +57,11 @@ class Batch:
                        input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
                        eligible=pick(self.eligible), cue_mask=pick(self.cue_mask), score_pos=pick(self.score_pos),
                        target_ids=pick(self.target_ids), gold_ids=pick(self.gold_ids),
-                       tokens=[self.tokens[i] for i in idx])
+                       tokens=[self.tokens[i] for i in idx], attributable=pick(self.attributable))
 
     def to(self, device: torch.device | str) -> "Batch":
         move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "eligible", "cue_mask",
-                                                          "score_pos", "target_ids", "gold_ids")}
+                                                          "score_pos", "target_ids", "gold_ids", "attributable")}
         return replace(self, **move)
 
 
@@ -60,12 +73,17 @@ def answer_token(tokenizer, answer: str) -> int:
     return int(ids[0])
 
 
-def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target: str = "predicted") -> Batch:
+def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target: str = "predicted",
+                scored_position: str = "exclude") -> Batch:
     """Encode task records (``interpipe.data`` fields) into one right-padded :class:`Batch`.
 
     ``kind`` is ``causal_lm`` (target = the answer token at the last prompt position) or
     ``sequence_classifier`` (target = the predicted class, or ``label`` when ``target="label"``).
+    ``scored_position`` (causal LMs): ``exclude`` keeps the predicting position out of ranking
+    and removal, ``rank`` treats it as any token (see the module docstring).
     """
+    if scored_position not in ("exclude", "rank"):
+        raise ValueError(f"scored_position={scored_position!r} is not one of ('exclude', 'rank')")
     if kind not in ("causal_lm", "sequence_classifier"):
         raise ValueError(f"attribution needs a model with a head (causal_lm or sequence_classifier), got kind={kind!r}")
     if not rows:
@@ -98,8 +116,15 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target:
         if not eligible[b].any():
             raise ValueError(f"example {row['example_id']} has no non-special tokens to attribute")
     lengths = attention.sum(1)
+    attributable = eligible.clone()
     if kind == "causal_lm":
         score_pos = lengths - 1  # (batch,) last prompt token predicts the answer
+        if scored_position == "exclude":
+            eligible[torch.arange(n), score_pos] = False
+            if not eligible.any(1).all():
+                bad = [rows[b]["example_id"] for b in torch.nonzero(~eligible.any(1)).flatten().tolist()]
+                raise ValueError(f"examples {bad} have no token besides the scored position; "
+                                 f"use longer prompts or attribute.scored_position=rank")
         gold = torch.tensor([answer_token(tokenizer, row["answer"]) for row in rows])
         targets = gold.clone()
     else:
@@ -110,4 +135,4 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target:
         targets = gold.clone() if target == "label" else torch.full((n,), -1, dtype=torch.long)
     return Batch(example_ids=[str(r["example_id"]) for r in rows], tasks=[str(r.get("task", "")) for r in rows],
                  input_ids=input_ids, attention_mask=attention, eligible=eligible, cue_mask=cue,
-                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens)
+                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens, attributable=attributable)

@@ -8,13 +8,16 @@ for a causal LM LogAt is simply ``logits[b, i, target]`` (the LM head already ru
 position); for a classifier the head runs on every token state as if it were the pooled one.
 ``norm`` and ``logat`` are the two factors alone (the paper's ablations).
 
-Gradient baselines, all through one engine (:func:`path_gradients`) on the word embeddings,
-for the target's logit at the scored position:
+Gradient baselines on the word embeddings, for the target's logit at the scored position
+(``gradient_reduction=l1`` reduces all three with the L1 norm over d_model, as the paper's code):
 
 - ``saliency``: ``‖∂y/∂e_i‖₂`` (Captum ``Saliency`` reduced by the L2 norm over d_model);
 - ``grad_x_input``: ``Σ_d e_id · ∂y/∂e_id`` (Captum ``InputXGradient`` summed over d_model);
-- ``integrated_gradients``: Sundararajan et al. 2017 with Captum's quadratures, summed over
-  d_model; the baseline replaces every non-special token's embedding (zero, pad or mask).
+- ``integrated_gradients``: Sundararajan et al. 2017, summed over d_model; the baseline replaces
+  every non-special token's embedding (zero, pad or mask). By default an adaptive composite
+  Gauss-Legendre rule adds steps until completeness holds within ``ig_tolerance``
+  (:mod:`interpipe.attribution.integrated`); Captum's fixed quadratures stay available. Every
+  call records each example's completeness gap and the steps it used.
 
 ``attention``: last layer, head-averaged, the scored position's row. ``attention_rollout``:
 Abnar & Zuidema 2020 (``0.5·A + 0.5·I``, rows renormalised, multiplied over layers).
@@ -30,12 +33,14 @@ import numpy as np
 import torch
 
 from interpipe.attribution.inputs import Batch
+from interpipe.attribution.integrated import integrate_adaptive, integrate_fixed
 from interpipe.attribution.model import ScoredModel, eager_attention, input_gradients_only
 from interpipe.attribution.result import Attribution
 from interpipe.settings.attribute import METHODS, AttributeSettings
 from interpipe.typing import Float, Int, Tensor
 
-Scores = tuple[Float[Tensor, "batch pos"], Int[Tensor, "batch"], "Tensor | None"]  # scores, targets, layers
+# scores, targets, layer scores (or None), per-example diagnostics (or None)
+Scores = tuple[Float[Tensor, "batch pos"], Int[Tensor, "batch"], "Tensor | None", "dict | None"]
 
 
 def quadrature(method: str, steps: int) -> tuple[list[float], list[float]]:
@@ -73,48 +78,31 @@ def resolve_targets(sm: ScoredModel, batch: Batch) -> Int[Tensor, "batch"]:
     return targets
 
 
-def path_gradients(sm: ScoredModel, batch: Batch, targets: Int[Tensor, "batch"],
-                   baseline: Float[Tensor, "batch pos d_model"] | None, alphas: list[float],
-                   weights: list[float], internal_batch_size: int):
-    """``Σ_s w_s ∇_e y(b + α_s (e − b))`` for every example, the engine of all gradient methods.
+def input_gradients(sm: ScoredModel, batch: Batch, targets: Int[Tensor, "batch"],
+                    internal_batch_size: int) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos d_model"]]:
+    """``(∇_e y, e)`` at the input for every example, ``internal_batch_size`` examples per backward.
 
-    ``y`` is the target's logit at the scored position. With ``alphas=[1], weights=[1]`` this is
-    the plain gradient at the input. Returns ``(summed gradients, embeddings, e − b)``, each of
-    shape ``(batch, pos, d_model)``. The ``steps × batch`` interpolated sequences run in chunks of
-    ``internal_batch_size``.
+    ``y`` is the target's logit at the scored position (the engine of saliency and gradient × input).
     """
-    with input_gradients_only(sm.model):
-        return _path_gradients(sm, batch, targets, baseline, alphas, weights, internal_batch_size)
-
-
-def _path_gradients(sm, batch, targets, baseline, alphas, weights, internal_batch_size):
     embeds = sm.embed(batch.input_ids).detach()  # (batch, pos, d_model)
-    if baseline is None and list(alphas) == [1.0] and list(weights) == [1.0]:  # plain gradient at the input
-        grads = []
+    grads = []
+    with input_gradients_only(sm.model):
         for start in range(0, len(batch), internal_batch_size):
             sl = slice(start, start + internal_batch_size)
             x = embeds[sl].clone().requires_grad_(True)
             logits, _ = sm.forward(batch.attention_mask[sl], batch.score_pos[sl], inputs_embeds=x)
             grads.append(torch.autograd.grad(logits.gather(1, targets[sl, None]).sum(), x)[0])
-        return torch.cat(grads), embeds, embeds
-    baseline = torch.zeros_like(embeds) if baseline is None else baseline
-    diff = embeds - baseline
-    n_steps, n = len(alphas), len(batch)
-    alpha = torch.tensor(alphas, dtype=embeds.dtype, device=embeds.device)
-    weight = torch.tensor(weights, dtype=embeds.dtype, device=embeds.device)
-    total = torch.zeros_like(embeds)
-    for start in range(0, n_steps * n, internal_batch_size):
-        rows = torch.arange(start, min(start + internal_batch_size, n_steps * n), device=embeds.device)
-        step, ex = rows // n, rows % n  # expanded row r = (step r // n, example r % n)
-        x = (baseline[ex] + alpha[step, None, None] * diff[ex]).requires_grad_(True)  # (chunk, pos, d_model)
-        logits, _ = sm.forward(batch.attention_mask[ex], batch.score_pos[ex], inputs_embeds=x)
-        (grad,) = torch.autograd.grad(logits.gather(1, targets[ex, None]).sum(), x)
-        total.index_add_(0, ex, grad * weight[step, None, None])
-    return total, embeds, diff
+    return torch.cat(grads), embeds
 
 
-def ig_baseline(sm: ScoredModel, batch: Batch, kind: str, tokenizer=None) -> Float[Tensor, "batch pos d_model"]:
-    """Integrated-gradients baseline: non-special tokens replaced (zero / pad / mask embedding)."""
+def ig_baseline(sm: ScoredModel, batch: Batch, kind: str, tokenizer=None,
+                keep_first: bool = False) -> Float[Tensor, "batch pos d_model"]:
+    """Integrated-gradients baseline: non-special tokens replaced (zero / pad / mask embedding).
+
+    ``keep_first`` also keeps position 0 at its input embedding: for a model that prepends no
+    BOS the first token is its attention sink, and zeroing it makes the path leave the model's
+    working regime (IG then credits it 0, as it credits special tokens 0).
+    """
     embeds = sm.embed(batch.input_ids).detach()
     if kind == "zero":
         fill = torch.zeros_like(embeds)
@@ -123,7 +111,10 @@ def ig_baseline(sm: ScoredModel, batch: Batch, kind: str, tokenizer=None) -> Flo
         if token is None:
             raise ValueError(f"attribute.ig_baseline={kind!r} but the tokenizer has no {kind} token; use zero")
         fill = sm.embed(torch.full_like(batch.input_ids, token)).detach()
-    keep = ~batch.eligible[..., None]  # special tokens and padding keep their own embedding
+    keep = ~batch.attributable[..., None]  # special tokens and padding keep their own embedding
+    if keep_first:
+        keep = keep.clone()
+        keep[:, 0] = True
     return torch.where(keep, embeds, fill)
 
 
@@ -156,44 +147,66 @@ def normxlogit(sm, batch, s, tokenizer=None) -> Scores:
     with torch.no_grad():
         norms, logat, targets = _normxlogit_parts(sm, batch, s, s.layerwise)
     layers = norms[None] * logat if s.layerwise else None  # (layer, batch, pos)
-    return norms * logat[-1], targets, layers
+    return norms * logat[-1], targets, layers, None
 
 
 def norm(sm, batch, s, tokenizer=None) -> Scores:
     """‖x_i⁰‖₂ alone (ablation)."""
     with torch.no_grad():
         norms, _, targets = _normxlogit_parts(sm, batch, s, False)
-    return norms, targets, None
+    return norms, targets, None, None
 
 
 def logat(sm, batch, s, tokenizer=None) -> Scores:
     """LogAt(x_i) alone: the target logit of token i's final state through the head (ablation)."""
     with torch.no_grad():
         _, logits, targets = _normxlogit_parts(sm, batch, s, False)
-    return logits[-1], targets, None
+    return logits[-1], targets, None, None
+
+
+def _reduce(contrib: Float[Tensor, "batch pos d_model"], s: AttributeSettings, default: str) -> Float[Tensor, "batch pos"]:
+    """Reduce over d_model: ``l2`` norm, signed ``sum``, or the L1 norm when ``gradient_reduction=l1``."""
+    kind = "l1" if s.gradient_reduction == "l1" else default
+    return {"l1": lambda x: x.abs().sum(-1), "l2": lambda x: x.norm(dim=-1), "sum": lambda x: x.sum(-1)}[kind](contrib)
 
 
 def saliency(sm, batch, s, tokenizer=None) -> Scores:
     """Gradient norm ‖∂y/∂e_i‖₂ over d_model."""
     targets = resolve_targets(sm, batch)
-    grad, _, _ = path_gradients(sm, batch, targets, None, [1.0], [1.0], s.ig_internal_batch_size)
-    return grad.norm(dim=-1), targets, None
+    grad, _ = input_gradients(sm, batch, targets, s.ig_internal_batch_size)
+    return _reduce(grad, s, "l2"), targets, None, None
 
 
 def grad_x_input(sm, batch, s, tokenizer=None) -> Scores:
     """Gradient × input, summed over d_model."""
     targets = resolve_targets(sm, batch)
-    grad, embeds, _ = path_gradients(sm, batch, targets, None, [1.0], [1.0], s.ig_internal_batch_size)
-    return (grad * embeds).sum(-1), targets, None
+    grad, embeds = input_gradients(sm, batch, targets, s.ig_internal_batch_size)
+    return _reduce(grad * embeds, s, "sum"), targets, None, None
 
 
 def integrated_gradients(sm, batch, s, tokenizer=None) -> Scores:
-    """Integrated gradients ``(e − b) · ∫ ∇y`` with ``s.ig_steps`` steps, summed over d_model."""
+    """Integrated gradients ``(e − b) · ∫ ∇y``, summed over d_model, with its completeness record.
+
+    ``ig_method=adaptive`` bisects sub-intervals of ``ig_steps`` Gauss-Legendre nodes until each
+    example's relative completeness gap is within ``ig_tolerance`` (or ``ig_max_steps`` is spent);
+    the fixed rules use ``ig_steps`` nodes in all.
+    """
     targets = resolve_targets(sm, batch)
-    alphas, weights = quadrature(s.ig_method, s.ig_steps)
-    base = ig_baseline(sm, batch, s.ig_baseline, tokenizer)
-    grad, _, diff = path_gradients(sm, batch, targets, base, alphas, weights, s.ig_internal_batch_size)
-    return (grad * diff).sum(-1), targets, None
+    base = ig_baseline(sm, batch, s.ig_baseline, tokenizer, s.ig_keep_first)
+    embeds = sm.embed(batch.input_ids).detach()  # (batch, pos, d_model)
+
+    def model_fn(x, ex):  # interpolated inputs (rows, pos, d_model) of examples ex -> logits at the scored position
+        return sm.forward(batch.attention_mask[ex], batch.score_pos[ex], inputs_embeds=x)[0]
+
+    with input_gradients_only(sm.model):
+        if s.ig_method == "adaptive":
+            integral = integrate_adaptive(model_fn, base, embeds - base, targets, s.ig_steps, s.ig_tolerance,
+                                          s.ig_max_steps, s.ig_internal_batch_size)
+        else:
+            alphas, weights = quadrature(s.ig_method, s.ig_steps)
+            integral = integrate_fixed(model_fn, base, embeds - base, targets, alphas, weights,
+                                       s.ig_internal_batch_size)
+    return _reduce(integral.total, s, "sum"), targets, None, integral.diagnostics()
 
 
 def _attentions(sm: ScoredModel, batch: Batch) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -208,7 +221,7 @@ def attention(sm, batch, s, tokenizer=None) -> Scores:
     targets, atts = _attentions(sm, batch)
     pattern = atts[-1].mean(1)  # (batch, head, q, k) -> (batch, q, k)
     rows = torch.arange(len(batch), device=pattern.device)
-    return pattern[rows, batch.score_pos], targets, None
+    return pattern[rows, batch.score_pos], targets, None, None
 
 
 def attention_rollout(sm, batch, s, tokenizer=None) -> Scores:
@@ -221,14 +234,14 @@ def attention_rollout(sm, batch, s, tokenizer=None) -> Scores:
         a = a / a.sum(-1, keepdim=True)
         rollout = a if rollout is None else a @ rollout  # (batch, q, k) @ (batch, k, k)
     rows = torch.arange(len(batch), device=eye.device)
-    return rollout[rows, batch.score_pos], targets, None
+    return rollout[rows, batch.score_pos], targets, None, None
 
 
 def random(sm, batch, s, tokenizer=None) -> Scores:
     """Uniform noise from a generator seeded with ``s.seed`` (the chance baseline)."""
     gen = torch.Generator().manual_seed(s.seed)
     scores = torch.rand(batch.input_ids.shape, generator=gen).to(batch.input_ids.device)
-    return scores, resolve_targets(sm, batch), None
+    return scores, resolve_targets(sm, batch), None, None
 
 
 REGISTRY: dict[str, Callable[..., Scores]] = {
@@ -252,7 +265,7 @@ def attribute(sm: ScoredModel, batch: Batch, method: str, settings: AttributeSet
     sm.check_length(batch.input_ids.shape[1])
     batch = batch.to(sm.device)
     start = time.perf_counter()
-    scores, targets, layers = REGISTRY[method](sm, batch, settings, tokenizer)
+    scores, targets, layers, diagnostics = REGISTRY[method](sm, batch, settings, tokenizer)
     if scores.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -263,4 +276,4 @@ def attribute(sm: ScoredModel, batch: Batch, method: str, settings: AttributeSet
     return Attribution(method=method, scores=scores, input_ids=batch.input_ids.cpu(),
                        attention_mask=batch.attention_mask.cpu(), target_ids=targets.cpu(),
                        example_ids=list(batch.example_ids), tokens=list(batch.tokens), layer_scores=layers,
-                       seconds=seconds, info=dict(info or {}))
+                       seconds=seconds, info=dict(info or {}), diagnostics=dict(diagnostics or {}))

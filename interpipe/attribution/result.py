@@ -30,6 +30,7 @@ class Attribution:
     layer_scores: Float[Tensor, "layer batch pos"] | None = None
     seconds: float = 0.0  # attribution time only (evaluation excluded)
     info: dict = field(default_factory=dict)  # model, seed, settings, git revision
+    diagnostics: dict = field(default_factory=dict)  # per-example lists (IG: completeness gap, steps used)
 
     def __len__(self) -> int:
         return len(self.example_ids)
@@ -49,7 +50,8 @@ class Attribution:
                    attention_mask=torch.cat([pad(p.attention_mask) for p in parts]),
                    target_ids=torch.cat([p.target_ids for p in parts]),
                    example_ids=[e for p in parts for e in p.example_ids], tokens=[t for p in parts for t in p.tokens],
-                   layer_scores=layers, seconds=sum(p.seconds for p in parts), info=dict(parts[0].info))
+                   layer_scores=layers, seconds=sum(p.seconds for p in parts), info=dict(parts[0].info),
+                   diagnostics={k: [v for p in parts for v in p.diagnostics.get(k, [])] for k in parts[0].diagnostics})
 
     def nonfinite_examples(self) -> list[str]:
         """Example ids whose scores (at real tokens) contain NaN or Inf."""
@@ -89,7 +91,8 @@ class Attribution:
             raise OutputExistsError(f"{folder}/attributions.parquet exists; pass overwrite=True")
         self.check_finite()
         write_frame(folder / "attributions.parquet", self.to_frame())
-        write_json(folder / "attribution.json", {"method": self.method, "seconds": self.seconds, "info": self.info})
+        write_json(folder / "attribution.json", {"method": self.method, "seconds": self.seconds, "info": self.info,
+                                                 "diagnostics": self.diagnostics})
         return folder
 
     @classmethod
@@ -120,7 +123,7 @@ class Attribution:
         return cls(method=meta["method"], scores=scores, input_ids=ids, attention_mask=mask,
                    target_ids=torch.tensor(frame["target_id"].tolist()), example_ids=frame["example_id"].tolist(),
                    tokens=[list(t) for t in frame["tokens"]], layer_scores=layers, seconds=meta["seconds"],
-                   info=meta["info"])
+                   info=meta["info"], diagnostics=meta.get("diagnostics", {}))
 
     def plot(self, indices: list[int] | None = None, max_examples: int = 4):
         """A token heatmap (one row per example, scores normalised by each row's max |score|)."""

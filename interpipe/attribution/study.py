@@ -4,13 +4,19 @@
 example with every method (timed), evaluates each method's scores with
 :func:`interpipe.faithfulness.evaluate` (not timed), and writes one folder per method::
 
-    <out>/<method>/metrics.json            faithfulness, plausibility, seconds_per_example, ...
+    <out>/<method>/metrics.json            every metric with its 95 % interval, paired differences
+                                           vs random and vs IG (``vs_random/``, ``vs_ig/``), cost
     <out>/<method>/attributions.parquet    example_id, input_ids, tokens, target_id, scores
+    <out>/<method>/per_example.csv         every metric of every example (what the intervals rest on)
     <out>/<method>/faithfulness_curve.csv  one row per removal ratio
     <out>/<method>/layerwise.csv|.png      normxlogit: the metrics per layer
     <out>/<method>/heatmap.png             a few examples
+    <out>/integrated_gradients/completeness.csv  per example: y(x), y(b), Σ scores, gap, steps
     <out>/faithfulness.png                 removal curves of every method
     <out>/rank_agreement.csv|.png          Spearman between every pair of methods
+    <out>/winrate.csv                      method × metric: difference vs random, interval, win
+    <out>/operators.csv                    hard metrics under every removal operator (mask|pad|delete|mean)
+    <out>/headline.csv, headline_faithfulness.png   the quoted numbers with intervals and baselines
 
 and returns the flat summary metrics (``<method>/<metric>``) for the stage's own metrics.json.
 """
@@ -22,6 +28,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -30,11 +37,16 @@ from interpipe.attribution.methods import attribute
 from interpipe.attribution.model import ScoredModel
 from interpipe.attribution.result import Attribution
 from interpipe.settings.attribute import AttributeSettings
-from interpipe.faithfulness import evaluate, full_probs, rank_agreement, replacement_token
+from interpipe.attribution.uncertainty import (HARD_METRICS, comparisons, headline_rows, paired,
+                                               relative_gap_summary, summarise, win_table)
+from interpipe.faithfulness import evaluate_examples, full_probs, rank_agreement, replacement_token
+from interpipe.stats import CI_HIGH, CI_LOW
 
 SUMMARY_KEYS = ("comprehensiveness", "sufficiency", "soft_comprehensiveness", "soft_sufficiency",
                 "comprehensiveness_accuracy", "sufficiency_accuracy", "plausibility_map", "cue_mass",
-                "seconds_per_example")
+                "seconds_per_example", "win_rate_vs_random", "relative_gap_median", "relative_gap_max",
+                "steps_mean", "steps_max", "converged_fraction")
+HEADLINE_METHODS = ("normxlogit", "integrated_gradients", "grad_x_input", "saliency", "random")
 
 
 def load_rows(data_root: str | Path, tasks: list[str], split: str, n_examples: int) -> list[dict]:
@@ -49,43 +61,53 @@ def load_rows(data_root: str | Path, tasks: list[str], split: str, n_examples: i
     return rows
 
 
-def _weighted(parts: list[tuple[dict, int]], key: str) -> float | None:
-    pairs = [(m[key], n) for m, n in parts if key in m]
-    total = sum(n for _, n in pairs)
-    return sum(v * n for v, n in pairs) / total if total else None
-
-
 def evaluate_by_task(sm: ScoredModel, batch: Batch, scores, targets, s: AttributeSettings, rule: str,
-                     token: int | None, soft: bool = True, cache: dict | None = None) -> tuple[dict, list[dict]]:
-    """Evaluate per task; the overall numbers are example-weighted means of the tasks'.
+                     token: int | None, soft: bool = True, cache: dict | None = None,
+                     rows: list[int] | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Per-example metrics over the whole batch (NaN outside ``rows``), evaluated task by task.
 
-    ``cache`` keeps each task's unperturbed probabilities across methods with the same targets,
-    and (under ``"memo"``) the answers for perturbed inputs, which methods and layers often share.
+    ``scores, targets`` hold the ``rows`` (default: every example) in order. ``cache`` keeps each
+    task's unperturbed probabilities across methods with the same targets, and (under
+    ``"memo"``) the answers for perturbed inputs, which methods, layers and operators often share.
     """
     cache = {} if cache is None else cache
-    metrics: dict = {}
-    parts: list[tuple[dict, int]] = []
+    rows = list(range(len(batch))) if rows is None else list(rows)
+    where = {r: i for i, r in enumerate(rows)}
+    per: dict[str, np.ndarray] = {}
     curves: list[dict] = []
-    for task in dict.fromkeys(batch.tasks):
-        idx = [i for i, t in enumerate(batch.tasks) if t == task]
+    for task in dict.fromkeys(batch.tasks[r] for r in rows):
+        idx = [r for r in rows if batch.tasks[r] == task]
+        local = [where[r] for r in idx]
         sub = batch.select(idx)
-        key = (task, tuple(targets[idx].tolist()))
+        key = (task, tuple(targets[local].tolist()), tuple(idx))
         if key not in cache:
-            cache[key] = full_probs(sm, sub, targets[idx], s.eval_batch_size)
-        m, curve = evaluate(sm, sub, scores[idx], targets[idx], s.ratios, rule, token, seed=s.seed,
-                            chunk=s.eval_batch_size, soft=soft, full=cache[key], memo=cache.setdefault("memo", {}))
-        parts.append((m, len(idx)))
-        metrics.update({f"{task}/{k}": v for k, v in m.items()})
+            cache[key] = full_probs(sm, sub, targets[local], s.eval_batch_size)
+        m, curve = evaluate_examples(sm, sub, scores[local], targets[local], s.ratios, rule, token, seed=s.seed,
+                                     chunk=s.eval_batch_size, soft=soft, full=cache[key],
+                                     memo=cache.setdefault("memo", {}), soft_normalised=s.soft_normalised,
+                                     cue_mass=s.cue_mass)
+        for name, values in m.items():
+            per.setdefault(name, np.full(len(batch), np.nan))[idx] = values
         curves += [{"task": task, **row} for row in curve]
-    for key in parts[0][0]:
-        if key == "n_examples_with_cues":
-            metrics[key] = sum(m[key] for m, _ in parts)
-            continue
-        value = _weighted(parts if key != "plausibility_map" else
-                          [(m, m["n_examples_with_cues"]) for m, _ in parts], key)
-        if value is not None:
-            metrics[key] = value
-    return metrics, curves
+    return per, curves
+
+
+def ig_rows(tasks: list[str], n: int) -> list[int]:
+    """The examples integrated gradients runs on: all (``n = 0``) or the first ``n // n_tasks`` of each task.
+
+    >>> ig_rows(["a", "a", "b", "b"], 2), ig_rows(["a", "b"], 0)
+    ([0, 2], [0, 1])
+    """
+    if n <= 0 or n >= len(tasks):
+        return list(range(len(tasks)))
+    per_task = max(1, n // len(set(tasks)))
+    seen: dict[str, int] = {}
+    out = []
+    for i, task in enumerate(tasks):
+        seen[task] = seen.get(task, 0) + 1
+        if seen[task] <= per_task:
+            out.append(i)
+    return out
 
 
 def attribute_all(sm: ScoredModel, batch: Batch, method: str, s: AttributeSettings, tokenizer,
@@ -114,10 +136,61 @@ def evaluated_layers(n_states: int, max_layers: int) -> list[int]:
 def _layerwise(sm, batch, result: Attribution, s, rule, token, cache: dict) -> list[dict]:
     rows = []
     for layer in evaluated_layers(result.layer_scores.shape[0], s.layerwise_max_layers):
-        m, _ = evaluate_by_task(sm, batch, result.layer_scores[layer], result.target_ids, s, rule, token, soft=False,
-                                cache=cache)
-        rows.append({"layer": layer, **{k: v for k, v in m.items() if "/" not in k}})
+        per, _ = evaluate_by_task(sm, batch, result.layer_scores[layer], result.target_ids, s, rule, token,
+                                  soft=False, cache=cache)
+        rows.append({"layer": layer, **{k: v for k, v in summarise(per, batch.tasks).items() if "/" not in k}})
     return rows
+
+
+def _operator_table(sm, batch, results: dict[str, Attribution], rows: dict[str, list[int]], s, tokenizer,
+                    main: tuple[str, dict], cache: dict) -> list[dict]:
+    """Hard faithfulness metrics of each method under every removal operator, with intervals and vs random."""
+    table = []
+    methods = [m for m in (s.operator_methods or list(results)) if m in results]
+    for op in s.operators:
+        try:
+            rule, token = replacement_token(tokenizer, op, sm.kind)
+        except ValueError as exc:  # e.g. no mask token in a causal LM's tokenizer
+            table.append({"operator": op, "method": "", "metric": "", "available": False, "note": str(exc)})
+            continue
+        per_method = {}
+        for method in methods:
+            if rule == main[0]:
+                per_method[method] = main[1][method]
+            else:
+                per_method[method], _ = evaluate_by_task(sm, batch, results[method].scores, results[method].target_ids,
+                                                         s, rule, token, soft=False, cache=cache, rows=rows[method])
+        for method, per in per_method.items():
+            for metric in HARD_METRICS:
+                iv = summarise({metric: per[metric]}, ["all"] * len(batch))
+                row = {"operator": op, "method": method, "metric": metric, "available": True, "note": "",
+                       "value": iv[metric], "ci_low": iv[metric + CI_LOW], "ci_high": iv[metric + CI_HIGH]}
+                if "random" in per_method and method != "random":
+                    d = paired(per[metric], per_method["random"][metric])
+                    row.update(vs_random=d.estimate, vs_random_ci_low=d.low, vs_random_ci_high=d.high)
+                table.append(row)
+    return table
+
+
+def _headline_figure(summary: dict, model: str, methods: list[str]):
+    """Comprehensiveness and sufficiency per method with 95 % intervals; random as the dashed line."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("comprehensiveness", "sufficiency")):
+        names = [m for m in methods if f"{m}/{metric}" in summary]
+        value = np.array([summary[f"{m}/{metric}"] for m in names])
+        low = value - np.array([summary[f"{m}/{metric}{CI_LOW}"] for m in names])
+        high = np.array([summary[f"{m}/{metric}{CI_HIGH}"] for m in names]) - value
+        ax.barh(range(len(names)), value, xerr=[low, high], color="tab:blue", alpha=0.7, capsize=3)
+        if f"random/{metric}" in summary:
+            ax.axvline(summary[f"random/{metric}"], color="k", ls="--", lw=1, label="random")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        better = "higher" if metric == "comprehensiveness" else "lower"
+        ax.set_title(f"{metric} (AOPC, {better} = more faithful)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{model}: faithfulness with bootstrap 95 % intervals over examples", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _heatmap_rows(tasks: list[str], n: int) -> list[int]:
@@ -182,42 +255,71 @@ def run_attribute(settings: AttributeSettings, model_folder: str | Path, data_ro
         sm.require_final_norm()  # layer-wise scores need it: refuse before any work, naming the model_type
     tasks = s.causal_tasks if kind == "causal_lm" else s.classifier_tasks
     batch = encode_rows(loaded.tokenizer, load_rows(data_root, tasks, s.split, s.n_examples), kind, s.max_length,
-                        s.target)
+                        s.target, s.scored_position)
     sm.check_length(batch.input_ids.shape[1])
     sm.check_targets(batch.target_ids)
-    rule, token = replacement_token(loaded.tokenizer, s.replacement)
+    rule, token = replacement_token(loaded.tokenizer, s.replacement, kind)
     settings_json = json.dumps(asdict(s), sort_keys=True)
     info = {"model": loaded.card.name, "kind": kind, "tasks": list(tasks), "replacement": rule,
             "settings": asdict(s), "settings_hash": hashlib.sha256(settings_json.encode()).hexdigest()[:12],
             **(info or {})}
     summary: dict = {"n_examples": len(batch)}
-    all_scores: dict[str, torch.Tensor] = {}
+    results: dict[str, Attribution] = {}
+    rows: dict[str, list[int]] = {}
+    per_method: dict[str, dict[str, np.ndarray]] = {}
+    method_metrics: dict[str, dict] = {}
     all_curves: dict = {}
-    cache: dict = {}  # unperturbed probabilities per task, shared by the methods
+    cache: dict = {}  # unperturbed probabilities per task and perturbed answers, shared by the methods
     for method in tqdm(s.methods, desc=f"attribute {loaded.card.name}"):
-        result = attribute_all(sm, batch, method, s, loaded.tokenizer, {**info, "method": method})
+        rows[method] = ig_rows(batch.tasks, s.ig_n_examples) if method == "integrated_gradients" else list(range(len(batch)))
+        sub = batch.select(rows[method])
+        result = attribute_all(sm, sub, method, s, loaded.tokenizer, {**info, "method": method})
         result.check_finite()  # NaN/Inf are reported as an error naming the examples, never written
-        metrics, curve = evaluate_by_task(sm, batch, result.scores, result.target_ids, s, rule, token, cache=cache)
-        metrics.update(seconds=result.seconds, seconds_per_example=result.seconds / len(batch),
-                       examples_per_second=len(batch) / max(result.seconds, 1e-9), n_examples=len(batch))
+        per, curve = evaluate_by_task(sm, batch, result.scores, result.target_ids, s, rule, token, cache=cache,
+                                      rows=rows[method])
+        metrics = summarise(per, batch.tasks)
+        metrics["n_examples_with_cues"] = int(np.isfinite(per["plausibility_map"]).sum())
+        metrics.update(seconds=result.seconds, seconds_per_example=result.seconds / len(sub),
+                       examples_per_second=len(sub) / max(result.seconds, 1e-9), n_examples=len(sub))
         folder = out_dir / method
         result.save(folder, overwrite=True)
         write_frame(folder / "faithfulness_curve.csv", pd.DataFrame(curve))
+        write_frame(folder / "per_example.csv", pd.DataFrame({"example_id": batch.example_ids, "task": batch.tasks,
+                                                               **per}).iloc[rows[method]])
+        if result.diagnostics.get("relative_gap"):
+            metrics.update(relative_gap_summary(result.diagnostics, s.ig_tolerance))
+            write_frame(folder / "completeness.csv", pd.DataFrame({"example_id": sub.example_ids, "task": sub.tasks,
+                                                                    **result.diagnostics}))
         if result.layer_scores is not None:
             layers = pd.DataFrame(_layerwise(sm, batch, result, s, rule, token, cache))
             write_frame(folder / "layerwise.csv", layers)
             save_figure(_curve_figure({method: layers}, "layer", f"{method} from each layer's states (0 = embeddings)"),
                         folder / "layerwise.png")
         if s.n_heatmaps:
-            save_figure(result.plot(_heatmap_rows(batch.tasks, s.n_heatmaps)), folder / "heatmap.png", dpi=100)
-        all_scores[method] = result.scores
+            save_figure(result.plot(_heatmap_rows(sub.tasks, s.n_heatmaps)), folder / "heatmap.png", dpi=100)
+        results[method], per_method[method], method_metrics[method] = result, per, metrics
         all_curves[method] = pd.DataFrame(curve)
-        write_json(folder / "metrics.json", metrics)
-        summary.update({f"{method}/{k}": metrics[k] for k in SUMMARY_KEYS if k in metrics})
+    _compare(per_method, method_metrics, out_dir)
+    for method, metrics in method_metrics.items():
+        write_json(out_dir / method / "metrics.json", metrics)
+        summary.update({f"{method}/{k}": v for k, v in metrics.items()
+                        if "/" not in k and k.removesuffix(CI_LOW).removesuffix(CI_HIGH) in SUMMARY_KEYS})
+        summary.update({f"{method}/{k}": v for k, v in metrics.items() if k.startswith(("vs_random/", "vs_ig/"))})
+    if s.operators:
+        table = pd.DataFrame(_operator_table(sm, batch, results, rows, s, loaded.tokenizer, (rule, per_method), cache))
+        write_frame(out_dir / "operators.csv", table)
+        for r in table[table["available"]].itertuples():
+            key = f"{r.method}/by_{r.operator}/{r.metric}"
+            summary.update({key: r.value, key + CI_LOW: r.ci_low, key + CI_HIGH: r.ci_high})
     save_figure(_curve_figure(all_curves, "ratio", f"{loaded.card.name}: removal curves (AOPC = mean over ratios)"),
                 out_dir / "faithfulness.png")
-    if len(all_scores) > 1:
-        table = rank_agreement(all_scores, batch.eligible)
+    headline = [m for m in HEADLINE_METHODS if m in per_method]
+    write_frame(out_dir / "headline.csv", pd.DataFrame(headline_rows(loaded.card.name, summary, headline, s.ig_tolerance)))
+    save_figure(_headline_figure(summary, loaded.card.name, headline), out_dir / "headline_faithfulness.png")
+    if len(results) > 1:
+        common = sorted(set.intersection(*(set(r) for r in rows.values())))  # IG may run on a subset
+        all_scores = {m: _common_scores(r, rows[m], common, batch) for m, r in results.items()}
+        table = rank_agreement(all_scores, batch.eligible[common])
         write_frame(out_dir / "rank_agreement.csv", table.reset_index(names="method"))
         save_figure(_rank_figure(table), out_dir / "rank_agreement.png")
         for method in all_scores:
@@ -225,3 +327,26 @@ def run_attribute(settings: AttributeSettings, model_folder: str | Path, data_ro
             if others:
                 summary[f"{method}/rank_agreement_mean"] = float(table.loc[method, others].mean())
     return summary
+
+
+def _compare(per_method: dict, method_metrics: dict, out_dir: Path) -> None:
+    """Paired differences vs random and vs IG into each method's metrics; the win-rate table."""
+    import pandas as pd
+
+    from interpipe.io import write_frame
+
+    for label, reference in (("vs_random", "random"), ("vs_ig", "integrated_gradients")):
+        for method, diffs in comparisons(per_method, reference, label).items():
+            method_metrics[method].update(diffs)
+    wins = pd.DataFrame(win_table(per_method))
+    if len(wins):
+        write_frame(out_dir / "winrate.csv", wins)
+        for method, group in wins.groupby("method"):
+            method_metrics[method]["win_rate_vs_random"] = float(group["better_than_random"].mean())
+
+
+def _common_scores(result: Attribution, rows: list[int], common: list[int], batch: Batch) -> torch.Tensor:
+    """A method's scores on the examples every method attributed, padded to the batch width: (common, pos)."""
+    where = {r: i for i, r in enumerate(rows)}
+    scores = result.scores[[where[r] for r in common]]
+    return torch.nn.functional.pad(scores, (0, batch.input_ids.shape[1] - scores.shape[1]))

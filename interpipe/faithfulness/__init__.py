@@ -27,16 +27,16 @@ def _mean(values) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
-def evaluate(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
-             token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True,
-             full=None, memo: dict | None = None) -> tuple[dict, list[dict]]:
-    """Evaluate one method's ``scores: (batch, pos)`` for ``targets: (batch,)``.
+def evaluate_examples(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
+                      token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True, full=None,
+                      memo: dict | None = None, soft_normalised: bool = True,
+                      cue_mass: str = "standardised") -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Per-example metrics ``{metric: (batch,) array}`` (AOPC over ratios) and one curve row per ratio.
 
     ``rule, token`` come from :func:`replacement_token`; ``full`` may pass :func:`full_probs`
     of the same batch and targets when several methods are evaluated, and ``memo`` a dict that
-    keeps perturbed inputs' answers across calls (identical removals are run once). Returns ``(metrics, curve)``: flat
-    metrics (AOPC means over ratios and examples) and one row per ratio. Examples whose task
-    has no cues are left out of the mAP, which is absent when no example has cues.
+    keeps perturbed inputs' answers across calls (identical removals are run once). Examples
+    without cues hold NaN in ``plausibility_map``.
     """
     if scores.shape != batch.input_ids.shape:
         raise ValueError(f"scores have shape {tuple(scores.shape)}, inputs {tuple(batch.input_ids.shape)}")
@@ -44,28 +44,39 @@ def evaluate(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float]
         raise ValueError("scores contain NaN/Inf at real tokens; refusing to evaluate them")
     full = full if full is not None else full_probs(sm, batch, targets, chunk)
     r = removal_curves(sm, batch, scores, targets, ratios, rule, token, chunk, full, memo)
-    metrics = {
-        "comprehensiveness": float(r["comp_drop"].mean()), "sufficiency": float(r["suff_drop"].mean()),
-        "comprehensiveness_accuracy": float(r["comp_acc"].mean()), "sufficiency_accuracy": float(r["suff_acc"].mean()),
-        "accuracy_full": float(r["acc_full"].mean()), "p_target_full": float(r["p_full"].mean()),
-    }
+    out = {"comprehensiveness": r["comp_drop"].mean(0), "sufficiency": r["suff_drop"].mean(0),
+           "comprehensiveness_accuracy": r["comp_acc"].mean(0), "sufficiency_accuracy": r["suff_acc"].mean(0),
+           "accuracy_full": r["acc_full"], "p_target_full": r["p_full"]}
     if soft:
-        s = soft_scores(sm, batch, scores, targets, seed, chunk, full)
-        metrics["soft_comprehensiveness"] = float(s["soft_comp_drop"].mean())
-        metrics["soft_sufficiency"] = float(s["soft_suff_drop"].mean())
-    plaus = plausibility(scores, batch.eligible, batch.cue_mask)
-    ap = _mean(plaus["ap"])
-    if math.isfinite(ap):  # left out (not written as NaN) when no example has cues
-        metrics["plausibility_map"] = ap
-    metrics["n_examples_with_cues"] = int(sum(math.isfinite(a) for a in plaus["ap"]))
-    metrics["cue_mass"] = _mean(plaus["cue_mass"])
-    metrics["cue_fraction"] = _mean(plaus["cue_fraction"])
+        s = soft_scores(sm, batch, scores, targets, seed, chunk, full, normalised=soft_normalised)
+        out["soft_comprehensiveness"], out["soft_sufficiency"] = s["soft_comp_drop"], s["soft_suff_drop"]
+    plaus = plausibility(scores, batch.eligible, batch.cue_mask, cue_mass)
+    out.update(plausibility_map=plaus["ap"], cue_mass=plaus["cue_mass"], cue_fraction=plaus["cue_fraction"])
+    per_example = {k: np.asarray(torch.as_tensor(v, dtype=torch.float64).cpu().numpy(), dtype=float) for k, v in out.items()}
     curve = [{"ratio": k, "comprehensiveness": float(r["comp_drop"][i].mean()),
               "sufficiency": float(r["suff_drop"][i].mean()),
               "comprehensiveness_accuracy": float(r["comp_acc"][i].mean()),
               "sufficiency_accuracy": float(r["suff_acc"][i].mean())} for i, k in enumerate(ratios)]
+    return per_example, curve
+
+
+def evaluate(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
+             token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True,
+             full=None, memo: dict | None = None, soft_normalised: bool = False,
+             cue_mass: str = "softmax") -> tuple[dict, list[dict]]:
+    """Evaluate one method's ``scores: (batch, pos)`` for ``targets: (batch,)``: mean metrics and curve.
+
+    The means over examples of :func:`evaluate_examples` (raw soft drops and the softmax cue
+    mass unless asked otherwise). The mAP is absent when no example has cues.
+    """
+    per, curve = evaluate_examples(sm, batch, scores, targets, ratios, rule, token, seed, chunk, soft, full, memo,
+                                   soft_normalised, cue_mass)
+    metrics = {k: _mean(v) for k, v in per.items()}
+    if not math.isfinite(metrics["plausibility_map"]):
+        del metrics["plausibility_map"]  # left out (not written as NaN) when no example has cues
+    metrics["n_examples_with_cues"] = int(np.isfinite(per["plausibility_map"]).sum())
     return metrics, curve
 
 
-__all__ = ["average_precision", "evaluate", "full_probs", "plausibility", "rank_agreement", "removal_curves", "replacement_token",
+__all__ = ["average_precision", "evaluate", "evaluate_examples", "full_probs", "plausibility", "rank_agreement", "removal_curves", "replacement_token",
            "soft_scores", "spearman", "top_k_masks"]

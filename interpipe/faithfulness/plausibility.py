@@ -3,7 +3,10 @@
 - Average precision of an example's ranking (eligible tokens, by descending score) against
   its cue tokens; the mean over examples with at least one cue is the mAP.
 - Attribution mass on cues: ``softmax(scores over eligible tokens) · cue_mask`` (the paper's
-  "dot product" plausibility); ``cue_fraction`` (cues / eligible tokens) is its chance level.
+  "dot product" plausibility). A softmax over raw scores depends on each method's scale (a method
+  whose scores are 10× larger puts more mass on its top token), so ``standardised`` (the default)
+  z-scores each example's eligible scores first: invariant to shift and scale, comparable across
+  methods. ``cue_fraction`` (cues / eligible tokens) is the chance level of both.
 - Rank agreement: Spearman correlation of two methods' scores over each example's eligible
   tokens, averaged over examples.
 """
@@ -31,11 +34,16 @@ def average_precision(scores, relevant) -> float:
     return float((precision * hits).sum() / hits.sum())
 
 
-def plausibility(scores, eligible, cue_mask) -> dict[str, list[float]]:
-    """Per-example ``ap`` (NaN without cues), ``cue_mass`` and ``cue_fraction``."""
+def plausibility(scores, eligible, cue_mask, cue_mass: str = "softmax") -> dict[str, list[float]]:
+    """Per-example ``ap`` (NaN without cues), ``cue_mass`` (``softmax`` or ``standardised``) and ``cue_fraction``."""
+    if cue_mass not in ("softmax", "standardised"):
+        raise ValueError(f"cue_mass={cue_mass!r} is not one of ('softmax', 'standardised')")
     out: dict[str, list[float]] = {"ap": [], "cue_mass": [], "cue_fraction": []}
     for s, e, c in zip(scores, eligible, cue_mask):
         s_e, c_e = s[e].float(), c[e]
+        if cue_mass == "standardised":
+            std = s_e.std(unbiased=False) if len(s_e) > 1 else torch.tensor(0.0)
+            s_e = (s_e - s_e.mean()) / std if std > 0 else torch.zeros_like(s_e)
         out["ap"].append(average_precision(s_e, c_e))
         out["cue_mass"].append(float((s_e.softmax(0) * c_e.float()).sum()))
         out["cue_fraction"].append(float(c_e.float().mean()))

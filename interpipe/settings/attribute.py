@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 METHODS = ("normxlogit", "norm", "logat", "saliency", "grad_x_input", "integrated_gradients",
            "attention", "attention_rollout", "random")
 NORM_SOURCES = ("hidden_states0", "word_embeddings")
-IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+IG_METHODS = ("adaptive", "gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 BASELINES = ("zero", "pad", "mask")
-REPLACEMENTS = ("auto", "mask", "pad", "delete")
+OPERATORS = ("mask", "pad", "delete", "mean")  # token removal operators of the faithfulness evaluator
+REPLACEMENTS = ("auto",) + OPERATORS
 TARGETS = ("predicted", "label")
+SCORED_POSITIONS = ("exclude", "rank")
+REDUCTIONS = ("default", "l1")
+CUE_MASSES = ("standardised", "softmax")
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -26,21 +30,34 @@ class AttributeSettings:
     causal_tasks: list[str] = field(default_factory=lambda: ["ioi", "sva"])  # causal LMs: answer token is the target
     classifier_tasks: list[str] = field(default_factory=lambda: ["sentiment"])  # classifiers: planted cue words
     split: str = "test"  # held-out prompts the model never trained on
-    n_examples: int = 32  # per model, split evenly over its tasks; a few dozen keeps the pipeline fast
+    n_examples: int = 32  # per model, split evenly over its tasks; the intervals show what that separates (paper preset: 512)
     batch_size: int = 32  # examples per attribution call
     max_length: int = 128  # longer inputs are an error, never silently truncated
     target: str = "predicted"  # classifiers: predicted class (the paper) or gold label
     norm_source: str = "hidden_states0"  # x_i^0: HF hidden_states[0] (embedding-layer output), as the official code
+    # causal LMs: the predicting (last prompt) position's LogAt is the prediction itself, so it is
+    # kept out of ranking and removal as the paper keeps [CLS] out (exclude); rank: ranked like any token
+    scored_position: str = "exclude"
     layerwise: bool = True  # NormXLogit with h_i^l for every layer l (logit-lens style curves)
     layerwise_max_layers: int = 0  # evaluate at most this many evenly spaced layers (0: all); deep models cost a pass per layer
-    ig_steps: int = 16  # the paper uses 50 (paper presets); 16 keeps the default pipeline fast
-    ig_method: str = "gausslegendre"  # Captum's default quadrature
-    ig_baseline: str = "zero"  # zero word embeddings; special tokens keep their own embedding
+    gradient_reduction: str = "default"  # over d_model: L2 for saliency, signed sum for I×G and IG (or: l1 for all, the paper)
+    ig_method: str = "adaptive"  # composite Gauss-Legendre, bisected until completeness holds (or Captum's fixed rules)
+    ig_steps: int = 8  # adaptive: nodes per sub-interval; fixed rules: nodes in all (the paper: 50)
+    ig_tolerance: float = 0.05  # adaptive: stop when |Σ IG − (f(x) − f(b))| <= this × |f(x) − f(b)|
+    ig_max_steps: int = 512  # adaptive: at most this many gradient evaluations per example
+    ig_n_examples: int = 0  # IG on the first N examples only (0: all); IG is the cost driver on large models
+    ig_baseline: str = "zero"  # zero word embeddings; special tokens keep their own embedding (or: pad, mask)
+    ig_keep_first: bool = False  # keep position 0 in the baseline (the attention sink of models without BOS)
     ig_internal_batch_size: int = 128  # interpolated sequences per forward/backward
-    replacement: str = "auto"  # removal rule: mask token if the tokenizer has one, else pad
+    replacement: str = "auto"  # removal rule: auto = mask for encoders (the paper), mean embedding for causal LMs (least saturated)
+    operators: list[str] = field(default_factory=lambda: list(OPERATORS))  # also evaluate under each (operators.csv); []: skip
+    operator_methods: list[str] = field(default_factory=lambda: ["normxlogit", "integrated_gradients", "grad_x_input",
+                                                                 "saliency", "random"])  # the headline methods; []: every method
     # AOPC removal ratios k over 10..90 %: every other one by default (each costs two forward passes
     # per method and layer); the paper presets use all nine (0.1, 0.2, ..., 0.9)
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    soft_normalised: bool = True  # Soft-NC / Soft-NS of Zhao & Aletras (divided by the fully perturbed input's drop)
+    cue_mass: str = "standardised"  # softmax over z-scored scores (scale-free), or softmax over raw scores (the paper)
     eval_batch_size: int = 256  # perturbed sequences per forward in the evaluator
     n_heatmaps: int = 2  # examples in each method's heatmap (one per task first); figures cost seconds
     seed: int = 0  # random baseline and soft-perturbation draws
@@ -55,16 +72,29 @@ class AttributeSettings:
             unknown = [t for t in tasks if t not in allowed]
             if unknown:
                 raise ValueError(f"attribute.{key} names unknown tasks {unknown}: use {list(allowed)}")
-        for method in self.methods:
+        for method in list(self.methods) + list(self.operator_methods):
             _check_choice("methods", method, METHODS)
+        for op in self.operators:
+            _check_choice("operators", op, OPERATORS)
         _check_choice("target", self.target, TARGETS)
         _check_choice("norm_source", self.norm_source, NORM_SOURCES)
+        _check_choice("scored_position", self.scored_position, SCORED_POSITIONS)
+        _check_choice("gradient_reduction", self.gradient_reduction, REDUCTIONS)
+        _check_choice("cue_mass", self.cue_mass, CUE_MASSES)
         _check_choice("ig_method", self.ig_method, IG_METHODS)
         _check_choice("ig_baseline", self.ig_baseline, BASELINES)
         _check_choice("replacement", self.replacement, REPLACEMENTS)
-        for key in ("n_examples", "batch_size", "max_length", "ig_steps", "ig_internal_batch_size", "eval_batch_size"):
+        for key in ("n_examples", "batch_size", "max_length", "ig_steps", "ig_max_steps", "ig_internal_batch_size",
+                    "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"attribute.{key}={getattr(self, key)} must be >= 1")
+        if self.ig_method == "adaptive" and self.ig_max_steps < self.ig_steps:
+            raise ValueError(f"attribute.ig_max_steps={self.ig_max_steps} is below ig_steps={self.ig_steps}: "
+                             f"the adaptive rule needs room for at least one sub-interval")
+        if not 0.0 < self.ig_tolerance < 1.0:
+            raise ValueError(f"attribute.ig_tolerance={self.ig_tolerance} must be a fraction in (0, 1)")
+        if self.ig_n_examples < 0:
+            raise ValueError(f"attribute.ig_n_examples={self.ig_n_examples} must be >= 0 (0 means every example)")
         if self.layerwise_max_layers < 0:
             raise ValueError(f"attribute.layerwise_max_layers={self.layerwise_max_layers} must be >= 0 (0 means every layer)")
         if self.n_heatmaps < 0:

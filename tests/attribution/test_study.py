@@ -39,6 +39,38 @@ def test_run_attribute_writes_one_folder_per_method(classifier_folder, data_root
     assert (tmp_path / "rank_agreement.csv").exists()
 
 
+def test_every_metric_has_its_interval_and_baselines(classifier_folder, data_root, tmp_path):
+    import pandas as pd
+
+    from interpipe.stats import is_interval_key
+
+    summary = run_attribute(SMALL, classifier_folder, data_root, tmp_path)
+    counts = ("n_examples", "n_examples_with_cues", "seconds", "seconds_per_example", "examples_per_second",
+              "relative_gap_max", "steps_mean", "steps_max", "converged_fraction", "win_rate_vs_random")
+    for method in METHODS:
+        metrics = json.loads((tmp_path / method / "metrics.json").read_text())
+        for key, value in metrics.items():
+            if not is_interval_key(key) and key.split("/")[-1] not in counts:
+                low, high = metrics[key + "_ci_low"], metrics[key + "_ci_high"]
+                assert low <= value <= high, (method, key)
+        if method != "random":
+            assert "vs_random/comprehensiveness_ci_low" in metrics
+        if method not in ("random", "integrated_gradients"):
+            assert "vs_ig/sufficiency_ci_high" in metrics
+    ig = json.loads((tmp_path / "integrated_gradients" / "metrics.json").read_text())
+    gaps = pd.read_csv(tmp_path / "integrated_gradients" / "completeness.csv")
+    assert ig["relative_gap_median"] == pytest.approx(gaps["relative_gap"].median())
+    assert {"relative_gap", "steps", "f_input", "f_baseline"} <= set(gaps.columns) and len(gaps) == 6
+    ops = pd.read_csv(tmp_path / "operators.csv")
+    assert set(ops["operator"]) == {"mask", "pad", "delete", "mean"} and ops["available"].all()
+    wins = pd.read_csv(tmp_path / "winrate.csv")
+    assert set(wins["method"]) == set(METHODS) - {"random"}
+    head = pd.read_csv(tmp_path / "headline.csv")
+    assert {"metric", "value", "ci_low", "ci_high", "baseline", "baseline_value"} <= set(head.columns)
+    assert (tmp_path / "headline_faithfulness.png").exists()
+    assert "normxlogit/by_pad/comprehensiveness_ci_low" in summary
+
+
 def test_every_attribution_preset_composes():
     from stages import schema
 

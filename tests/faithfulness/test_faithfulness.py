@@ -144,3 +144,60 @@ def test_shared_memo_changes_nothing():
         fresh, _ = evaluate(sm, batch, scores, batch.target_ids, RATIOS, "mask", MASK)
         assert shared == pytest.approx(fresh)
     assert memo
+
+
+def test_mean_operator_known_answer(setup):
+    """``mean``: each removed token becomes the mean embedding, whose cue coordinate is 1/8 (one cue row of 8)."""
+    from interpipe.faithfulness import replacement_token
+
+    sm, batch, perfect, _ = setup
+    rule, token = replacement_token(None, "mean")
+    m, _ = evaluate(sm, batch, perfect, batch.target_ids, RATIOS, rule, token, soft=False)
+    removed = [max(1, round(k * 10)) for k in RATIOS]  # the top n of ten eligible tokens, the cue first
+    p_mean = [1 / (1 + math.exp(-(4 * n / 8 - 0.5))) for n in removed]  # class-1 logit 4 × n/8 against 0.5
+    assert m["comprehensiveness"] == pytest.approx(sum(P_FULL - p for p in p_mean) / len(RATIOS), abs=1e-6)
+    p_kept = [1 / (1 + math.exp(-(4 * (1 + (10 - n) / 8) - 0.5))) for n in removed]  # the cue kept, the rest mean
+    assert m["sufficiency"] == pytest.approx(sum(P_FULL - p for p in p_kept) / len(RATIOS), abs=1e-6)
+
+
+def test_normalised_soft_scores_known_answers(setup):
+    """Soft-NC / Soft-NS: divided by the drop with every eligible embedding zeroed (P_FULL − P_GONE)."""
+    from interpipe.faithfulness import evaluate_examples
+
+    sm, batch, perfect, worst = setup
+    per, _ = evaluate_examples(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
+    assert per["soft_comprehensiveness"] == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert per["soft_sufficiency"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    per, _ = evaluate_examples(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
+    assert per["soft_comprehensiveness"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert per["soft_sufficiency"] == pytest.approx([1.0, 1.0], abs=1e-6)
+
+
+def test_standardised_cue_mass_is_scale_free(setup):
+    from interpipe.faithfulness import plausibility
+
+    _, batch, perfect, _ = setup
+    scores = torch.where(batch.cue_mask, 2.0, torch.linspace(0, 1, 11).expand(2, 11))
+    raw = [plausibility(scores * k, batch.eligible, batch.cue_mask, "softmax")["cue_mass"] for k in (1, 10)]
+    std = [plausibility(scores * k + 3, batch.eligible, batch.cue_mask, "standardised")["cue_mass"] for k in (1, 10)]
+    assert raw[0] != pytest.approx(raw[1], abs=1e-3)  # the paper's softmax mass depends on the scale
+    assert std[0] == pytest.approx(std[1], abs=1e-9)
+
+
+def test_win_table_and_paired_intervals():
+    """A method shifted by +0.1 against random on the same examples beats it; a copy does not."""
+    import numpy as np
+
+    from interpipe.attribution.uncertainty import comparisons, win_table
+
+    gen = np.random.default_rng(0)
+    rand = {"comprehensiveness": gen.uniform(0, 1, 40), "sufficiency": gen.uniform(0, 1, 40)}
+    better = {"comprehensiveness": rand["comprehensiveness"] + 0.1, "sufficiency": rand["sufficiency"] - 0.1}
+    same = {k: v.copy() for k, v in rand.items()}
+    rows = {(r["method"], r["metric"]): r for r in win_table({"random": rand, "better": better, "same": same})}
+    assert rows[("better", "comprehensiveness")]["better_than_random"]
+    assert rows[("better", "sufficiency")]["better_than_random"]
+    assert not rows[("same", "comprehensiveness")]["better_than_random"]
+    diffs = comparisons({"random": rand, "better": better}, "random", "vs_random")["better"]
+    assert diffs["vs_random/comprehensiveness"] == pytest.approx(0.1)
+    assert diffs["vs_random/comprehensiveness_ci_low"] == pytest.approx(0.1)  # a constant paired shift: no spread
