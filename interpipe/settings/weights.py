@@ -27,25 +27,31 @@ class TalkingHeadsSettings:
     receiver: Optional[str] = None  # "L.H" of the receiver (mover) head; None = the head attending most to the answer
     inhibition_components: int = 2  # top components per sender head removed for the data-based score (one forward each)
     max_senders: int = 0  # sender components scored on data (strongest weight-based Q-composition first); 0 = all
-    n_inhibition_prompts: int = 32  # held-out prompts the inhibition scores are measured on
+    n_inhibition_prompts: int = 32  # selection prompts the inhibition scores are measured on (the first ones)
     edit_candidates: int = 2  # components with the largest inhibition scores tried as edits
-    edit_scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 2.0, 3.0])  # scale grid of the edit
-    n_select: int = 64  # training-split prompts used to choose the edit (evaluation uses held-out ones)
-    extra_lengths: list[int] = field(default_factory=lambda: [7, 8])  # list lengths never trained on, generated here
-    n_per_extra_length: int = 16  # prompts generated per extra length
+    edit_scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 3.0])  # alpha grid; 1 = no edit (wins ties)
+    select_lengths: list[int] = field(default_factory=lambda: [6, 7, 8])  # failing lengths the receiver and edit are chosen at (the toy trains on 2-5)
+    n_select: int = 48  # selection prompts, spread over select_lengths (own generation seed)
+    test_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])  # held-out lengths accuracy is reported at
+    n_test_per_length: int = 32  # held-out prompts per length (another seed; no key shared with selection or training)
     batch_size: int = 64  # prompts per forward pass
 
     def __post_init__(self) -> None:
         _positive("talking_heads", n_components=self.n_components, top_channels=self.top_channels,
                   inhibition_components=self.inhibition_components,
                   n_inhibition_prompts=self.n_inhibition_prompts, edit_candidates=self.edit_candidates,
-                  n_select=self.n_select, batch_size=self.batch_size)
+                  n_select=self.n_select, n_test_per_length=self.n_test_per_length, batch_size=self.batch_size)
         if self.max_senders < 0:
             raise ValueError(f"weights.talking_heads.max_senders={self.max_senders} must be >= 0 (0 = all)")
         if not self.edit_scales or any(s < 0 for s in self.edit_scales):
             raise ValueError(f"weights.talking_heads.edit_scales={self.edit_scales} must be a non-empty list of scales >= 0")
-        if any(n < 2 for n in self.extra_lengths):
-            raise ValueError(f"weights.talking_heads.extra_lengths={self.extra_lengths}: list lengths must be >= 2")
+        if 1.0 not in self.edit_scales:
+            raise ValueError(f"weights.talking_heads.edit_scales={self.edit_scales} must contain 1.0 (no edit), so an edit "
+                             f"is applied only where it beats the unedited model")
+        for key in ("select_lengths", "test_lengths"):
+            lengths = getattr(self, key)
+            if not lengths or any(n < 2 for n in lengths):
+                raise ValueError(f"weights.talking_heads.{key}={lengths}: a non-empty list of list lengths >= 2")
         if self.receiver is not None:
             parts = str(self.receiver).split(".")
             if len(parts) != 2 or not all(p.isdigit() for p in parts):
@@ -56,13 +62,15 @@ class TalkingHeadsSettings:
 class BigramSettings:
     """Chang & Bergen 2025: continuous-sparsification masks trained toward bigram predictions."""
 
-    steps: int = 150  # mask-training steps (paper: up to 15k)
+    steps: int = 300  # cap on mask-training steps; training stops earlier once undecided_stop is reached (paper: 15k cap)
     batch_size: int = 16  # texts per step (paper: 32)
-    lr: float = 0.1  # Adam on mask logits; high so a few hundred steps decide (paper: 5e-5 over 15k)
-    l0_lambda: float = 1.0  # weight of the L0 term (sweep it: paper {0, 1, 10, 100, 500})
+    lr: float = 0.1  # AdamW on mask logits; high so a few hundred steps decide (paper: 5e-5 over 15k steps)
+    weight_decay: float = 0.01  # AdamW weight decay on the mask logits (the official value)
+    l0_lambda: float = 1.0  # weight of the L0 term (sweep it: experiment=sweep_bigram, paper {0, 1, 10, 100, 500})
     mask_init: float = 0.0  # initial mask logit; sigmoid(0) = 0.5 as in the paper
-    temperature_growth: float = 1.02  # beta *= this each step, ~20 after 150 steps (paper 1.001 over 15k steps)
-    smoothing: float = 0.01  # mass of the uniform distribution mixed into the bigram targets
+    temperature_growth: float = 1.02  # beta *= this each step (paper 1.001 per step over 15k: the same shape, compressed)
+    undecided_stop: float = 0.01  # stop once fewer than this fraction of entries has sigmoid(beta s) in [0.1, 0.9] (official 1 %)
+    prune_minimum: int = 2  # bigram pairs seen fewer times are pruned, their context backs off to unigrams (official 2)
     max_successors: int = 256  # successors kept per token in the bigram table (exact when >= vocab)
     max_train_texts: int = 0  # corpus texts used to count bigrams and train; 0 = all
     max_eval_texts: int = 256  # held-out corpus texts for surprisal and ablation; 0 = all
@@ -75,8 +83,11 @@ class BigramSettings:
             raise ValueError(f"weights.bigram.l0_lambda={self.l0_lambda} must be >= 0")
         if self.temperature_growth < 1:
             raise ValueError(f"weights.bigram.temperature_growth={self.temperature_growth} must be >= 1")
-        if not 0 <= self.smoothing < 1:
-            raise ValueError(f"weights.bigram.smoothing={self.smoothing} must be in [0, 1)")
+        if not 0 < self.undecided_stop < 1:
+            raise ValueError(f"weights.bigram.undecided_stop={self.undecided_stop} must be in (0, 1)")
+        if self.prune_minimum < 1 or self.weight_decay < 0:
+            raise ValueError(f"weights.bigram.prune_minimum={self.prune_minimum} must be >= 1 and "
+                             f"weights.bigram.weight_decay={self.weight_decay} >= 0")
 
 
 @dataclass
@@ -99,6 +110,8 @@ class LNFreeSettings:
     norms_per_step: int = 1  # norms frozen together at each freezing step (deep models: several per step)
     n_calibration: int = 256  # corpus texts whose real-token norm scales set the no-fine-tuning baseline
     tasks: Optional[list[str]] = None  # causal tasks evaluated before/after; None = every prepared one
+    first_token_scale: str = "auto"  # position 0 frozen on its own scale, merged over extra_steps: auto | always | never
+    first_token_outlier: float = 10.0  # auto turns it on when position 0's mean scale is this many times the others'
 
     def __post_init__(self) -> None:
         _positive("lnfree", gap=self.gap, batch_size=self.batch_size, lr=self.lr, big_eps=self.big_eps,
@@ -108,6 +121,11 @@ class LNFreeSettings:
             raise ValueError(f"weights.lnfree.max_tokens={self.max_tokens} must be 0 (whole texts) or >= 2")
         if self.start_step < 0 or self.extra_steps < 0:
             raise ValueError("weights.lnfree.start_step and weights.lnfree.extra_steps must be >= 0")
+        if self.first_token_scale not in ("auto", "always", "never"):
+            raise ValueError(f"weights.lnfree.first_token_scale={self.first_token_scale!r} must be auto, always or never")
+        if self.first_token_scale != "never" and self.extra_steps < 1:
+            raise ValueError("weights.lnfree.extra_steps must be >= 1 when first_token_scale is auto/always: the first "
+                             "position's scale is merged into the shared one over the extra steps")
         if self.scale_stat not in ("mean", "max"):
             raise ValueError(f"weights.lnfree.scale_stat={self.scale_stat!r} must be 'mean' or 'max'")
         from interpipe.data.prepare import CAUSAL_TASKS

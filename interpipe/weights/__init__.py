@@ -1,9 +1,10 @@
 """Weight-level studies: Talking Heads composition, bigram subnetworks, LayerNorm removal.
 
-- :mod:`interpipe.weights.composition` / :mod:`interpipe.weights.talking_heads` — Merullo et al.
-  2024 (arXiv 2406.09519);
+- :mod:`interpipe.weights.composition` / :mod:`interpipe.weights.talking_heads` (prompts and
+  hooked forwards in :mod:`interpipe.weights.laundry`) — Merullo et al. 2024 (arXiv 2406.09519);
 - :mod:`interpipe.weights.bigram_subnetwork` — Chang & Bergen 2025 (arXiv 2504.15471);
-- :mod:`interpipe.weights.layernorm_removal` — Baroni et al. 2025 (arXiv 2507.02559).
+- :mod:`interpipe.weights.layernorm_removal` (evaluation in :mod:`interpipe.weights.lnfree_eval`) —
+  Baroni et al. 2025 (arXiv 2507.02559).
 
 ``run_weights(settings, model_folder, data_root, out_dir)`` runs the study named by
 ``settings.study`` and writes its result into ``out_dir``.

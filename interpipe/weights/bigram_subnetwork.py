@@ -9,13 +9,21 @@ growing each step, on
 
     loss = CE(masked model's next-token distribution, bigram distribution) + lambda * L0 / n
 
-where the bigram distribution ``p(next | current token)`` is counted on the training corpus (mixed
-with ``smoothing`` of the uniform distribution) and ``L0 / n`` is the expected fraction of kept
-weights. The final subnetwork is the hard mask ``s > 0``.
+where the bigram distribution ``p(next | current token)`` is the official
+``ngram_predict_with_backoff`` target: bigram counts of the training corpus with pairs seen fewer
+than ``prune_minimum`` times pruned, and the unigram distribution for a current token with no
+bigram left (no uniform mixing). ``L0 / n`` is the expected fraction of kept weights. The
+optimiser is AdamW (weight decay 0.01, as the official code); ``beta`` grows by
+``temperature_growth`` per step and training stops once fewer than ``undecided_stop`` of the entries
+are undecided (``sigmoid(beta s)`` in [0.1, 0.9]) or after ``steps``. The final subnetwork is the
+hard mask ``s > 0``.
 
-Reported: fraction kept, correlation of the subnetwork's and the bigram model's surprisal on
-held-out text, mask density per matrix and layer (share in the first MLP), and the full model's
-loss with the subnetwork ablated against a random subnetwork of the same size.
+Reported: steps run, undecided fraction at stop, fraction kept, correlation of the subnetwork's and
+the bigram model's surprisal on held-out text (bootstrap 95 % interval over tokens) next to a random
+subnetwork of the same size, mask density per matrix and layer (share in the first MLP), and the
+full model's loss with the subnetwork ablated against the random subnetwork ablated. Surprisal of
+the bigram model needs every next token to have some probability: it mixes ``1e-3`` of the
+add-one unigram distribution into the target (:data:`SURPRISAL_FLOOR`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
@@ -64,56 +73,74 @@ def masked_logits(model, masks: dict[str, torch.Tensor], **inputs) -> torch.Tens
     return functional_call(model, params, args=(), kwargs=inputs).logits
 
 
+SURPRISAL_FLOOR = 1e-3  # add-one unigram mass mixed into the bigram model when its surprisal is evaluated
+UNDECIDED = (0.1, 0.9)  # a mask entry sigmoid(beta s) inside this range is undecided (official stop rule)
+
+
 @dataclass
 class BigramTable:
-    """Top-``K`` successors of every token: ids (V, K) and probabilities (V, K); ``seen`` (V,)."""
+    """Backoff bigram targets: top-``K`` successors of every token, ids (V, K) and probabilities
+    (V, K) after pruning rare pairs; ``has_bigram`` (V,) marks tokens with any successor left (the
+    others back off to ``unigram`` (V,)); ``unigram_add_one`` (V,) is positive everywhere."""
 
     succ_ids: torch.Tensor
     succ_p: torch.Tensor
-    seen: torch.Tensor
-    smoothing: float
+    has_bigram: torch.Tensor
+    unigram: torch.Tensor
+    unigram_add_one: torch.Tensor
 
     @classmethod
-    def count(cls, ids: torch.Tensor, mask: torch.Tensor, vocab: int, max_successors: int, smoothing: float) -> "BigramTable":
-        """Count bigrams over right-padded ``ids`` (batch, pos) with attention ``mask``."""
+    def count(cls, ids: torch.Tensor, mask: torch.Tensor, vocab: int, max_successors: int,
+              prune_minimum: int = 2) -> "BigramTable":
+        """Count bigrams over right-padded ``ids`` (batch, pos) with attention ``mask``; pairs seen
+        fewer than ``prune_minimum`` times are dropped (official ``prune_minimum=2``)."""
         valid = (mask[:, :-1] * mask[:, 1:]).bool()  # (batch, pos - 1)
         pairs = ids[:, :-1][valid] * vocab + ids[:, 1:][valid]  # (n_pairs,)
+        uni = torch.zeros(vocab).index_add_(0, ids[:, 1:][valid], torch.ones(int(valid.sum())))  # (V,) next-token counts
         keys, counts = torch.unique(pairs, return_counts=True)
+        keys, counts = keys[counts >= prune_minimum], counts[counts >= prune_minimum]
         prev, nxt = keys // vocab, keys % vocab
         k = min(max_successors, vocab)
         succ_ids = torch.zeros(vocab, k, dtype=torch.long)
         succ_c = torch.zeros(vocab, k)
-        totals = torch.zeros(vocab).index_add_(0, prev, counts.float())
-        order = torch.argsort(prev * (counts.max() + 1) - counts)  # by prev, then count descending
-        prev, nxt, counts = prev[order], nxt[order], counts[order]
-        starts = torch.searchsorted(prev, prev)  # first index of each prev
-        rank = torch.arange(len(prev)) - starts
-        keep = rank < k
-        succ_ids[prev[keep], rank[keep]] = nxt[keep]
-        succ_c[prev[keep], rank[keep]] = counts[keep].float()
-        succ_p = succ_c / totals.clamp(min=1)[:, None]
-        return cls(succ_ids, succ_p, totals > 0, smoothing)
+        if len(keys):
+            order = torch.argsort(prev * (counts.max() + 1) - counts)  # by prev, then count descending
+            prev, nxt, counts = prev[order], nxt[order], counts[order]
+            rank = torch.arange(len(prev)) - torch.searchsorted(prev, prev)  # rank within each prev
+            keep = rank < k
+            succ_ids[prev[keep], rank[keep]] = nxt[keep]
+            succ_c[prev[keep], rank[keep]] = counts[keep].float()
+        totals = succ_c.sum(-1)  # (V,) kept successors only: the kept rows renormalised
+        return cls(succ_ids, succ_c / totals.clamp(min=1)[:, None], totals > 0, uni / uni.sum().clamp(min=1),
+                   (uni + 1) / (uni.sum() + vocab))
 
     def to(self, device) -> "BigramTable":
-        return BigramTable(self.succ_ids.to(device), self.succ_p.to(device), self.seen.to(device), self.smoothing)
+        return BigramTable(*(t.to(device) for t in (self.succ_ids, self.succ_p, self.has_bigram, self.unigram,
+                                                      self.unigram_add_one)))
 
     def cross_entropy(self, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean CE between the model's distribution at each real position and the bigram target."""
+        """Mean CE between the model's distribution at each real position and the backoff target."""
         logq = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-        sid, sp = self.succ_ids[ids], self.succ_p[ids]  # (B, T, K)
-        sp = sp / sp.sum(-1, keepdim=True).clamp(min=1e-12)  # renormalise the kept successors
-        eps = torch.where(self.seen[ids], self.smoothing, 1.0)  # unseen tokens: uniform target
-        ce = -(1 - eps) * (sp * logq.gather(-1, sid)).sum(-1) - eps * logq.mean(-1)  # (B, T)
-        m = mask.bool()
-        return ce[m].mean()
+        bigram = -(self.succ_p[ids] * logq.gather(-1, self.succ_ids[ids])).sum(-1)  # (B, T)
+        unigram = -(logq * self.unigram).sum(-1)  # (B, T)
+        ce = torch.where(self.has_bigram[ids], bigram, unigram)  # (B, T)
+        return ce[mask.bool()].mean()
 
     def surprisal(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Bigram surprisal (nats) of every real next token, flattened like ``token_losses``."""
+        """Bigram-model surprisal (nats) of every real next token, flattened like ``token_losses``
+        (the backoff target with :data:`SURPRISAL_FLOOR` of the add-one unigram mixed in)."""
         prev, nxt = ids[:, :-1], ids[:, 1:]
-        p = (self.succ_p[prev] * (self.succ_ids[prev] == nxt[..., None])).sum(-1)  # (B, T-1)
-        eps = torch.where(self.seen[prev], self.smoothing, 1.0)
-        p = (1 - eps) * p + eps / self.succ_ids.shape[0]
+        p_bigram = (self.succ_p[prev] * (self.succ_ids[prev] == nxt[..., None])).sum(-1)  # (B, T-1)
+        p = torch.where(self.has_bigram[prev], p_bigram, self.unigram[nxt])
+        p = (1 - SURPRISAL_FLOOR) * p + SURPRISAL_FLOOR * self.unigram_add_one[nxt]
         return -torch.log(p)[mask[:, 1:].bool()]
+
+
+def undecided_fraction(soft: dict[str, torch.Tensor]) -> float:
+    """Fraction of soft-mask entries still undecided (inside :data:`UNDECIDED`)."""
+    lo, hi = UNDECIDED
+    n = sum(v.numel() for v in soft.values())
+    return float(sum(((v > lo) & (v < hi)).sum() for v in soft.values())) / n
 
 
 class BigramResult(StudyResult):
@@ -159,7 +186,7 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
     weights = maskable_weights(model)
     names = list(weights)
     logits_s = {n: torch.full_like(w, s.mask_init, dtype=torch.float32, requires_grad=True) for n, w in weights.items()}
-    opt = torch.optim.Adam(list(logits_s.values()), lr=s.lr)
+    opt = torch.optim.AdamW(list(logits_s.values()), lr=s.lr, weight_decay=s.weight_decay)
     n_total = sum(w.numel() for w in weights.values())
     key = fingerprint(asdict(s), seed, len(ids), n_total)
     start, curve = 0, []
@@ -186,8 +213,12 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
         opt.zero_grad()
         loss.backward()
         opt.step()
+        undecided = undecided_fraction({n: v.detach() for n, v in soft.items()})  # before this step's update
         curve.append({"step": step, "bigram_ce": ce.item(), "expected_density": density.item(), "beta": beta,
-                      "hard_density": float(sum((v > 0).sum() for v in logits_s.values()) / n_total)})
+                      "hard_density": float(sum((v > 0).sum() for v in logits_s.values()) / n_total),
+                      "undecided": undecided})
+        if undecided < s.undecided_stop:
+            break  # converged: the official stop rule
         if checkpoint_dir and ((step + 1) % s.checkpoint_every == 0) and step + 1 < s.steps:
             save_checkpoint(checkpoint_dir, {**{f"s/{n}": logits_s[n] for n in names}, **optimizer_tensors(opt, names)},
                             {"fingerprint": key, "step": step + 1, "curve": curve})
@@ -233,9 +264,9 @@ def run_bigram(loaded, data_root, s, seed: int = 0, batch_size: int = 64, out_di
                checkpoint_dir=None) -> BigramResult:
     """Train the bigram subnetwork of ``loaded`` on the prepared corpus and evaluate it."""
     import pandas as pd
-    from scipy import stats
 
     from interpipe.data import load_task
+    from interpipe.stats import bootstrap, to_metrics
     from interpipe.weights.common import encode_texts
 
     model, tok = loaded.model, loaded.tokenizer
@@ -246,7 +277,7 @@ def run_bigram(loaded, data_root, s, seed: int = 0, batch_size: int = 64, out_di
     ids, mask = encode_texts(tok, list(train), model)
     v_ids, v_mask = encode_texts(tok, list(valid), model)
     vocab = model.get_output_embeddings().weight.shape[0]
-    table = BigramTable.count(ids, mask, vocab, s.max_successors, s.smoothing)
+    table = BigramTable.count(ids, mask, vocab, s.max_successors, s.prune_minimum)
 
     masks, curve = train_masks(model, table, ids, mask, s, seed, Path(checkpoint_dir) if checkpoint_dir else None)
     bigram = table.surprisal(v_ids, v_mask)
@@ -254,19 +285,25 @@ def run_bigram(loaded, data_root, s, seed: int = 0, batch_size: int = 64, out_di
     sub = _eval(model, v_ids, v_mask, batch_size, masks)
     ablated = _eval(model, v_ids, v_mask, batch_size, {n: 1 - m for n, m in masks.items()})
     rand = random_masks_like(masks, seed)
+    rand_sub = _eval(model, v_ids, v_mask, batch_size, rand)
     rand_ablated = _eval(model, v_ids, v_mask, batch_size, {n: 1 - m for n, m in rand.items()})
     dens = density_frame(masks, model)
     n_masked, kept = int(dens["n"].sum()), int(dens["kept"].sum())
     first_mlp = int(dens[(dens["layer"] == 0) & (dens["kind"] == "mlp")]["kept"].sum())
     per_layer = dens.groupby("layer")[["n", "kept"]].sum()
     n_params = sum(p.numel() for p in model.parameters())
+    corr = {name: _correlation(x, bigram) for name, x in (("subnetwork", sub), ("random_subnetwork", rand_sub),
+                                                          ("full_model", full))}
+    undecided = curve[-1]["undecided"] if curve else float("nan")
     metrics = {
+        "steps_run": len(curve), "undecided_at_stop": undecided, "converged": int(undecided < s.undecided_stop),
         "fraction_kept": kept / n_masked, "fraction_kept_of_all_params": kept / n_params, "n_kept": kept,
         "n_masked": n_masked, "first_mlp_share": first_mlp / max(kept, 1),
-        "surprisal_corr_subnetwork": float(stats.pearsonr(sub, bigram).statistic),
-        "surprisal_corr_full_model": float(stats.pearsonr(full, bigram).statistic),
+        **{k: v for name, iv in corr.items() for k, v in to_metrics(f"surprisal_corr_{name}", iv).items()},
         "loss_full": float(full.mean()), "loss_subnetwork": float(sub.mean()), "loss_bigram_model": float(bigram.mean()),
-        "loss_ablate_subnetwork": float(ablated.mean()), "loss_ablate_random": float(rand_ablated.mean()),
+        "loss_random_subnetwork": float(rand_sub.mean()),
+        **to_metrics("loss_ablate_subnetwork", bootstrap(ablated.numpy())),
+        **to_metrics("loss_ablate_random", bootstrap(rand_ablated.numpy())),
         "final_bigram_ce": curve[-1]["bigram_ce"] if curve else float("nan"),
         **{f"density_layer{layer}": float(r.kept / r.n) for layer, r in per_layer.iterrows()},
     }
@@ -278,5 +315,37 @@ def run_bigram(loaded, data_root, s, seed: int = 0, batch_size: int = 64, out_di
             "n_eval_texts": len(valid)}
     if checkpoint_dir:
         remove_checkpoint(Path(checkpoint_dir))
-    return BigramResult(metrics, {"mask_density": dens, "training_curve": pd.DataFrame(curve),
-                                  "surprisal_sample": tokens}, {}, info)
+    return BigramResult(metrics, {"mask_density": dens, "training_curve": pd.DataFrame(curve), "surprisal_sample": tokens,
+                                  "headline": headline_frame(loaded.card.name, metrics, s.l0_lambda)}, {}, info)
+
+
+def _correlation(x: torch.Tensor, y: torch.Tensor):
+    """Pearson correlation of two token-surprisal vectors with a bootstrap interval over tokens
+    (at most 4000 tokens resampled, a fixed subsample, to keep the interval cheap)."""
+
+    from interpipe.stats import Interval, bootstrap
+
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:4000]
+    pearson = lambda a, b: float(np.corrcoef(a, b)[0, 1]) if np.ptp(a) > 0 and np.ptp(b) > 0 else float("nan")  # noqa: E731
+    iv = bootstrap(x[idx].numpy(), y[idx].numpy(), statistic=pearson, n_resamples=500)
+    return Interval(pearson(x.numpy(), y.numpy()), iv.low, iv.high, len(x))  # estimate on every token
+
+
+def headline_frame(model: str, metrics: dict, l0_lambda: float):
+    """The quoted numbers: the subnetwork's surprisal correlation (baseline: a random subnetwork of
+    the same size) and the loss with it ablated (baseline: the random one ablated)."""
+    import pandas as pd
+
+    method = f"bigram_subnetwork(lambda={l0_lambda:g})"
+    row = lambda metric, key, baseline, base_key, note: {  # noqa: E731
+        "model": model, "task": "corpus", "method": method, "metric": metric, "value": metrics[key],
+        "ci_low": metrics.get(key + "_ci_low", float("nan")), "ci_high": metrics.get(key + "_ci_high", float("nan")),
+        "baseline": baseline, "baseline_value": metrics[base_key], "note": note}
+    note = (f"{metrics['fraction_kept']:.4f} of masked weights kept; undecided {metrics['undecided_at_stop']:.4f} "
+            f"after {metrics['steps_run']} steps")
+    return pd.DataFrame([
+        row("surprisal_corr", "surprisal_corr_subnetwork", "random subnetwork, same size",
+            "surprisal_corr_random_subnetwork", note),
+        row("loss_ablated", "loss_ablate_subnetwork", "random subnetwork ablated", "loss_ablate_random",
+            f"full model loss {metrics['loss_full']:.3f}"),
+    ])

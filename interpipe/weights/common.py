@@ -150,23 +150,6 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
-def corpus_loss(model, tokenizer, texts: list[str], batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats per token) of ``model`` on ``texts`` (on the model's device).
-
-    Texts are batched by length (less padding); the mean over tokens does not depend on the order.
-    """
-    device = model_device(model)
-    texts = sorted(texts, key=len)
-    total, count = 0.0, 0
-    for i in range(0, len(texts), batch_size):
-        ids, mask = encode_texts(tokenizer, texts[i:i + batch_size], model)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        nll = token_losses(logits, ids.to(device), mask.to(device))
-        total, count = total + float(nll.sum()), count + nll.numel()
-    return total / max(count, 1)
-
-
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once what it reads has been seen."""
 

@@ -20,12 +20,17 @@ keeps its class, gets ``eps = big_eps`` (``sqrt(scale^2 + eps) ~ sqrt(eps)``, re
 ``scale^2 / (2 eps)``; Llama-style configs have one ``rms_norm_eps`` for every norm) and gain
 ``g sqrt(eps) / scale``.
 
-Choices here (the paper has more): ln_1 is not split into its Q/K and V uses; no special handling of
-the BOS position and no auxiliary loss. Reported: CE loss before/after on held-out text (next to a
-control fine-tuned the same steps with the norms kept) and on each task, and direct-logit-attribution
-exactness — the sum of component contributions against the logit, and each component's DLA against
-its true direct effect (logit change when its output is removed from the final residual stream with
-the final norm recomputed), which only the LN-free model makes equal.
+**First position.** Models with a massive activation at position 0 (SmolLM2: RMS ~970 there against
+~10 elsewhere; GPT-2's first token likewise) cannot share one frozen scale between position 0 and the
+rest. With ``first_token_scale`` ``always`` (``auto``: when position 0's mean scale is over
+``first_token_outlier`` times the others' at some norm, measured on the calibration texts) position 0
+keeps its own frozen scale (the official recipe's ``bos_std``) while the norms are frozen; over the
+``extra_steps`` it is blended geometrically into the shared scale and merged at the last step, since a
+stock norm has one scale. Without it, scales are averaged over every real token.
+
+Choices here (the paper has more): ln_1 is not split into its Q/K and V uses; no auxiliary loss.
+Evaluation (CE with paired intervals against the LN-kept control, DLA exactness and DLA agreement with
+the original) lives in :mod:`interpipe.weights.lnfree_eval`.
 """
 
 from __future__ import annotations
@@ -54,40 +59,78 @@ def norm_eps(norm: torch.nn.Module) -> float:
 class FrozenScaleNorm(torch.nn.Module):
     """A LayerNorm or RMSNorm whose per-token scale is tracked (moving average over real tokens) and
     can be frozen to that average. ``token_mask`` (batch, pos), set by :func:`set_token_mask`, marks
-    the real tokens of the next forward; without it every position counts."""
+    the real tokens of the next forward; without it every position counts.
+
+    With ``split_first`` the first position's scale is tracked and frozen on its own (``avg_first``;
+    the official recipe's BOS std) and ``avg_std`` covers the other positions; ``first_mix`` in [0, 1]
+    blends the frozen first-position scale geometrically into the shared one (1: merged), which is
+    how it is released before the model is saved. ``first_mean``/``rest_mean`` always accumulate the
+    mean scale at position 0 and elsewhere (tracked forwards), to detect an outlying first position."""
 
     def __init__(self, norm: torch.nn.Module, ema: float, kind: str = "layernorm", offset_one: bool = False,
-                 stat: str = "mean"):
+                 stat: str = "mean", split_first: bool = False):
         super().__init__()
         self.stat = stat  # "mean" or "max" of the real tokens' scales per forward
         self.weight, self.bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
         self.centre, self.offset_one, self.eps, self.ema = kind == "layernorm", offset_one, norm_eps(norm), ema
         self.__dict__["original"] = norm  # the HF module, restored by unwrap_to_lnfree (not a submodule)
         self.register_buffer("avg_std", torch.zeros(()))
+        self.register_buffer("avg_first", torch.zeros(()))
+        self.register_buffer("first_mix", torch.zeros(()))
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("split_first", torch.tensor(bool(split_first)))
         self.track = False  # update the moving average on each forward
         self.token_mask: torch.Tensor | None = None
+        self.first_mean, self.rest_mean = [], []
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             x = x * (self.weight + 1.0 if self.offset_one else self.weight)
         return x + self.bias if self.bias is not None else x
 
+    def frozen_scales(self) -> torch.Tensor:
+        """The frozen scale of position 0 and of the others, (2,)."""
+        if not bool(self.split_first):
+            return torch.stack([self.avg_std, self.avg_std])
+        first = self.avg_first ** (1 - self.first_mix) * self.avg_std ** self.first_mix  # geometric blend
+        return torch.stack([first, self.avg_std])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xc = x - x.mean(-1, keepdim=True) if self.centre else x  # (batch, pos, d_model)
         if bool(self.frozen):
-            return self._affine(xc / self.avg_std)
+            first, rest = self.frozen_scales()
+            if bool(self.split_first) and xc.shape[1] > 1:
+                return self._affine(torch.cat([xc[:, :1] / first, xc[:, 1:] / rest], dim=1))  # (batch, pos, d_model)
+            return self._affine(xc / (first if xc.shape[1] == 1 and bool(self.split_first) else rest))
         scale = (xc.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (batch, pos, 1)
         if self.track:
             self._update(scale[..., 0].detach())
         return self._affine((xc / scale).to(x.dtype))
 
+    def _reduce(self, real: torch.Tensor) -> torch.Tensor:
+        return real.max() if self.stat == "max" else real.mean()
+
+    def _ema(self, buffer: torch.Tensor, now: torch.Tensor) -> None:
+        buffer.copy_(now if float(buffer) == 0 else self.ema * buffer + (1 - self.ema) * now)
+
     @torch.no_grad()
     def _update(self, scale: torch.Tensor) -> None:  # scale: (batch, pos)
         mask = self.token_mask
-        real = scale[mask.to(scale.device)] if mask is not None and mask.shape == scale.shape else scale.flatten()
-        now = real.max() if self.stat == "max" else real.mean()
-        self.avg_std.copy_(now if float(self.avg_std) == 0 else self.ema * self.avg_std + (1 - self.ema) * now)
+        mask = mask.to(scale.device) if mask is not None and mask.shape == scale.shape else torch.ones_like(scale, dtype=torch.bool)
+        if scale.shape[1] > 1:
+            self.first_mean.append(float(scale[:, 0][mask[:, 0]].mean()))
+            self.rest_mean.append(float(scale[:, 1:][mask[:, 1:]].mean()))
+        if bool(self.split_first) and scale.shape[1] > 1:
+            self._ema(self.avg_first, self._reduce(scale[:, 0][mask[:, 0]]))
+            self._ema(self.avg_std, self._reduce(scale[:, 1:][mask[:, 1:]]))
+        else:
+            self._ema(self.avg_std, self._reduce(scale[mask]))
+
+    def first_ratio(self) -> float:
+        """Mean scale at position 0 over the mean scale elsewhere, over the tracked forwards (nan if none)."""
+        if not self.rest_mean:
+            return float("nan")
+        return float(sum(self.first_mean) / max(sum(self.rest_mean), 1e-12))
 
 
 FrozenStdLayerNorm = FrozenScaleNorm  # the LayerNorm case, by its earlier name
@@ -119,13 +162,15 @@ def layernorm_schedule(model) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def wrap_layernorms(model, names: list[str], ema: float, stat: str = "mean") -> dict[str, FrozenScaleNorm]:
-    """Replace the named norms by :class:`FrozenScaleNorm` (same parameters, scale statistic ``stat``), in place."""
+def wrap_layernorms(model, names: list[str], ema: float, stat: str = "mean",
+                    split_first: bool = False) -> dict[str, FrozenScaleNorm]:
+    """Replace the named norms by :class:`FrozenScaleNorm` (same parameters, scale statistic ``stat``,
+    first position's scale on its own with ``split_first``), in place."""
     spec = architecture(model, "lnfree")
     out = {}
     for name in names:
         parent, _, child = name.rpartition(".")
-        wrapped = FrozenScaleNorm(model.get_submodule(name), ema, spec.norm_kind, spec.norm_offset_one, stat)
+        wrapped = FrozenScaleNorm(model.get_submodule(name), ema, spec.norm_kind, spec.norm_offset_one, stat, split_first)
         setattr(model.get_submodule(parent), child, wrapped)
         out[name] = wrapped
     return out
@@ -138,6 +183,9 @@ def unwrap_to_lnfree(model, wrapped: dict[str, FrozenScaleNorm], big_eps: float)
     for name, norm in wrapped.items():
         if not bool(norm.frozen):
             raise ValueError(f"norm {name} was never frozen; lengthen the schedule")
+        if bool(norm.split_first) and float(norm.first_mix) < 1:
+            raise ValueError(f"norm {name} still has its own first-position scale (a stock norm has one scale); "
+                             f"release it first (first_mix = 1)")
     for name, norm in wrapped.items():
         plain, factor = norm.original, big_eps ** 0.5 / norm.avg_std
         if plain.weight is None:
@@ -170,14 +218,16 @@ def calibrate(model, wrapped: dict[str, FrozenScaleNorm], tokenizer, texts: list
 
 
 def finetune_lnfree(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, checkpoint_dir: Path | None = None,
-                    freeze: bool = True):
+                    freeze: bool = True, split_first: bool = False):
     """Fine-tune a copy of ``model`` while freezing its LNs on the schedule; returns
     (model with frozen wrappers, wrappers by name, curve rows, schedule rows). ``freeze=False`` is the
-    control: the same steps and batches with every LN left normalising."""
+    control: the same steps and batches with every LN left normalising. ``split_first``: the first
+    position keeps its own frozen scale until the extra steps, over which it is blended into the
+    shared one (merged at the last step), so the saved model needs one scale per norm."""
     model = copy.deepcopy(model)
     model.eval()  # no dropout; the wrappers track their std through ``track``
     names = layernorm_schedule(model)
-    wrapped = wrap_layernorms(model, names, s.ema, s.scale_stat)
+    wrapped = wrap_layernorms(model, names, s.ema, s.scale_stat, split_first and freeze)
     groups = [names[i:i + s.norms_per_step] for i in range(0, len(names), s.norms_per_step)]
     freeze_at = {s.start_step + k * s.gap: group for k, group in enumerate(groups)} if freeze else {}
     total = s.start_step + (len(groups) - 1) * s.gap + 1 + s.extra_steps
@@ -196,9 +246,13 @@ def finetune_lnfree(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, 
     for ln in wrapped.values():
         ln.track = True
     desc = "LayerNorm removal" if freeze else "fine-tune control (LN kept)"
+    last_freeze = max(freeze_at, default=0)
     for step in tqdm(range(start, total), desc=desc, initial=start, total=total):
         for name in freeze_at.get(step, ()):
             wrapped[name].frozen.fill_(True)
+        if step > last_freeze:  # extra steps: release the first position's own scale gradually
+            for ln in wrapped.values():
+                ln.first_mix.fill_((step - last_freeze) / s.extra_steps)
         idx = torch.randint(len(ids), (s.batch_size,), generator=batch_generator(seed, step))
         m = mask[idx]
         width = int(m.sum(1).max())
@@ -215,89 +269,12 @@ def finetune_lnfree(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, 
                             {"fingerprint": key, "step": step + 1, "curve": curve})
     for ln in wrapped.values():
         ln.track = False
+        ln.first_mix.fill_(1.0)  # released (a no-op without split_first)
     set_token_mask(wrapped, None)
     opt.zero_grad(set_to_none=True)  # free the gradients before the next copy is fine-tuned
     schedule = [{"step": step, "layernorm": name, "frozen_std": float(wrapped[name].avg_std)}
                 for step, group in sorted(freeze_at.items()) for name in group]
     return model, wrapped, curve, schedule
-
-
-def _component_paths(spec) -> list[str]:
-    """Modules whose outputs sum to the final residual stream: embeddings, every attention and MLP output."""
-    return [p for p in (spec.embed, spec.pos_embed) if p] + [p for b in spec.blocks for p in (b.attn_out, b.mlp_out)]
-
-
-def _final_position_reader(store: dict, path: str, last: torch.Tensor):
-    """A forward hook storing a module's output (batch, pos, d_model) at each row's ``last`` position."""
-    def hook(module, args, output):
-        out = (output[0] if isinstance(output, tuple) else output).float().cpu()  # (batch or 1, pos, d_model)
-        store[path] = out[0, last] if out.shape[0] == 1 else out[torch.arange(len(last)), last]
-    return hook
-
-
-def _unembedding(model, spec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``W_U`` (d_model, d_vocab) and ``b_U`` (d_vocab,) or None, from the HF unembedding module."""
-    from interpipe.weights.common import unembed_path
-
-    head = model.get_submodule(unembed_path(model, spec))
-    bias = getattr(head, "bias", None)
-    return head.weight.detach().float().cpu().T, (bias.detach().float().cpu() if bias is not None else None)
-
-
-@torch.inference_mode()
-def final_components(model, spec, ids: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final-position logits (batch, d_vocab) and the residual components (batch, comp, d_model) there
-    (forward hooks on the modules :func:`_component_paths` names)."""
-    from interpipe.weights.common import final_position_logits, hooked
-
-    store, paths = {}, _component_paths(spec)
-    with hooked(model, post={p: _final_position_reader(store, p, last) for p in paths}):
-        logits = final_position_logits(model, spec, ids, last).float().cpu()
-    return logits, torch.stack([store[p] for p in paths], dim=1)
-
-
-@torch.no_grad()
-def dla_exactness(model, tokenizer, folder, prompts: list[str], answers: list[str], batch_size: int = 64) -> dict:
-    """Direct logit attribution of the answer logit at the final position, checked two ways.
-
-    Components: the embeddings and every block's attention and MLP output (the outputs of the modules
-    the :class:`ArchSpec` names). With the final norm's per-token scale, ``sum_k DLA_k + b`` reproduces
-    the logit (``dla_sum_*``); the true direct effect of ``k`` (logit minus logit with ``k`` removed and
-    the norm recomputed) equals ``DLA_k`` only when the norm does not normalise (``dla_vs_direct_*``).
-    LayerNorm centres before scaling, RMSNorm does not. ``folder`` is unused (kept for callers).
-    """
-    from interpipe.models.tokens import answer_token_id, context_length, encode_prompts
-    from interpipe.weights.common import norm_gain
-
-    spec = architecture(model, "lnfree")
-    final = model.get_submodule(spec.final_norm)
-    gain, eps = norm_gain(model, spec, spec.final_norm), norm_eps(final)  # (d_model,)
-    bias = final.bias.detach().float().cpu() if getattr(final, "bias", None) is not None else torch.zeros(spec.d_model)
-    centre = (lambda r: r - r.mean(-1, keepdim=True)) if spec.norm_kind == "layernorm" else (lambda r: r)  # noqa: E731
-    W_U, b_U = _unembedding(model, spec)
-    sums, diffs, scale_dla = [], [], []
-    for i in range(0, len(prompts), batch_size):
-        ids, _, last = encode_prompts(tokenizer, prompts[i:i + batch_size], context_length(model))
-        target = torch.tensor([answer_token_id(tokenizer, a) for a in answers[i:i + batch_size]])
-        logits, comps = final_components(model, spec, ids, last)  # (batch, V), (batch, comp, d_model)
-        w = W_U[:, target].T * gain  # (batch, d_model)
-        const = (bias * W_U[:, target].T).sum(-1) + (b_U[target] if b_U is not None else 0.0)  # (batch,)
-
-        def logit_of(resid):  # resid (batch, ..., d_model) -> logit of the target
-            rc = centre(resid)
-            return (rc / (rc.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w.unsqueeze(-2)).sum(-1) + const[:, None]
-
-        resid = comps.sum(1, keepdim=True)  # (batch, 1, d_model)
-        scale = (centre(resid).pow(2).mean(-1, keepdim=True) + eps).sqrt()  # (batch, 1, 1)
-        dla = (centre(comps) / scale * w[:, None]).sum(-1)  # (batch, comp)
-        direct = logit_of(resid) - logit_of(resid - comps)  # (batch, comp)
-        sums.append((dla.sum(1) + const - logits[torch.arange(len(target)), target]).abs())
-        diffs.append((dla - direct).abs().flatten())
-        scale_dla.append(dla.abs().flatten())
-    sums, diffs, scale_dla = torch.cat(sums), torch.cat(diffs), torch.cat(scale_dla)
-    return {"dla_sum_max_abs": float(sums.max()), "dla_sum_mean_abs": float(sums.mean()),
-            "dla_vs_direct_mean_abs": float(diffs.mean()), "dla_vs_direct_max_abs": float(diffs.max()),
-            "dla_vs_direct_relative": float(diffs.mean() / scale_dla.mean().clamp(min=1e-12))}
 
 
 class LNFreeResult(StudyResult):
@@ -313,17 +290,20 @@ class LNFreeResult(StudyResult):
 
 def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: int = 64, out_dir=None,
                checkpoint_dir=None) -> LNFreeResult:
-    """Remove every norm of ``loaded`` by fine-tuning; save the LN-free folder; compare.
+    """Remove every norm of ``loaded`` by fine-tuning; save the LN-free folder; compare it, reloaded
+    with stock ``transformers``, with the original and the LN-kept control.
 
     Refuses unsupported architectures (naming the ``model_type``) before any work.
     """
     import tempfile
 
     import pandas as pd
+    from transformers import AutoModelForCausalLM
 
     from interpipe.data import load_task
-    from interpipe.models import LoadedModel, describe, load_model, save_model_folder
+    from interpipe.models import LoadedModel, describe, save_model_folder
     from interpipe.weights.common import encode_texts
+    from interpipe.weights.lnfree_eval import evaluate_models, headline_frame, task_list
 
     model, tok = loaded.model, loaded.tokenizer
     spec = lnfree_architecture(model)
@@ -336,12 +316,15 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
     if s.max_tokens:
         ids, mask = ids[:, : s.max_tokens], mask[:, : s.max_tokens]  # each text's first max_tokens tokens
 
-    # baseline without fine-tuning: every scale frozen at its average over real tokens of a few texts
-    naive = copy.deepcopy(model).eval()
-    calibrate(naive, wrap_layernorms(naive, layernorm_schedule(naive), s.ema, s.scale_stat), tok, list(train[: s.n_calibration]), batch_size)
+    # baseline without fine-tuning (every scale frozen at its real-token average), which also measures
+    # whether position 0's scale is an outlier (the first-token scale is then kept apart, setting "auto")
+    naive, ratio = calibrated_copy(model, tok, list(train[: s.n_calibration]), s, batch_size, split_first=True)
+    split = s.first_token_scale == "always" or (s.first_token_scale == "auto" and ratio > s.first_token_outlier)
+    if not split:
+        naive, _ = calibrated_copy(model, tok, list(train[: s.n_calibration]), s, batch_size, split_first=False)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    tuned, wrapped, curve, schedule = finetune_lnfree(model, ids, mask, s, seed, ckpt)
+    tuned, wrapped, curve, schedule = finetune_lnfree(model, ids, mask, s, seed, ckpt, split_first=split)
     control = None
     if s.control:
         control, _, control_curve, _ = finetune_lnfree(model, ids, mask, s, seed, ckpt / "control" if ckpt else None, freeze=False)
@@ -353,87 +336,30 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
                            "frozen_std": {r["layernorm"]: r["frozen_std"] for r in schedule}})
     target = Path(out_dir) / "model_lnfree" if out_dir is not None else Path(tempfile.mkdtemp(prefix="lnfree-"))
     save_model_folder(target, tuned, tok, card)
-    lnfree = load_model(target)  # evaluate what was saved
+    del tuned
+    stock = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()  # evaluate what was saved
 
-    models = [("original", loaded, model_folder), ("lnfree", lnfree, target)]
+    models = [("original", loaded), ("lnfree", LoadedModel(stock, tok, card))]
     if control is not None:
-        models.append(("control", LoadedModel(control, tok, loaded.card), model_folder))
-    metrics, tasks_frame, dla_rows = evaluate_models(models, data_root, tasks, valid, batch_size)
-    from interpipe.weights.common import corpus_loss
-
-    metrics["ce_frozen_no_finetune"] = corpus_loss(naive, tok, valid, batch_size)
-    metrics["ce_delta"] = metrics["ce_lnfree"] - metrics["ce_original"]
-    if control is not None:
-        metrics["ce_delta_vs_control"] = metrics["ce_lnfree"] - metrics["ce_control"]  # the cost of removing LN itself
+        models.append(("control", LoadedModel(control, tok, loaded.card)))
+    models.append(("frozen_no_finetune", LoadedModel(naive, tok, loaded.card)))
+    metrics, tables = evaluate_models(models, data_root, tasks, valid, batch_size)
+    metrics.update({"first_token_ratio": ratio, "first_token_scale_used": int(split)})
     info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "architecture": spec.to_dict(),
             "saved_model": target.name if out_dir is not None else str(target)}
     if ckpt:
         remove_checkpoint(ckpt / "control")
         remove_checkpoint(ckpt)
-    return LNFreeResult(metrics, {"training_curve": pd.DataFrame(curve), "schedule": pd.DataFrame(schedule),
-                                  "task_loss": tasks_frame, "dla_exactness": pd.DataFrame(dla_rows)}, {}, info)
+    tables.update({"training_curve": pd.DataFrame(curve), "schedule": pd.DataFrame(schedule),
+                   "headline": headline_frame(loaded.card.name, metrics)})
+    return LNFreeResult(metrics, tables, {}, info)
 
 
-def task_list(data_root, wanted: list[str] | None) -> list[str]:
-    """The causal tasks to evaluate: ``wanted`` (each must be prepared) or every prepared one."""
-    from interpipe.data import CAUSAL_TASKS
-
-    prepared = [t for t in CAUSAL_TASKS if (Path(data_root) / t).exists()]
-    if wanted is None:
-        return prepared
-    missing = [t for t in wanted if t not in prepared]
-    if missing:
-        raise ValueError(f"weights.lnfree.tasks={list(wanted)}: {missing} not prepared under {data_root} (have {prepared})")
-    return list(wanted)
-
-
-@torch.inference_mode()
-def task_metrics(lm, data_root, task: str, batch_size: int) -> dict[str, float]:
-    """Loss, accuracy and logit difference of a causal LM on ``task``'s test split, as
-    :func:`interpipe.evaluate.evaluate_task` defines them (only the final positions are unembedded)."""
-    from interpipe.data import load_task
-    from interpipe.evaluate import _scores
-    from interpipe.models.tokens import answer_token_id, context_length, encode_prompts
-    from interpipe.weights.common import final_position_logits
-
-    rows, tok, spec = load_task(data_root, task, "test"), lm.tokenizer, architecture(lm.model, "lnfree")
-    logits = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask, last = encode_prompts(tok, rows["prompt"][i:i + batch_size], context_length(lm.model))
-        logits.append(final_position_logits(lm.model, spec, ids, last, mask).float().cpu())  # (b, V)
-    ids_of = lambda words: torch.tensor([answer_token_id(tok, w) for w in words])  # noqa: E731
-    return _scores(torch.cat(logits), ids_of(rows["answer"]), ids_of(rows["foil"]))
-
-
-def evaluate_models(models, data_root, tasks: list[str], valid: list[str], batch_size: int):
-    """CE on held-out text, task loss/accuracy and (not for the control) DLA exactness of each
-    ``(name, loaded, folder)``; returns (metrics, task frame, DLA rows)."""
-    import pandas as pd
-
-    from interpipe.data import load_task
-    from interpipe.weights.common import corpus_loss
-
-    rows, dla_rows, metrics = [], [], {}
-    for name, lm, folder in models:
-        metrics[f"ce_{name}"] = corpus_loss(lm.model, lm.tokenizer, valid, batch_size)
-        prompts, answers = [], []
-        for task in tasks:
-            res = task_metrics(lm, data_root, task, batch_size)
-            rows.append({"model": name, "task": task, **res})
-            test = load_task(data_root, task, "test")
-            prompts += list(test["prompt"][:32])
-            answers += list(test["answer"][:32])
-        if name == "control" or not prompts:
-            continue
-        dla = dla_exactness(lm.model, lm.tokenizer, folder, prompts, answers, batch_size)
-        dla_rows.append({"model": name, **dla})
-        metrics.update({f"{k}_{name}": v for k, v in dla.items()})
-    frame = pd.DataFrame(rows)
-    for task in tasks:
-        sub = frame[frame["task"] == task].set_index("model")
-        metrics[f"{task}_loss_delta"] = float(sub.loc["lnfree", "loss"] - sub.loc["original", "loss"])
-        metrics[f"{task}_accuracy_original"] = float(sub.loc["original", "accuracy"])
-        metrics[f"{task}_accuracy_lnfree"] = float(sub.loc["lnfree", "accuracy"])
-        if "control" in sub.index:
-            metrics[f"{task}_accuracy_control"] = float(sub.loc["control", "accuracy"])
-    return metrics, frame, dla_rows
+def calibrated_copy(model, tokenizer, texts: list[str], s, batch_size: int, split_first: bool):
+    """A copy of ``model`` with every norm frozen at its real-token average over ``texts`` (no
+    fine-tuning), and the largest ratio over norms of position 0's mean scale to the others'."""
+    naive = copy.deepcopy(model).eval()
+    wrapped = wrap_layernorms(naive, layernorm_schedule(naive), s.ema, s.scale_stat, split_first)
+    calibrate(naive, wrapped, tokenizer, texts, batch_size)
+    ratios = [w.first_ratio() for w in wrapped.values()]
+    return naive, max((r for r in ratios if r == r), default=float("nan"))

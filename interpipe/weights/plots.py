@@ -58,14 +58,25 @@ def plot_talking_heads(result) -> dict:
     figs["inhibition_scatter"] = fig
 
     acc = result.tables["laundry_accuracy"]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for column, style in (("before", "o-"), ("weight_edit", "s--"), ("activation_edit", "x:")):
-        ax.plot(acc["n_items"], acc[column], style, label=column.replace("_", " "))
-    ax.set_xlabel("list length (items)"), ax.set_ylabel("accuracy"), ax.set_ylim(-0.02, 1.02)
-    m = result.metrics
-    ax.set_title(f"Laundry List; edit {result.info['edit']['sender']}#{m['edit_comp']} × {m['edit_alpha']:g}")
-    ax.legend()
-    figs["laundry_accuracy"] = fig
+    acc = acc[acc["group"].astype(str).str.startswith("len")]
+    n_items = acc["group"].str[3:].astype(int).to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for k, (column, style) in enumerate((("before", "o-"), ("weight_edit", "s--"), ("activation_edit", "x:"))):
+        y = acc[column].to_numpy()
+        err = np.stack([y - acc[f"{column}_ci_low"].to_numpy(), acc[f"{column}_ci_high"].to_numpy() - y])
+        ax.errorbar(n_items + (k - 1) * 0.08, y, yerr=err, fmt=style, capsize=3, label=column.replace("_", " "))
+    for n in result.info["settings"]["select_lengths"]:
+        ax.axvspan(n - 0.4, n + 0.4, color="tab:red", alpha=0.06, lw=0)
+    ax.set_xlabel("list length (items; shaded: failing lengths the edit was chosen at)")
+    ax.set_ylabel("held-out accuracy (95 % CI)"), ax.set_ylim(-0.02, 1.02)
+    m, e = result.metrics, result.info["edit"]
+    title = f"Laundry List; edit {e['sender']}#{m['edit_comp']} × {m['edit_alpha']:g} (receiver {e['receiver']})"
+    if "gain_failing_weight_edit" in m:
+        title += (f"\ngain at failing lengths {m['gain_failing_weight_edit']:+.3f} "
+                  f"[{m['gain_failing_weight_edit_ci_low']:+.3f}, {m['gain_failing_weight_edit_ci_high']:+.3f}]")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    figs["headline_laundry_accuracy"] = fig
     return figs
 
 
@@ -86,6 +97,8 @@ def plot_bigram(result) -> dict:
     ax2 = ax.twinx()
     ax2.plot(curve["step"], curve["expected_density"], color="tab:red", label="expected density")
     ax2.set_ylabel("expected mask density")
+    if "undecided" in curve:
+        ax2.plot(curve["step"], curve["undecided"], color="tab:green", label="undecided fraction")
     ax.set_title("mask training"), fig.legend(loc="upper right")
     figs["loss_curve"] = fig
 
@@ -96,8 +109,13 @@ def plot_bigram(result) -> dict:
         lim = float(max(tokens["bigram"].max(), tokens["subnetwork"].max()))
         ax.plot([0, lim], [0, lim], color="grey", lw=0.5)
         ax.set_xlabel("bigram surprisal"), ax.set_ylabel("subnetwork surprisal")
-        ax.set_title(f"r = {result.metrics['surprisal_corr_subnetwork']:.3f}")
-        figs["surprisal_scatter"] = fig
+        m = result.metrics
+        rand = m.get("surprisal_corr_random_subnetwork", float("nan"))
+        ax.set_title(f"r = {m['surprisal_corr_subnetwork']:.3f} [{m.get('surprisal_corr_subnetwork_ci_low', float('nan')):.3f}, "
+                     f"{m.get('surprisal_corr_subnetwork_ci_high', float('nan')):.3f}]; random subnetwork r = {rand:.3f}\n"
+                     f"{m['fraction_kept']:.4f} of masked weights kept, {m.get('undecided_at_stop', float('nan')):.4f} "
+                     f"undecided after {m.get('steps_run', '?')} steps", fontsize=8)
+        figs["headline_surprisal_scatter"] = fig
     return figs
 
 
@@ -123,4 +141,26 @@ def plot_lnfree(result) -> dict:
     ax.set_xticks(x, dla["model"]), ax.set_yscale("log"), ax.set_ylabel("logit units")
     ax.set_title("direct logit attribution exactness"), ax.legend(fontsize=7)
     figs["dla_exactness"] = fig
+
+    m = result.metrics
+    names = [n for n in ("original", "control", "lnfree", "frozen_no_finetune") if f"ce_{n}" in m]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    y = np.array([m[f"ce_{n}"] for n in names])
+    err = np.array([[m[f"ce_{n}"] - m[f"ce_{n}_ci_low"], m[f"ce_{n}_ci_high"] - m[f"ce_{n}"]] for n in names]).T
+    axes[0].bar(range(len(names)), y, yerr=err, capsize=4, color=["grey", "tab:blue", "tab:orange", "tab:red"][:len(names)])
+    axes[0].set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    axes[0].set_ylabel("held-out CE (nats/token, 95 % CI)")
+    if "ce_delta_vs_control" in m:
+        axes[0].set_title(f"LN-free − control: {m['ce_delta_vs_control']:+.3f} "
+                          f"[{m['ce_delta_vs_control_ci_low']:+.3f}, {m['ce_delta_vs_control_ci_high']:+.3f}]", fontsize=9)
+    agree = [n for n in ("lnfree", "control", "frozen_no_finetune") if f"dla_agreement_{n}" in m]
+    if agree:
+        y = np.array([m[f"dla_agreement_{n}"] for n in agree])
+        err = np.array([[m[f"dla_agreement_{n}"] - m[f"dla_agreement_{n}_ci_low"],
+                         m[f"dla_agreement_{n}_ci_high"] - m[f"dla_agreement_{n}"]] for n in agree]).T
+        axes[1].bar(range(len(agree)), y, yerr=err, capsize=4)
+        axes[1].set_xticks(range(len(agree)), agree, fontsize=8)
+        axes[1].set_ylim(min(0.0, float(y.min()) - 0.1), 1.05)
+    axes[1].set_ylabel("r(per-component DLA, original's)"), axes[1].set_title("DLA agreement with the original", fontsize=9)
+    figs["headline_lnfree"] = fig
     return figs

@@ -1,104 +1,67 @@
 """Talking Heads on the Laundry List task: inhibition from data and component edits.
 
 Merullo, Eickhoff & Pavlick 2024 (arXiv 2406.09519). Weight-based composition scores come from
-:mod:`interpipe.weights.composition`. On data:
+:mod:`interpipe.weights.composition`; prompts, batches and hooked forwards from
+:mod:`interpipe.weights.laundry`. On data:
 
+- **Where the model fails.** The receiver, the sender components and ``alpha`` are chosen on
+  *selection* prompts at the list lengths the model fails (``select_lengths``, generated with their
+  own seed); accuracy by length is reported on *held-out* prompts (another seed, no key shared with
+  the selection prompts or the training split), so a gain is not chosen and measured on the same
+  prompts. ``alpha = 1`` (no edit) is always a trial and wins ties: an edit is applied only when it
+  raises selection accuracy.
 - **Receiver.** The "mover" head: at the final position it attends most to the item left in the
   bag (unless ``receiver`` names one).
 - **Inhibition score** of a sender OV component ``i`` (writing direction ``v_i``): remove it from
   the sender's output (``head_out -= (head_out . v_i) v_i``) and measure how much the receiver's
-  attention from the final position to the *repeated* items (those taken out again) rises. A
-  positive score means the component keeps the receiver off the repeated items. It is reported
-  next to the weight-based Q-composition score of the same component, with their correlation.
+  attention from the final position to *every mention* of the repeated items (in the list and where
+  they are taken out) rises. Positive: the component keeps the receiver off the repeated items. The
+  first-mention-only score is listed beside it, and both next to the weight-based Q-composition.
 - **Edit.** Scale one sender component by ``alpha`` — as a weight edit
-  ``W_O[h] += (alpha - 1) (W_O[h] v) v^T`` (saved as a new model folder) and as an activation edit on
-  the per-head ``z`` that the output projection reads (``z_h += (alpha - 1)(z_h . W_O[h] v) c`` with
+  ``W_O[h] += (alpha - 1) (W_O[h] v) v^T`` (saved as a new model folder; its held-out accuracy is
+  measured on that folder reloaded with stock ``transformers``) and as an activation edit on the
+  per-head ``z`` that the output projection reads (``z_h += (alpha - 1)(z_h . W_O[h] v) c`` with
   ``c W_O[h] = v``; the two agree up to the all-ones direction, which every reader's LayerNorm
-  removes). The component and ``alpha`` are chosen on training-split prompts; accuracy against list
-  length is reported on held-out prompts before and after.
-
-**Forwards.** Per-head weights are read once through TransformerLens's bridge
-(:func:`interpipe.weights.common.folded_head_weights`); every data-based pass runs the plain HF model
-with hooks on the modules :func:`interpipe.models.arch.describe_architecture` names: a forward
-pre-hook on a block's attention output projection reads or edits the per-head ``z``, a forward hook
-on its attention module (eager attention) reads the pattern. Prompts are batched by length, only the
-final positions are unembedded, and the inhibition passes stop at the receiver's attention.
+  removes).
+- **Intervals.** Accuracy at each length gets a bootstrap 95 % interval over prompts
+  (:func:`interpipe.stats.bootstrap`); the gain at the failing lengths is a paired interval (the same
+  prompts before and after), ``gain_failing_real`` = 1 when it excludes 0 and is positive.
 
 The paper's prompt format and edit formula are not published; these are the choices made here.
 
 **Architectures** (asked of :func:`interpipe.models.arch.describe_architecture`; causal LMs only,
 others refused before any work). Grouped-query attention: query head ``h`` reads its group's key/value
 head ``kv_head_of(h)``, so scores, inhibition and edits are per *query* head (``n_heads`` per layer)
-and an edit of ``W_O[h]`` touches that head alone. RMSNorm: its gain is folded like LayerNorm's, but
-nothing is centred (see :mod:`interpipe.weights.common`). Rotary positions (GPT-NeoX, Llama, Qwen2):
-the real QK circuit between query position ``i`` and key position ``j`` is ``W_Q R_(j-i) W_K^T``
-(``R`` the rotation by the relative offset). The weight-based QK matrices here ignore the rotation,
-i.e. Q/K-composition scores describe the circuit at relative offset 0 (position-free); OV (V-)
-composition is unaffected because values are not rotated. The data-based inhibition scores and the
-edits are measured on real forwards, rotation included, so they need no such caveat.
+and an edit of ``W_O[h]`` touches that head alone (its KV head, shared with the group, is untouched).
+RMSNorm: its gain is folded like LayerNorm's, but nothing is centred (see
+:mod:`interpipe.weights.common`). Rotary positions (GPT-NeoX, Llama, Qwen2): the real QK circuit between
+query position ``i`` and key position ``j`` is ``W_Q R_(j-i) W_K^T`` (``R`` the rotation by the relative
+offset). The weight-based QK matrices here ignore the rotation, i.e. Q/K-composition scores describe
+the circuit at relative offset 0 (position-free); OV (V-) composition is unaffected because values are
+not rotated. The data-based inhibition scores and the edits are measured on real forwards, rotation
+included, so they need no such caveat.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interpipe.models.tokens import answer_token_id, context_length, encode_prompts
-from interpipe.weights.common import (StopForward, StudyResult, attention_implementation, attention_module,
-                                      final_position_logits, hooked, model_device, out_projection, z_hook)
+from interpipe.weights.common import StudyResult, out_projection
+from interpipe.weights.laundry import LaundryBatch, correct, laundry_forward, laundry_rows, run_laundry
 
-def _item_words() -> set[str]:
-    from interpipe.data import vocab
-
-    return set(vocab.OBJECTS)
-
-
-def laundry_positions(tokenizer, prompt: str, answer: str) -> tuple[int, list[int]]:
-    """Token positions of the kept item and of the repeated (taken-out) items in the list part.
-
-    Positions count the tokens of the prompt prefix before each word (so BPE and word-level
-    tokenizers both work; BOS included when the tokenizer adds it).
-    """
-    list_part = prompt.split(" . ", 1)[0]
-    rest = prompt[len(list_part):]
-    items = _item_words()
-    answer_pos, repeated, offset = None, [], 0
-    for word in list_part.split(" "):
-        if word in items:
-            pos = len(tokenizer(prompt[:offset].rstrip())["input_ids"]) if offset else 0
-            if word == answer:
-                answer_pos = pos
-            elif f" {word} " in f"{rest} ":
-                repeated.append(pos)
-        offset += len(word) + 1
-    if answer_pos is None or not repeated:
-        raise ValueError(f"not a Laundry List prompt (answer {answer!r} or repeated items not found): {prompt[:100]!r}")
-    return answer_pos, repeated
-
-
-class LaundryBatch:
-    """Encoded Laundry List prompts with answer ids and the item positions."""
-
-    def __init__(self, tokenizer, model, rows: list[dict]):
-        self.rows = rows
-        self.ids, _, self.last = encode_prompts(tokenizer, [r["prompt"] for r in rows], context_length(model))
-        self.answers = torch.tensor([answer_token_id(tokenizer, r["answer"]) for r in rows])
-        self.lengths = torch.tensor([int(r["n_items"]) for r in rows])
-        pos = [laundry_positions(tokenizer, r["prompt"], r["answer"]) for r in rows]
-        self.answer_pos = torch.tensor([p[0] for p in pos])
-        self.repeated = torch.zeros_like(self.ids, dtype=torch.bool)  # (batch, pos)
-        for i, (_, rep) in enumerate(pos):
-            self.repeated[i, rep] = True
+VARIANTS = ("before", "activation_edit", "weight_edit")
 
 
 def scale_component_hook(alpha: float, head: int, read: torch.Tensor, write: torch.Tensor):
     """An edit of the per-head ``z`` (batch, pos, head, d_head) scaling one OV component of ``head`` by
-    ``alpha`` (0 removes it); :func:`laundry_forward` applies it at the output projection's input."""
+    ``alpha`` (0 removes it); :func:`~interpipe.weights.laundry.laundry_forward` applies it at the
+    output projection's input."""
     def hook(z):  # z: (batch, pos, head, d_head)
         r, w = read.to(z.device, z.dtype), write.to(z.device, z.dtype)
         zh = z[:, :, head]  # (batch, pos, d_head)
@@ -112,7 +75,7 @@ def edit_vectors(weights, components, layer: int, head: int, comp: int) -> tuple
     """``read = W_O[h] v`` and ``write = c`` with ``c W_O[h] = v`` (centred ``W_O``), both (d_head,)."""
     v = components.ov_out[layer, head, comp]  # (d_model,)
     w_o = weights.W_O[layer, head]  # (d_head, d_model)
-    write = torch.linalg.lstsq(w_o.T, v[:, None]).solution[:, 0]  # (d_head,)
+    write = v @ torch.linalg.pinv(w_o)  # (d_head,): minimum-norm c with c W_O = v (also for rank-deficient W_O)
     return w_o @ v, write
 
 
@@ -130,107 +93,6 @@ def apply_weight_edit(model, spec, components, layer: int, head: int, comp: int,
         weight[rows] += delta.to(weight.dtype)
     else:
         weight[:, rows] += delta.T.to(weight.dtype)
-
-
-def _chunks(batch: LaundryBatch, batch_size: int) -> list[torch.Tensor]:
-    """Row indices in chunks of ``batch_size`` prompts of similar length (less padding per forward)."""
-    order = torch.argsort(batch.last, stable=True)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _pattern_hook(store: dict, layer: int, read, stop: bool):
-    """A forward hook on an attention module storing ``read(pattern)``; ``stop`` ends the forward there."""
-    def hook(module, args, output):
-        pattern = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-        if pattern is None or pattern.dim() != 4:
-            raise RuntimeError(f"{type(module).__name__} returned no attention weights; it needs eager attention")
-        store[layer] = read(pattern.float().cpu())  # pattern: (batch, head, q_pos, k_pos)
-        if stop:
-            raise StopForward
-    return hook
-
-
-@torch.inference_mode()
-def laundry_forward(model, spec, batch: LaundryBatch, batch_size: int, edits=(), readers=None, logits: bool = True):
-    """One pass of the HF ``model`` over ``batch`` in length-sorted chunks.
-
-    Args:
-        edits: ``(layer, edit)`` pairs, ``edit(z) -> z`` on the per-head ``z`` (batch, pos, head, d_head)
-            that ``layer``'s output projection reads.
-        readers: ``{layer: read(pattern, rows)}`` reading ``layer``'s attention pattern (eager attention)
-            for the batch rows ``rows`` of the chunk.
-        logits: ``False`` stops every forward after the last read layer's attention.
-
-    Returns (final-position logits (batch, d_vocab) or None, ``{layer: reads (batch, ...)}``), in row order.
-    """
-    readers, chunks = readers or {}, _chunks(batch, batch_size)
-    stop = None if logits or not readers else max(readers)
-    pre = {spec.blocks[layer].attn_out: z_hook(spec, edit) for layer, edit in edits}
-    out, reads = [], {layer: [] for layer in readers}
-    with attention_implementation(model, "eager" if readers else model.config._attn_implementation):
-        for rows in chunks:
-            store = {}
-            post = {attention_module(spec, layer): _pattern_hook(store, layer, lambda p, fn=fn, rows=rows: fn(p, rows), layer == stop)
-                    for layer, fn in readers.items()}
-            with hooked(model, pre=pre, post=post):
-                out.append(_chunk_logits(model, spec, batch.ids[rows], batch.last[rows], logits))
-            for layer in readers:
-                reads[layer].append(store[layer])
-    inverse = torch.argsort(torch.cat(chunks))
-    return (torch.cat(out)[inverse] if logits else None), {layer: torch.cat(r)[inverse] for layer, r in reads.items()}
-
-
-def _chunk_logits(model, spec, ids: torch.Tensor, last: torch.Tensor, logits: bool) -> torch.Tensor | None:
-    if logits:
-        return final_position_logits(model, spec, ids, last).float().cpu()  # (b, V)
-    try:
-        model(input_ids=ids[:, :int(last.max()) + 1].to(model_device(model)))
-    except StopForward:
-        pass
-    return None
-
-
-def run_laundry(model, spec, batch: LaundryBatch, batch_size: int, edits=(), receiver: tuple[int, int] | None = None,
-                logits: bool = True):
-    """Final-position logits (batch, d_vocab) (None with ``logits=False``: each forward stops at the
-    receiver's attention) and, with ``receiver``, its attention from the final position (batch, k_pos)."""
-    if receiver is None:
-        return laundry_forward(model, spec, batch, batch_size, edits)[0], None
-    layer, head = receiver
-    width = batch.ids.shape[1]
-
-    def read(p, rows):  # p: (b, head, q_pos, k_pos) of the chunk, k_pos cut to the chunk's longest prompt
-        attn = p[torch.arange(len(rows)), head, batch.last[rows]]  # (b, k_pos)
-        return torch.nn.functional.pad(attn, (0, width - attn.shape[1]))
-
-    out, reads = laundry_forward(model, spec, batch, batch_size, edits, {layer: read}, logits)
-    return out, reads[layer]
-
-
-def hf_final_logits(model, batch: LaundryBatch, batch_size: int) -> torch.Tensor:
-    """Final-position logits (batch, d_vocab) of a plain HF model, without edits."""
-    from interpipe.models.arch import describe_architecture
-
-    return run_laundry(model, describe_architecture(model), batch, batch_size)[0]
-
-
-def accuracy_by_length(logits: torch.Tensor, batch: LaundryBatch) -> dict[int, float]:
-    correct = (logits.argmax(-1) == batch.answers).float()
-    return {int(n): float(correct[batch.lengths == n].mean()) for n in batch.lengths.unique()}
-
-
-def generated_rows(lengths: list[int], n_per_length: int, seed: int, max_len: int | None, tokenizer) -> list[dict]:
-    """Laundry List prompts of lengths never trained on, from the prepare stage's generator."""
-    from interpipe.data import tasks
-
-    rng, rows = random.Random(f"{seed}-talking-heads-lengths"), []
-    for n in lengths:
-        for _ in range(n_per_length):
-            row = tasks.laundry_list(rng, n_items=n)
-            if max_len is not None and len(tokenizer(row["prompt"])["input_ids"]) > max_len:
-                break  # too long for this model's context: drop the length
-            rows.append(row)
-    return rows
 
 
 class TalkingHeadsResult(StudyResult):
@@ -256,26 +118,35 @@ def sender_jobs(weights, components, receiver: tuple[int, int], n_comp: int, max
     return jobs
 
 
+def attention_to(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The receiver's final-position attention (batch, k_pos) summed over the positions in ``mask``
+    (batch, pos): (batch,)."""
+    return (attn * mask[:, :attn.shape[1]]).sum(-1)
+
+
 def inhibition_scores(model, spec, weights, components, batch: LaundryBatch, receiver: tuple[int, int],
                       n_comp: int, batch_size: int, max_senders: int = 0):
-    """Data-based inhibition of sender components (layers before the receiver) on the receiver
-    (every forward stops at the receiver's attention)."""
+    """Data-based inhibition of sender components (layers before the receiver) on the receiver:
+    the rise of its attention to every mention of the repeated items when the component is removed
+    (every forward stops at the receiver's attention). Returns (DataFrame, most inhibiting first;
+    clean attention (batch, k_pos))."""
     import pandas as pd
 
     from interpipe.weights.composition import receiver_composition
 
     _, clean = run_laundry(model, spec, batch, batch_size, receiver=receiver, logits=False)
-    base_rep = (clean * batch.repeated[:, :clean.shape[1]]).sum(-1)  # (batch,)
+    base_all, base_first = attention_to(clean, batch.repeated), attention_to(clean, batch.repeated_first)
     wq = {m: receiver_composition(weights, components, m, receiver) for m in "QKV"}  # (layer, head, comp)
-    rows = []
+    rows, arange = [], torch.arange(len(clean))
     for layer, head, comp in tqdm(sender_jobs(weights, components, receiver, n_comp, max_senders), desc="inhibition scores"):
         read, write = edit_vectors(weights, components, layer, head, comp)
         edit = (layer, scale_component_hook(0.0, head, read, write))
         _, attn = run_laundry(model, spec, batch, batch_size, edits=[edit], receiver=receiver, logits=False)
-        rep = (attn * batch.repeated[:, :attn.shape[1]]).sum(-1)
-        ans = attn[torch.arange(len(attn)), batch.answer_pos] - clean[torch.arange(len(clean)), batch.answer_pos]
+        ans = attn[arange, batch.answer_pos] - clean[arange, batch.answer_pos]
         rows.append({"sender": f"{layer}.{head}", "comp": comp, "singular_value": float(components.ov_s[layer, head, comp]),
-                     "inhibition": float((rep - base_rep).mean()), "delta_attn_answer": float(ans.mean()),
+                     "inhibition": float((attention_to(attn, batch.repeated) - base_all).mean()),
+                     "inhibition_first_mention": float((attention_to(attn, batch.repeated_first) - base_first).mean()),
+                     "delta_attn_answer": float(ans.mean()),
                      **{f"{m}_composition": float(wq[m][layer, head, comp]) for m in "QKV"}})
     return pd.DataFrame(rows).sort_values("inhibition", ascending=False).reset_index(drop=True), clean
 
@@ -295,36 +166,59 @@ def pick_receiver(model, spec, batch: LaundryBatch, batch_size: int) -> tuple[tu
 
 def choose_edit(model, spec, weights, comps, inhibition, select: LaundryBatch, base_logits: torch.Tensor, scales,
                 n_candidates: int, batch_size: int):
-    """Try each scale on the ``n_candidates`` most inhibiting components (training-split prompts,
-    ``base_logits`` their logits without an edit); returns the trials (DataFrame, best first) and the
-    selection accuracy without an edit."""
+    """Try each scale on the ``n_candidates`` most inhibiting components (selection prompts,
+    ``base_logits`` their logits without an edit). ``alpha = 1`` needs no forward (it is the
+    unedited model). Returns the trials (DataFrame, best first: highest selection accuracy, then
+    ``alpha = 1``, then the smallest change ``|log alpha|``) and the selection accuracy without an edit."""
     import pandas as pd
 
-    base_acc = float((base_logits.argmax(-1) == select.answers).float().mean())
+    base_acc = float(correct(base_logits, select).mean())
     trials = []
-    for _, row in inhibition.head(n_candidates).iterrows():
+    jobs = [(row, alpha) for _, row in inhibition.head(n_candidates).iterrows() for alpha in scales]
+    for row, alpha in tqdm(jobs, desc="edit trials"):
         layer, head = (int(x) for x in row["sender"].split("."))
         read, write = edit_vectors(weights, comps, layer, head, int(row["comp"]))
-        for alpha in scales:
+        if alpha == 1.0:
+            acc = base_acc
+        else:
             logits, _ = run_laundry(model, spec, select, batch_size, edits=[(layer, scale_component_hook(alpha, head, read, write))])
-            trials.append({"sender": row["sender"], "comp": int(row["comp"]), "alpha": float(alpha),
-                           "select_accuracy": float((logits.argmax(-1) == select.answers).float().mean())})
-    trials = pd.DataFrame(trials).sort_values("select_accuracy", ascending=False, kind="stable").reset_index(drop=True)
-    return trials, base_acc
+            acc = float(correct(logits, select).mean())
+        trials.append({"sender": row["sender"], "comp": int(row["comp"]), "alpha": float(alpha), "select_accuracy": acc})
+    trials = pd.DataFrame(trials)
+    change = np.abs(np.log(np.maximum(trials["alpha"].to_numpy(), 1e-3)))  # alpha = 0 ranks as the largest change
+    trials = trials.assign(_no_edit=(trials["alpha"] != 1.0).astype(int), _change=change)
+    trials = trials.sort_values(["select_accuracy", "_no_edit", "_change"], ascending=[False, True, True], kind="stable")
+    return trials.drop(columns=["_no_edit", "_change"]).reset_index(drop=True), base_acc
+
+
+def evaluation_prompts(data_root, s, seed: int, max_len: int, tokenizer) -> tuple[list[dict], list[dict]]:
+    """(selection rows at ``s.select_lengths``, held-out rows at ``s.test_lengths``): two generation
+    seeds; held-out keys are disjoint from the selection prompts and from the prepared training split."""
+    from interpipe.data import load_task
+
+    trained = set(load_task(data_root, "laundry_list", "train")["key"])
+    per = -(-s.n_select // len(s.select_lengths))  # ceil: the selection prompts spread over the lengths
+    select = laundry_rows(s.select_lengths, per, f"{seed}-talking-heads-select", set(), max_len, tokenizer)
+    select = sorted(select, key=lambda r: [x["key"] for x in select if x["n_items"] == r["n_items"]].index(r["key"]))
+    select = select[: s.n_select]  # interleaved by length, so the first prompts (the inhibition probe) mix lengths
+    test = laundry_rows(s.test_lengths, s.n_test_per_length, f"{seed}-talking-heads-test",
+                        trained | {r["key"] for r in select}, max_len, tokenizer)
+    if not select or not test:
+        raise ValueError(f"weights.talking_heads: no Laundry List prompt of lengths {s.select_lengths} / {s.test_lengths} "
+                         f"fits the model's context of {max_len} tokens; choose shorter lengths")
+    return select, test
 
 
 def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, settings, seed: int = 0,
                       batch_size: int = 64, out_dir: str | Path | None = None) -> TalkingHeadsResult:
-    """The whole Talking Heads study on one model; with ``out_dir``, also saves the edited model.
+    """The whole Talking Heads study on one model; with ``out_dir``, also saves the edited model and
+    measures its held-out accuracy on that folder reloaded with stock ``transformers``.
 
     Refuses non-causal and undescribed families (naming the ``model_type``) before any work.
     """
-    import copy
-
     import pandas as pd
 
-    from interpipe.data import load_task
-    from interpipe.models import describe, save_model_folder
+    from interpipe.models.tokens import context_length
     from interpipe.weights.common import architecture, boot_bridge, folded_head_weights
     from interpipe.weights.composition import head_components, head_pair_frame, top_channels
 
@@ -337,19 +231,17 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
         receiver = tuple(int(x) for x in s.receiver.split("."))
         if not 1 <= receiver[0] < spec.n_layers or not 0 <= receiver[1] < spec.n_heads:
             raise ValueError(f"weights.talking_heads.receiver={s.receiver!r} is not a head of layers 1..{spec.n_layers - 1}")
+    select_rows, test_rows = evaluation_prompts(data_root, s, seed, context_length(model), tok)
     weights = folded_head_weights(boot_bridge(model, tok, model_folder), model, spec)  # the bridge is freed here
     comps = head_components(weights, s.n_components)
     channels, pairs = top_channels(comps, s.top_channels), head_pair_frame(comps)
 
-    test_rows = list(load_task(data_root, "laundry_list", "test"))
-    test_rows += generated_rows(s.extra_lengths, s.n_per_extra_length, seed, context_length(model), tok)
-    test = LaundryBatch(tok, model, test_rows)
-    select = LaundryBatch(tok, model, list(load_task(data_root, "laundry_list", "train"))[: s.n_select])
+    select, test = LaundryBatch(tok, model, select_rows), LaundryBatch(tok, model, test_rows)
     if s.receiver:
         select_logits = run_laundry(model, spec, select, batch_size)[0]
     else:
         receiver, select_logits = pick_receiver(model, spec, select, batch_size)
-    probe = LaundryBatch(tok, model, test_rows[: s.n_inhibition_prompts])
+    probe = LaundryBatch(tok, model, select_rows[: s.n_inhibition_prompts])
     inhibition, _ = inhibition_scores(model, spec, weights, comps, probe, receiver,
                                       min(s.inhibition_components, s.n_components), batch_size, s.max_senders)
     trials, base_acc = choose_edit(model, spec, weights, comps, inhibition, select, select_logits, s.edit_scales,
@@ -357,53 +249,130 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
     chosen = trials.iloc[0]
     layer, head = (int(x) for x in chosen["sender"].split("."))
     comp, alpha = int(chosen["comp"]), float(chosen["alpha"])
-
-    # held-out accuracy: before, activation edit, weight edit (a copy saved as a model folder)
-    before = run_laundry(model, spec, test, batch_size)[0]
-    read, write = edit_vectors(weights, comps, layer, head, comp)
-    act, _ = run_laundry(model, spec, test, batch_size, edits=[(layer, scale_component_hook(alpha, head, read, write))])
-    edited = copy.deepcopy(model)
-    apply_weight_edit(edited, spec, comps, layer, head, comp, alpha)
-    wed = run_laundry(edited, spec, test, batch_size)[0]
-    acc = {name: accuracy_by_length(lg, test) for name, lg in (("before", before), ("activation_edit", act), ("weight_edit", wed))}
-    table = pd.DataFrame([{"n_items": n, "n": int((test.lengths == n).sum()), **{k: acc[k][n] for k in acc}}
-                          for n in sorted(acc["before"])])
     edit = {"sender": f"{layer}.{head}", "comp": comp, "alpha": alpha, "receiver": f"{receiver[0]}.{receiver[1]}"}
-    if out_dir is not None:
-        card = describe(edited, f"{loaded.card.name}-talking-heads-edit", str(model_folder), loaded.card.kind,
-                        extra={"edit": edit, "base_model": loaded.card.name})
-        save_model_folder(Path(out_dir) / "model_edited", edited, tok, card)
 
+    logits = held_out_logits(loaded, model_folder, spec, weights, comps, test, edit, batch_size, out_dir)
+    table, acc_metrics = accuracy_table(test, logits, s.select_lengths)
     metrics = {
         "receiver_layer": receiver[0], "receiver_head": receiver[1], "edit_sender_layer": layer,
-        "edit_sender_head": head, "edit_comp": comp, "edit_alpha": alpha,
+        "edit_sender_head": head, "edit_comp": comp, "edit_alpha": alpha, "edit_applied": int(alpha != 1.0),
         "select_accuracy_before": base_acc, "select_accuracy_after": float(chosen["select_accuracy"]),
-        "edit_improves_selection": int(float(chosen["select_accuracy"]) > base_acc),  # 0: no tried edit helps
-        **summary_metrics(channels, inhibition, weights, test, before, act, wed, acc),
+        "n_select": len(select_rows), "n_test": len(test_rows),
+        **acc_metrics, **summary_metrics(channels, inhibition, weights, logits),
     }
     tensors = {"ov_out": comps.ov_out, "ov_s": comps.ov_s, "qk_s": comps.qk_s, "ov_in": comps.ov_in,
                "qk_q": comps.qk_q, "qk_k": comps.qk_k}
     info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "edit": edit, "architecture": spec.to_dict(),
             "top_channel": " ".join(str(channels[c].iloc[0]) for c in ("mode", "sender", "sender_comp", "receiver", "receiver_comp"))}
-    return TalkingHeadsResult(metrics, {"top_channels": channels, "head_composition": pairs, "inhibition": inhibition,
-                                        "edit_trials": trials, "laundry_accuracy": table}, tensors, info)
+    tables = {"top_channels": channels, "head_composition": pairs, "inhibition": inhibition, "edit_trials": trials,
+              "laundry_accuracy": table, "headline": headline_frame(loaded.card.name, metrics, s.select_lengths)}
+    return TalkingHeadsResult(metrics, tables, tensors, info)
 
 
-def summary_metrics(channels, inhibition, weights, test: LaundryBatch, before, act, wed, acc) -> dict:
-    """Headline numbers: top channel, inhibition, held-out accuracy (all and by length), edit agreement."""
+def held_out_logits(loaded, model_folder, spec, weights, comps, test: LaundryBatch, edit: dict, batch_size: int,
+                    out_dir) -> dict[str, torch.Tensor]:
+    """Final-position logits (batch, d_vocab) on the held-out prompts: before, with the activation edit,
+    and with the weight edit — the latter from the saved folder reloaded with stock
+    ``AutoModelForCausalLM.from_pretrained`` when ``out_dir`` is given (else from the edited copy)."""
+    import copy
+
+    from interpipe.models import describe, save_model_folder
+
+    model = loaded.model
+    layer, head = (int(x) for x in edit["sender"].split("."))
+    comp, alpha = edit["comp"], edit["alpha"]
+    before = run_laundry(model, spec, test, batch_size)[0]
+    if alpha == 1.0:  # no edit won the selection: both edits are the identity
+        act = before
+    else:
+        read, write = edit_vectors(weights, comps, layer, head, comp)
+        act = run_laundry(model, spec, test, batch_size, edits=[(layer, scale_component_hook(alpha, head, read, write))])[0]
+    edited = copy.deepcopy(model)
+    apply_weight_edit(edited, spec, comps, layer, head, comp, alpha)
+    if out_dir is not None:
+        folder = Path(out_dir) / "model_edited"
+        card = describe(edited, f"{loaded.card.name}-talking-heads-edit", str(model_folder), loaded.card.kind,
+                        extra={"edit": edit, "base_model": loaded.card.name})
+        save_model_folder(folder, edited, loaded.tokenizer, card)
+        del edited
+        edited = load_stock(folder)
+    weight = before if alpha == 1.0 and out_dir is None else run_laundry(edited, spec, test, batch_size)[0]
+    return {"before": before, "activation_edit": act, "weight_edit": weight}
+
+
+def load_stock(folder):
+    """A model folder loaded with plain ``transformers`` (no interpipe loader), float32, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def accuracy_table(test: LaundryBatch, logits: dict[str, torch.Tensor], failing: list[int]):
+    """Held-out accuracy by length for every variant with bootstrap intervals over prompts, and the
+    paired gain of each edit over ``before`` at each length and pooled over the ``failing`` lengths.
+    Returns (tidy DataFrame, flat metrics)."""
+    import pandas as pd
+
+    from interpipe.stats import bootstrap, to_metrics
+
+    paired = lambda a, b: float(np.mean(a - b))  # noqa: E731
+    ok = {k: correct(v, test).numpy() for k, v in logits.items()}  # (batch,) each
+    lengths = test.lengths.numpy()
+    groups = [(f"len{n}", lengths == n) for n in sorted(set(lengths.tolist()))]
+    groups += [("all", np.ones_like(lengths, dtype=bool)), ("failing", np.isin(lengths, failing))]
+    rows, metrics = [], {}
+    for name, sel in groups:
+        if not sel.any():
+            continue
+        row = {"group": name, "n": int(sel.sum())}
+        for k in VARIANTS:
+            iv = bootstrap(ok[k][sel])
+            metrics.update(to_metrics(f"accuracy_{name}_{k}", iv))
+            row.update({k: iv.estimate, f"{k}_ci_low": iv.low, f"{k}_ci_high": iv.high})
+        for k in VARIANTS[1:]:
+            iv = bootstrap(ok[k][sel], ok["before"][sel], statistic=paired)
+            metrics.update(to_metrics(f"gain_{name}_{k}", iv))
+            row.update({f"gain_{k}": iv.estimate, f"gain_{k}_ci_low": iv.low, f"gain_{k}_ci_high": iv.high})
+        rows.append(row)
+    if "gain_failing_weight_edit" in metrics:
+        metrics["gain_failing_real"] = int(metrics["gain_failing_weight_edit_ci_low"] > 0)  # paired interval above 0
+    return pd.DataFrame(rows), metrics
+
+
+def headline_frame(model: str, metrics: dict, failing: list[int]):
+    """The quoted numbers: held-out accuracy at the failing lengths after the weight edit (baseline:
+    the unedited model), the paired gain there (baseline 0), and accuracy over all lengths."""
+    import pandas as pd
+
+    rows = []
+    for group in ("failing", "all"):
+        for variant in VARIANTS[1:]:
+            key = f"accuracy_{group}_{variant}"
+            if key in metrics:
+                rows.append({"model": model, "task": "laundry_list", "method": variant, "metric": f"accuracy_{group}",
+                             "value": metrics[key], "ci_low": metrics[key + "_ci_low"], "ci_high": metrics[key + "_ci_high"],
+                             "baseline": "unedited model", "baseline_value": metrics[f"accuracy_{group}_before"],
+                             "note": f"failing lengths {list(failing)}" if group == "failing" else "every held-out length"})
+        key = f"gain_{group}_weight_edit"
+        if key in metrics:
+            rows.append({"model": model, "task": "laundry_list", "method": "weight_edit", "metric": f"gain_{group}",
+                         "value": metrics[key], "ci_low": metrics[key + "_ci_low"], "ci_high": metrics[key + "_ci_high"],
+                         "baseline": "no change", "baseline_value": 0.0, "note": "paired over the same held-out prompts"})
+    return pd.DataFrame(rows)
+
+
+def summary_metrics(channels, inhibition, weights, logits: dict) -> dict:
+    """Top channel against its random baseline, inhibition, weight vs activation edit agreement."""
     from scipy import stats
 
     from interpipe.weights.composition import random_baseline
 
-    all_correct = lambda lg: float((lg.argmax(-1) == test.answers).float().mean())  # noqa: E731
     metrics = {
         "top_channel_score": float(channels["score"].iloc[0]),
         "random_pair_baseline": random_baseline(weights.W_O.shape[-1]),
         "inhibition_top": float(inhibition["inhibition"].iloc[0]),
-        "accuracy_before": all_correct(before), "accuracy_weight_edit": all_correct(wed),
-        "accuracy_activation_edit": all_correct(act),
-        "edit_max_logit_gap": float((wed - act).abs().max()),  # weight vs activation edit (should be ~0)
-        **{f"accuracy_len{n}_{k}": acc[k][n] for k in acc for n in acc[k]},
+        "inhibition_top_first_mention": float(inhibition["inhibition_first_mention"].iloc[0]),
+        "edit_max_logit_gap": float((logits["weight_edit"] - logits["activation_edit"]).abs().max()),  # ~0 expected
     }
     if len(inhibition) >= 2:
         r_q = stats.pearsonr(inhibition["Q_composition"], inhibition["inhibition"])

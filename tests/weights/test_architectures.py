@@ -118,8 +118,8 @@ def test_weight_edit_equals_activation_edit_and_reloads(family, loaded_archs, ar
     from interpipe.models import describe, save_model_folder
     from interpipe.weights.common import boot_bridge, folded_head_weights
     from interpipe.weights.composition import head_components
-    from interpipe.weights.talking_heads import (LaundryBatch, apply_weight_edit, edit_vectors, hf_final_logits,
-                                                 run_laundry, scale_component_hook)
+    from interpipe.weights.laundry import LaundryBatch, hf_final_logits, run_laundry
+    from interpipe.weights.talking_heads import apply_weight_edit, edit_vectors, scale_component_hook
 
     loaded = loaded_archs[family]
     spec = describe_architecture(loaded.model)
@@ -148,8 +148,8 @@ def test_lnfree_folder_loads_stock_and_matches_frozen(family, loaded_archs, arch
     from transformers import AutoModelForCausalLM
 
     from interpipe.models import describe, save_model_folder
-    from interpipe.weights.layernorm_removal import (calibrate, dla_exactness, layernorm_schedule, unwrap_to_lnfree,
-                                                     wrap_layernorms)
+    from interpipe.weights.layernorm_removal import calibrate, layernorm_schedule, unwrap_to_lnfree, wrap_layernorms
+    from interpipe.weights.lnfree_eval import dla_exactness
 
     loaded = loaded_archs[family]
     spec = describe_architecture(loaded.model)

@@ -1,4 +1,4 @@
-"""Bigram subnetworks: all-ones masks equal the base model; counts; masks round-trip; resume."""
+"""Bigram subnetworks: all-ones masks equal the base model; backoff targets; the undecided stop; masks round-trip; resume."""
 
 from __future__ import annotations
 
@@ -24,22 +24,44 @@ def test_all_ones_masks_equal_base_model(tiny_loaded):
     assert all(".h." in n for n in names) and not any("wte" in n or "lm_head" in n or "ln" in n for n in names)
 
 
-def test_bigram_counts_and_cross_entropy_match_hand_computation():
-    ids = torch.tensor([[0, 1, 2, 1, 3], [0, 1, 2, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    table = BigramTable.count(ids, mask, vocab=4, max_successors=4, smoothing=0.0)
-    # successors of 1: 2 (twice) and 3 (once); of 0: 1 (twice)
+def test_backoff_targets_match_hand_computation():
+    """Official target: pairs seen once are pruned; a context with no pair left backs off to the
+    unigram distribution of next tokens (no uniform mixing)."""
+    from interpipe.weights.bigram_subnetwork import SURPRISAL_FLOOR
+
+    ids = torch.tensor([[0, 1, 2, 1, 3, 0, 1, 2], [0, 1, 2, 0, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0, 0]])
+    table = BigramTable.count(ids, mask, vocab=4, max_successors=4, prune_minimum=2)
+    # pairs: 0->1 x3, 1->2 x3, 2->1 x1, 1->3 x1, 3->0 x1: only 0->1 and 1->2 survive
     p1 = {int(i): float(p) for i, p in zip(table.succ_ids[1], table.succ_p[1]) if p > 0}
-    assert p1 == pytest.approx({2: 2 / 3, 3: 1 / 3}) and bool(table.seen[0]) and not bool(table.seen[3])
-    logits = torch.randn(2, 5, 4)
+    assert p1 == pytest.approx({2: 1.0}) and table.has_bigram.tolist() == [True, True, False, False]
+    next_tokens = [1, 2, 1, 3, 0, 1, 2, 1, 2]  # every real next token
+    unigram = torch.tensor([next_tokens.count(v) / len(next_tokens) for v in range(4)])
+    torch.testing.assert_close(table.unigram, unigram)
+    logits = torch.randn(2, 8, 4)
     logq = torch.log_softmax(logits, -1)
-    dense = torch.zeros(4, 4)
-    dense[0, 1], dense[1, 2], dense[1, 3], dense[2, 1] = 1.0, 2 / 3, 1 / 3, 1.0
-    dense[3] = 0.25  # unseen token: uniform target
+    dense = torch.stack([torch.tensor([0.0, 1, 0, 0]), torch.tensor([0.0, 0, 1, 0]), unigram, unigram])  # (V, V)
     expected = -(dense[ids] * logq).sum(-1)[mask.bool()].mean()
     assert float(table.cross_entropy(logits, ids, mask)) == pytest.approx(float(expected), rel=1e-6)
     s = table.surprisal(ids, mask)
-    assert float(s[1]) == pytest.approx(-math.log(2 / 3), rel=1e-6)  # 1 -> 2
+    add_one = (torch.tensor([next_tokens.count(v) for v in range(4)]) + 1) / (len(next_tokens) + 4)
+    p_1to2 = (1 - SURPRISAL_FLOOR) * 1.0 + SURPRISAL_FLOOR * float(add_one[2])
+    p_2to1 = (1 - SURPRISAL_FLOOR) * float(unigram[1]) + SURPRISAL_FLOOR * float(add_one[1])  # backoff
+    assert float(s[1]) == pytest.approx(-math.log(p_1to2), rel=1e-6) and float(s[2]) == pytest.approx(-math.log(p_2to1), rel=1e-6)
+
+
+def test_training_stops_when_decided(tiny_loaded):
+    """A large lr and fast temperature growth decide every entry: training stops before the step
+    cap with fewer than undecided_stop entries undecided, and the curve reports it."""
+    from interpipe.weights.bigram_subnetwork import undecided_fraction
+
+    ids = torch.randint(3, tiny_loaded.model.config.vocab_size, (12, 8))
+    mask = torch.ones_like(ids)
+    table = BigramTable.count(ids, mask, tiny_loaded.model.config.vocab_size, 8, 1)
+    s = BigramSettings(steps=200, batch_size=4, lr=0.5, temperature_growth=1.3, undecided_stop=0.01)
+    _, curve = train_masks(tiny_loaded.model, table, ids, mask, s, seed=0)
+    assert len(curve) < 200 and curve[-1]["undecided"] < 0.01 <= curve[0]["undecided"]
+    assert undecided_fraction({"a": torch.tensor([0.05, 0.5, 0.95, 0.2])}) == 0.5
 
 
 def test_masks_round_trip_and_random_size(tiny_loaded, tmp_path):
@@ -61,8 +83,8 @@ def test_masks_round_trip_and_random_size(tiny_loaded, tmp_path):
 def test_training_resumes_from_checkpoint(tiny_loaded, tmp_path, monkeypatch):
     ids = torch.randint(3, tiny_loaded.model.config.vocab_size, (12, 8))
     mask = torch.ones_like(ids)
-    table = BigramTable.count(ids, mask, tiny_loaded.model.config.vocab_size, 8, 0.01)
-    s = BigramSettings(steps=4, batch_size=4, checkpoint_every=2)
+    table = BigramTable.count(ids, mask, tiny_loaded.model.config.vocab_size, 8, 1)
+    s = BigramSettings(steps=4, batch_size=4, checkpoint_every=2, undecided_stop=1e-9)  # runs all 4 steps
     straight, _ = train_masks(tiny_loaded.model, table, ids, mask, s, seed=0)
     calls = {"n": 0}
     original = BigramTable.cross_entropy
@@ -86,7 +108,8 @@ def test_training_resumes_from_checkpoint(tiny_loaded, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kwargs, key", [({"l0_lambda": -1}, "l0_lambda"), ({"steps": 0}, "steps"),
                                          ({"temperature_growth": 0.5}, "temperature_growth"),
-                                         ({"smoothing": 1.0}, "smoothing")])
+                                         ({"undecided_stop": 0.0}, "undecided_stop"),
+                                         ({"prune_minimum": 0}, "prune_minimum")])
 def test_bad_settings(kwargs, key):
     with pytest.raises(ValueError, match=f"weights.bigram.{key}"):
         BigramSettings(**kwargs)

@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from interpipe.weights.layernorm_removal import (FrozenStdLayerNorm, dla_exactness, layernorm_schedule,
-                                                 unwrap_to_lnfree, wrap_layernorms)
+from interpipe.weights.layernorm_removal import (FrozenStdLayerNorm, layernorm_schedule, unwrap_to_lnfree,
+                                                 wrap_layernorms)
+from interpipe.weights.lnfree_eval import dla_exactness
 from interpipe.settings.weights import LNFreeSettings
 
 PROMPTS = ["The bag has a cup , a key and a box . I took out the cup and the box and kept the"] * 2
@@ -32,13 +33,13 @@ def test_schedule_order(tiny_loaded):
 def lnfree_folder(tiny_loaded, tmp_path_factory):
     """The tiny toy with every LN frozen at its average std (no fine-tuning), saved and reloaded."""
     from interpipe.models import describe, load_model, save_model_folder
-    from interpipe.weights.common import corpus_loss
+    from interpipe.weights.lnfree_eval import text_losses
 
     model = copy.deepcopy(tiny_loaded.model)
     wrapped = wrap_layernorms(model, layernorm_schedule(model), 0.9)
     for ln in wrapped.values():
         ln.track = True
-    corpus_loss(model, tiny_loaded.tokenizer, PROMPTS)
+    text_losses(model, tiny_loaded.tokenizer, PROMPTS)
     for ln in wrapped.values():
         ln.track = False
         ln.frozen.fill_(True)
@@ -100,3 +101,47 @@ def test_max_scale_statistic_ignores_padding():
     assert float(wrapper.avg_std) == pytest.approx(float(std[mask].max()), rel=1e-5)
     with pytest.raises(ValueError, match="weights.lnfree.scale_stat"):
         LNFreeSettings(scale_stat="median")
+
+
+def test_first_position_keeps_its_own_scale_until_merged():
+    """With split_first, position 0's frozen scale is its own (padding ignored); first_mix = 1 merges
+    it into the shared scale; a norm not yet merged refuses to be saved."""
+    from interpipe.weights.layernorm_removal import FrozenScaleNorm, set_token_mask
+
+    ln = torch.nn.LayerNorm(8)
+    wrapper = FrozenScaleNorm(ln, ema=0.0, split_first=True)
+    x = torch.randn(2, 5, 8)
+    x[:, 0] *= 100  # a massive first position
+    x[1, 4] *= 1000  # padding
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 4] = False
+    wrapper.track = True
+    set_token_mask({"n": wrapper}, mask)
+    wrapper(x)
+    xc = x - x.mean(-1, keepdim=True)
+    std = (xc.pow(2).mean(-1) + 1e-5).sqrt()  # (batch, pos)
+    assert float(wrapper.avg_first) == pytest.approx(float(std[:, 0].mean()), rel=1e-5)
+    assert float(wrapper.avg_std) == pytest.approx(float(std[:, 1:][mask[:, 1:]].mean()), rel=1e-5)
+    assert wrapper.first_ratio() > 50
+    wrapper.track = False
+    wrapper.frozen.fill_(True)
+    out = wrapper(x)
+    torch.testing.assert_close(out[:, 0], xc[:, 0] / wrapper.avg_first)
+    torch.testing.assert_close(out[:, 1:], xc[:, 1:] / wrapper.avg_std)
+    model = torch.nn.Sequential()
+    model.add_module("norm", wrapper)
+    with pytest.raises(ValueError, match="first-position scale"):
+        unwrap_to_lnfree(model, {"norm": wrapper}, 1e12)
+    wrapper.first_mix.fill_(1.0)
+    torch.testing.assert_close(wrapper(x), xc / wrapper.avg_std)
+
+
+def test_dla_agreement_known_answers():
+    """Same attributions: r = 1; sign-flipped: r = -1; unrelated: near 0."""
+    from interpipe.weights.lnfree_eval import dla_agreement
+
+    a = torch.randn(40, 7)
+    out = dla_agreement({"original": a, "same": a.clone(), "flipped": -a, "other": torch.randn(40, 7)})
+    assert out["dla_agreement_same"] == pytest.approx(1.0) and out["dla_agreement_flipped"] == pytest.approx(-1.0)
+    assert abs(out["dla_agreement_other"]) < 0.3
+    assert out["dla_agreement_other_ci_low"] < out["dla_agreement_other"] < out["dla_agreement_other_ci_high"]

@@ -36,13 +36,15 @@ def test_paper_presets_compose(preset):
 @pytest.mark.slow
 @pytest.mark.parametrize("study", ["talking_heads", "bigram", "lnfree"])
 def test_study_writes_outputs(study, tiny_toy_folder, data_root, tmp_path):
+    import pandas as pd
+
     from interpipe.weights import BigramSettings, LNFreeSettings, TalkingHeadsSettings, WeightsSettings, run_weights
 
     settings = WeightsSettings(
         study=study, batch_size=16,
         talking_heads=TalkingHeadsSettings(n_components=2, inhibition_components=1, n_inhibition_prompts=4,
-                                           edit_candidates=1, edit_scales=[0.0, 2.0], n_select=8,
-                                           extra_lengths=[6], n_per_extra_length=2),
+                                           edit_candidates=1, edit_scales=[0.0, 1.0, 2.0], select_lengths=[5, 6],
+                                           n_select=8, test_lengths=[2, 6], n_test_per_length=4),
         bigram=BigramSettings(steps=6, batch_size=4, max_eval_texts=16),
         lnfree=LNFreeSettings(start_step=1, gap=1, extra_steps=2, batch_size=4, max_eval_texts=16))
     metrics = run_weights(settings, tiny_toy_folder, data_root, tmp_path, checkpoint_dir=tmp_path / "ckpt")
@@ -50,6 +52,23 @@ def test_study_writes_outputs(study, tiny_toy_folder, data_root, tmp_path):
     if study == "talking_heads":
         assert (tmp_path / "model_edited" / "card.json").exists() and metrics["edit_max_logit_gap"] < 1e-3
     elif study == "bigram":
-        assert (tmp_path / "masks.safetensors").exists() and 0 <= metrics["fraction_kept"] <= 1
+        assert (tmp_path / "masks.safetensors").exists() and metrics["steps_run"] <= 6
+        curve = pd.read_csv(tmp_path / "training_curve.csv")
+        assert metrics["undecided_at_stop"] == pytest.approx(curve["undecided"].iloc[-1])
+        assert "surprisal_corr_random_subnetwork_ci_low" in metrics
     else:
         assert (tmp_path / "model_lnfree" / "card.json").exists() and metrics["dla_vs_direct_max_abs_lnfree"] < 1e-3
+        from transformers import AutoModelForCausalLM
+
+        from interpipe.data import load_task
+        from interpipe.models import load_model
+        from interpipe.weights.lnfree_eval import text_losses
+
+        stock = AutoModelForCausalLM.from_pretrained(tmp_path / "model_lnfree").eval()
+        valid = list(load_task(data_root, "corpus", "validation")["text"])[:16]
+        nll, count = text_losses(stock, load_model(tiny_toy_folder).tokenizer, valid, 8)
+        assert nll.sum() / count.sum() == pytest.approx(metrics["ce_lnfree"], rel=1e-5)  # the stock folder is what was scored
+        assert metrics["ce_delta_vs_control_ci_low"] <= metrics["ce_delta_vs_control"] <= metrics["ce_delta_vs_control_ci_high"]
+        assert -1 <= metrics["dla_agreement_lnfree"] <= 1 and "dla_agreement_control" in metrics
+    headline = pd.read_csv(tmp_path / "headline.csv")
+    assert {"metric", "value", "ci_low", "ci_high", "baseline", "baseline_value"} <= set(headline.columns) and len(headline)
