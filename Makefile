@@ -24,7 +24,9 @@ install: $(DEV_STAMP)
 
 run: $(STAMP)
 	@test -d .dvc || $(BIN)/dvc init -q --no-scm
-	PATH="$(CURDIR)/$(BIN):$$PATH" INTERPIPE_GROUP=repro-$$(date -u +%Y%m%d-%H%M%S) $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" INTERPIPE_GROUP=repro-$$(date -u +%Y%m%d-%H%M%S) INTERPIPE_WANDB_BACKGROUND=true $(BIN)/dvc repro
+	# each stage handed its W&B run to a background logger: wait until all are written
+	$(BIN)/python -m interpipe.tracking --wait .
 	$(BIN)/python -m interpipe.report.summary outputs/report
 	$(BIN)/python -m interpipe.report.timings outputs
 

@@ -5,6 +5,10 @@ Offline by default (no account needed; ``wandb sync <run_dir>`` uploads later), 
 ``config`` is the resolved stage config, ``group`` the pipeline run or sweep, ``job_type`` the
 stage; metrics go to the summary, every PNG in the output folder is logged as an image and
 every small CSV/Parquet table as a ``wandb.Table``.
+
+With ``background=True`` (``make run`` sets it) the stage hands the logging to a detached process
+(:func:`log_in_background`) and returns, so a pipeline does not wait on W&B's start-up and
+uploads; ``python -m interpipe.tracking --wait <dir>`` waits until every handed-off run is written.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class TrackingSettings:
     tags: list[str] = field(default_factory=list)
     dir: str = "."  # W&B writes runs to <dir>/wandb/offline-run-*
     max_table_rows: int = 5000  # larger tables are logged truncated
+    background: bool = False  # log from a detached process once the stage's outputs are in place (make run)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -162,3 +167,85 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+PENDING = "pending"  # <dir>/wandb/pending/<id>.json: a run handed to a background logger, not yet written
+
+
+def log_execution(settings: TrackingSettings, job_type: str, config: dict[str, Any], metrics: dict[str, Any],
+                  folder: str | Path) -> None:
+    """One W&B run for one stage execution: its config, metrics, figures and tables."""
+    tracker = Tracker(settings, job_type=job_type, config=config)
+    try:
+        tracker.log_metrics(metrics)
+        tracker.log_folder(folder)
+    finally:
+        tracker.finish()
+
+
+def log_in_background(settings: TrackingSettings, job_type: str, config: dict[str, Any], metrics: dict[str, Any],
+                      folder: str | Path) -> Path:
+    """Hand :func:`log_execution` to a detached ``python -m interpipe.tracking <job>``; return the job file."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+    from dataclasses import asdict
+
+    pending = Path(settings.dir) / "wandb" / PENDING
+    pending.mkdir(parents=True, exist_ok=True)
+    job = pending / f"{job_type}-{uuid.uuid4().hex[:12]}.json"
+    payload = {"settings": asdict(settings), "job_type": job_type, "config": config, "metrics": metrics,
+               "folder": str(Path(folder).resolve())}
+    tmp = job.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    tmp.replace(job)
+    with open(job.with_suffix(".log"), "w") as log:
+        subprocess.Popen([sys.executable, "-m", "interpipe.tracking", str(job)], stdout=log, stderr=log,
+                         stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return job
+
+
+def run_job(job: str | Path) -> None:
+    """The background logger: write the run a stage handed off, then remove its job file."""
+    import json
+
+    job = Path(job)
+    payload = json.loads(job.read_text())
+    settings = TrackingSettings(**{**payload["settings"], "background": False})
+    log_execution(settings, payload["job_type"], payload["config"], payload["metrics"], payload["folder"])
+    job.unlink()
+    job.with_suffix(".log").unlink(missing_ok=True)
+
+
+def wait_for_pending(root: str | Path, timeout: float = 300.0) -> list[Path]:
+    """Wait until no handed-off run is left under ``root/wandb/pending``; return those still left."""
+    import time
+
+    pending = Path(root) / "wandb" / PENDING
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sorted(pending.glob("*.json")) if pending.is_dir() else []
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "--wait":
+        left = wait_for_pending(args[1])
+        for job in left:
+            print(f"W&B run not written yet: {job} (its log: {job.with_suffix('.log')})", file=sys.stderr)
+        return 1 if left else 0
+    if len(args) == 1:
+        run_job(args[0])
+        return 0
+    print("usage: python -m interpipe.tracking <job.json> | --wait <logger.dir>", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -83,7 +83,7 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     """
     from interpipe.io import DIR_MODE, write_json
     from interpipe.runtime import seed_everything
-    from interpipe.tracking import Tracker, name_run
+    from interpipe.tracking import log_execution, log_in_background, name_run
 
     try:
         settings = schema.validate(cfg)
@@ -116,10 +116,9 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     logger.name = logger.name or name
     model = "" if job_type in getattr(report, "model_free", ()) else settings.model.name
     name_run(logger, job_type, model, method, study, tags, _sweep_dir(), os.environ)
-    tracker = Tracker(logger, job_type=job_type, config=OmegaConf.to_container(cfg, resolve=True))
-    try:
-        tracker.log_metrics(metrics)
-        tracker.log_folder(out)
-    finally:
-        tracker.finish()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if logger.background and logger.mode != "disabled":
+        log_in_background(logger, job_type, config, metrics, out)
+    else:
+        log_execution(logger, job_type, config, metrics, out)
     return metrics

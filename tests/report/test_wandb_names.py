@@ -28,6 +28,23 @@ def test_run_stage_names_groups_and_tags_offline_run(tmp_path, monkeypatch):
     assert run["summary"]["ioi/aopc"] == 0.5
 
 
+def test_background_logging_writes_the_same_run(tmp_path, monkeypatch):
+    """With logger.background the stage returns first; the detached logger writes the same run."""
+    from interpipe.tracking import PENDING, wait_for_pending
+
+    monkeypatch.setenv("INTERPIPE_GROUP", "repro-bg")
+    monkeypatch.setenv("INTERPIPE_WANDB_BACKGROUND", "true")  # what make run sets; conf/logger/wandb.yaml reads it
+    cfg = compose([f"paths.out={tmp_path / 'out'}", f"logger.dir={tmp_path / 'wandb'}", "logger.mode=offline"])
+    assert cfg.logger.background is True
+    run_stage(cfg, "attribute", lambda s, out: {"ioi/aopc": 0.25}, method="saliency")
+    assert list((tmp_path / "wandb" / "wandb" / PENDING).glob("*.json"))  # handed off, not yet written
+    assert wait_for_pending(tmp_path / "wandb", timeout=120) == []
+    (run_dir,) = offline_runs(tmp_path / "wandb")
+    run = read_run(run_dir)
+    assert (run["name"], run["group"], run["summary"]["ioi/aopc"]) == ("attribute-toy-saliency", "repro-bg", 0.25)
+    assert not list((tmp_path / "wandb" / "wandb" / PENDING).iterdir())  # job and log files removed
+
+
 def test_group_order():
     assert default_group({"INTERPIPE_GROUP": "g", "DVC_EXP_NAME": "e"}, "multirun/a/b") == "g"
     assert default_group({"DVC_EXP_NAME": "e"}, "multirun/a/b") == "sweep-a-b"
