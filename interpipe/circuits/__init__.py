@@ -2,8 +2,8 @@
 
 Direct logit attribution and the logit lens (:mod:`.dla`), batched activation patching
 (:mod:`.engine`, :mod:`.patching`), attribution patching (:mod:`.attribution`), path patching
-(:mod:`.paths`), ablations (:mod:`.ablation`), circuit discovery, faithfulness and overlap
-(:mod:`.discovery`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
+(:mod:`.paths`), ablations (:mod:`.ablation`), circuit scoring with intervals and random baselines
+(:mod:`.scoring`), circuit discovery and overlap (:mod:`.discovery`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
 References: Wang et al. 2022 (IOI), Merullo et al. 2024 (circuit component reuse), Lieberum et
 al. 2023 (Chinchilla), Nanda 2023 (attribution patching).
 """
@@ -11,7 +11,8 @@ al. 2023 (Chinchilla), Nanda 2023 (attribution patching).
 from interpipe.circuits.ablation import Component, ablate, ablate_heads, ablate_mlps, ablate_neurons
 from interpipe.circuits.attribution import attribution_patch, correlation
 from interpipe.circuits.bridge import PromptBatch, batch_from_task, check_head, check_hook, load_bridge, make_batch
-from interpipe.circuits.discovery import Circuit, circuit_overlap, faithfulness_curve, rank_components, select_circuit
+from interpipe.circuits.discovery import (Circuit, circuit_containment, circuit_overlap, faithfulness_curve, rank_components,
+                                          select_circuit)
 from interpipe.circuits.dla import direct_logit_attribution, logit_lens
 from interpipe.circuits.engine import Patch, capture, run_variants
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, kl_divergence, logit_diff
@@ -21,16 +22,17 @@ from interpipe.circuits.patching import (activation_patch, patch_attn_out, patch
                                          patch_head_qkv_all_pos, patch_head_qkv_by_pos, patch_mlp_out, patch_resid_pre,
                                          task_metric)
 from interpipe.circuits.results import CircuitResult
+from interpipe.circuits.scoring import Scorer, random_circuits, score_heldout, smallest_above
 from interpipe.circuits.study import run_circuits
 from interpipe.settings.circuits import CircuitSettings
 
 __all__ = [
     "Component", "ablate", "ablate_heads", "ablate_mlps", "ablate_neurons", "attribution_patch", "correlation",
     "PromptBatch", "batch_from_task", "check_head", "check_hook", "load_bridge", "make_batch", "Circuit",
-    "circuit_overlap", "faithfulness_curve", "rank_components", "select_circuit", "direct_logit_attribution",
+    "circuit_containment", "circuit_overlap", "faithfulness_curve", "rank_components", "select_circuit", "direct_logit_attribution",
     "logit_lens", "Patch", "capture", "run_variants", "NormalizedLogitDiff", "accuracy", "kl_divergence",
     "logit_diff", "path_patch", "activation_patch", "patch_attn_out", "patch_head_out_all_pos",
     "patch_head_out_by_pos", "patch_head_pattern_all_pos", "patch_head_pattern_by_pos", "patch_head_qkv_all_pos",
     "patch_head_qkv_by_pos", "patch_mlp_out", "patch_resid_pre", "task_metric", "CircuitResult", "CircuitSettings",
-    "run_circuits",
+    "run_circuits", "Scorer", "random_circuits", "score_heldout", "smallest_above",
 ]

@@ -30,24 +30,36 @@ DEFAULT_GRIDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def attribution_patch(bridge: Any, batch: PromptBatch,
                       grids: Sequence[tuple[str, tuple[str, ...]]] = DEFAULT_GRIDS, direction: str = "denoise",
-                      metric: NormalizedLogitDiff | None = None) -> dict[str, CircuitResult]:
+                      metric: NormalizedLogitDiff | None = None, ablation: str | None = None,
+                      ablation_values: dict[str, torch.Tensor] | None = None) -> dict[str, CircuitResult]:
     """Attribution-patching estimates of the patched metric for each grid (2 forwards + 1 backward).
 
     Args:
         grids: ``(activation, axes)`` pairs as in :func:`interpipe.circuits.patching.activation_patch`.
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
+        ablation: instead of a patching direction, estimate ablating each cell of the clean run
+            (``"mean"``, ``"zero"``, ``"resample"``, the sources of
+            :func:`interpipe.circuits.ablation.ablation_sources`): the first-order effect of the
+            ablation that scores circuits, so components whose removal breaks the model rank high
+            even when clean and corrupted runs share what they carry.
+        ablation_values: those sources precomputed, by hook name (computed here when None).
 
     Returns:
         ``{name: CircuitResult}`` named like the exact patching results (``z_head``, ``resid_pre_pos``,
         ``k_kv_head`` on grouped-query models, ...),
         holding ``baseline + Σ (source − target) · gradient`` per cell.
     """
+    from interpipe.circuits.ablation import ablation_sources
+
     metric = metric or task_metric(bridge, batch)
-    target, source, baseline = runs(batch, direction)
+    target, source, baseline = runs(batch, "noise" if ablation else direction)
     n_layers = bridge.cfg.n_layers
     names = {(act, layer): ACTIVATIONS[act][0].format(layer=layer) for act, _ in grids for layer in range(n_layers)}
     hooks = list(dict.fromkeys(names.values()))
-    sources, _ = capture(bridge, source, batch.answer_pos, hooks)
+    if ablation:  # replacement values broadcast against the clean run's [batch, ...]
+        sources = {h: ablation_values[h] for h in hooks} if ablation_values else ablation_sources(bridge, batch, hooks, ablation)
+    else:
+        sources, _ = capture(bridge, source, batch.answer_pos, hooks)
     kept: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Any:
@@ -70,7 +82,7 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
             grad = grads[name]
             if grad is None:
                 grad = torch.zeros_like(kept[name])
-            prod = ((sources[name] - kept[name].detach()) * grad).sum(0)  # (*rest): summed over the batch
+            prod = ((sources[name] - kept[name].detach()) * grad).sum(0)  # (*rest): summed over the batch (broadcast)
             prod = prod.reshape(*prod.shape[:len(act_axes)], -1).sum(-1)  # (*act_axes)
             drop = [i for i, a in enumerate(act_axes) if a not in axes[1:]]
             if drop:
@@ -82,7 +94,7 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
         named = result_axes(bridge, activation, axes)
         name = grid_name(activation, named)
         results[name] = CircuitResult(name, values, named, axis_labels(bridge, batch, named), baseline,
-                                      {"activation": activation, "direction": direction, "method": "attribution_patching",
+                                      {"activation": activation, "direction": ablation or direction, "method": "attribution",
                                        "n_prompts": batch.size})
     return results
 

@@ -13,6 +13,11 @@ read head counts (query heads, key/value heads) and positions from one place.
 A :class:`PromptBatch` holds clean and corrupted token ids (right-padded; the model is causal,
 so padding after the answer position never reaches it), the answer and foil token ids, and the
 answer position of every prompt (its last prompt token, whose next-token logits are read).
+It also names each prompt's *template group* (the task's template and the prompt's token length:
+prompts of one group have the same role at every position) and carries the *reference
+distribution* the mean ablation averages over: corrupted prompts (for IOI the ABC prompts of
+Wang et al. 2022) with their groups, the batch's own corrupted prompts plus up to
+``reference_prompts`` more examples of the split.
 """
 
 from __future__ import annotations
@@ -119,6 +124,10 @@ class PromptBatch:
     corrupted_prompts: list[str] = field(default_factory=list)
     str_tokens: list[str] = field(default_factory=list)  # tokens of the first prompt (axis labels)
     skipped: int = 0  # prompts dropped for a clean/corrupted length mismatch
+    groups: list[str] = field(default_factory=list)  # template group of each prompt ("<template>|<n tokens>")
+    reference_tokens: TokenIds | None = None  # [ref, pos] corrupted prompts the mean ablation averages over
+    reference_pos: Int[Tensor, "ref"] | None = None  # last real position of each reference prompt
+    reference_groups: list[str] = field(default_factory=list)  # template group of each reference prompt
 
     @property
     def size(self) -> int:
@@ -129,9 +138,35 @@ class PromptBatch:
         return int(self.clean_tokens.shape[1])
 
     def to(self, device: torch.device | str) -> "PromptBatch":
-        for name in ("clean_tokens", "corrupted_tokens", "answer_ids", "foil_ids", "answer_pos"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("clean_tokens", "corrupted_tokens", "answer_ids", "foil_ids", "answer_pos", "reference_tokens",
+                     "reference_pos"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
+
+    def subset(self, rows: Sequence[int]) -> "PromptBatch":
+        """The prompts ``rows`` (same reference distribution), cut to their longest prompt."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        if index.numel() == 0:
+            raise ValueError("a prompt subset needs at least one prompt")
+        on = index.to(self.clean_tokens.device)
+        n_pos = int(self.answer_pos[on].max()) + 1
+        pick = lambda items: [items[i] for i in index.tolist()] if items else []  # noqa: E731
+        return PromptBatch(self.clean_tokens[on, :n_pos], self.corrupted_tokens[on, :n_pos], self.answer_ids[on],
+                           self.foil_ids[on], self.answer_pos[on], pick(self.prompts), pick(self.corrupted_prompts),
+                           self.str_tokens if int(index[0]) == 0 else [], 0, pick(self.groups),
+                           self.reference_tokens, self.reference_pos, list(self.reference_groups))
+
+    def half_rows(self) -> tuple[list[int], list[int]]:
+        """(selection, held-out) prompt indices: even and odd (examples are drawn independently)."""
+        if self.size < 2:
+            raise ValueError(f"splitting into a selection and a held-out half needs >= 2 prompts, got {self.size}")
+        return list(range(0, self.size, 2)), list(range(1, self.size, 2))
+
+    def halves(self) -> tuple["PromptBatch", "PromptBatch"]:
+        """(selection, held-out) halves, the prompts of :meth:`half_rows`."""
+        select, heldout = self.half_rows()
+        return self.subset(select), self.subset(heldout)
 
     def shared_prefix(self) -> int:
         """Number of leading positions where every clean prompt equals its corrupted prompt.
@@ -152,13 +187,32 @@ def _first_token(bridge: Any, word: str) -> int:
     return int(ids[0])
 
 
+def group_name(template: str, n_tokens: int) -> str:
+    """The template group of a prompt: its template and token length (``"ioi|3|15"``)."""
+    return f"{template}|{int(n_tokens)}"
+
+
+# leading fields of a prepared example's ``key`` that name its template (interpipe.data.tasks): IOI and
+# SVA keys carry the template index, Colored Objects its form, Laundry List its length; induction prompts
+# share one structure (a repeated random sequence), so the token length alone aligns them
+TEMPLATE_FIELDS = {"ioi": 2, "sva": 2, "colored_objects": 2, "laundry_list": 2, "induction": 1}
+
+
+def template_of(task: str, key: str) -> str:
+    """The template label of an example of ``task`` from its ``key`` (unknown tasks: the task name)."""
+    return "|".join(str(key).split("|")[: TEMPLATE_FIELDS.get(task, 1)])
+
+
 def make_batch(bridge: Any, prompts: Sequence[str], corrupted_prompts: Sequence[str], answers: Sequence[str],
-               foils: Sequence[str], on_mismatch: str = "error") -> PromptBatch:
+               foils: Sequence[str], on_mismatch: str = "error", templates: Sequence[str] | None = None,
+               reference_prompts: Sequence[str] = (), reference_templates: Sequence[str] = ()) -> PromptBatch:
     """Tokenize clean/corrupted prompts (BOS as the model's config says) into a :class:`PromptBatch`.
 
     Answers and foils are read as the next word after one space (GPT-2-style BPE), first token.
     A prompt whose corrupted counterpart tokenizes to a different length raises ``ValueError``
-    naming it (``on_mismatch="error"``) or is dropped (``"skip"``).
+    naming it (``on_mismatch="error"``) or is dropped (``"skip"``). ``templates`` name each prompt's
+    template (default: one template for all); the mean-ablation reference is the corrupted prompts
+    plus ``reference_prompts`` (corrupted prompts of other examples, with ``reference_templates``).
     """
     if on_mismatch not in MISMATCH_POLICIES:
         raise ValueError(f"circuits.on_mismatch={on_mismatch!r} is not one of {MISMATCH_POLICIES}")
@@ -192,21 +246,36 @@ def make_batch(bridge: Any, prompts: Sequence[str], corrupted_prompts: Sequence[
         clean[b, : c_ids.shape[0]] = c_ids.cpu()
         corrupt[b, : x_ids.shape[0]] = x_ids.cpu()
     first = rows[0][0]
+    templates = list(templates) if templates is not None else ["all"] * len(prompts)
+    groups = [group_name(templates[i], r[0].shape[0]) for i, r in zip(kept, rows)]
+    ref_ids = [r[1] for r in rows] + [bridge.to_tokens(p)[0] for p in reference_prompts]
+    ref_groups = groups + [group_name(t, ids.shape[0]) for t, ids in zip(reference_templates, ref_ids[len(rows):])]
+    reference = torch.full((len(ref_ids), max(ids.shape[0] for ids in ref_ids)), pad, dtype=torch.long)
+    for b, ids in enumerate(ref_ids):
+        reference[b, : ids.shape[0]] = ids.cpu()
     return PromptBatch(
         clean_tokens=clean, corrupted_tokens=corrupt,
         answer_ids=torch.tensor([r[2] for r in rows]), foil_ids=torch.tensor([r[3] for r in rows]),
         answer_pos=torch.tensor([r[0].shape[0] - 1 for r in rows]),
         prompts=[prompts[i] for i in kept], corrupted_prompts=[corrupted_prompts[i] for i in kept],
         str_tokens=[bridge.tokenizer.decode([int(t)]).strip() or repr(bridge.tokenizer.decode([int(t)])) for t in first],
-        skipped=skipped,
+        skipped=skipped, groups=groups, reference_tokens=reference,
+        reference_pos=torch.tensor([ids.shape[0] - 1 for ids in ref_ids]), reference_groups=ref_groups,
     ).to(bridge.cfg.device)
 
 
 def batch_from_task(bridge: Any, data_root: str | Path, task: str, n_prompts: int, split: str = "test",
-                    on_mismatch: str = "error") -> PromptBatch:
-    """The first ``n_prompts`` examples of a prepared task as a :class:`PromptBatch`."""
+                    on_mismatch: str = "error", reference_prompts: int = 0) -> PromptBatch:
+    """The first ``n_prompts`` examples of a prepared task as a :class:`PromptBatch`.
+
+    The corrupted prompts of the next ``reference_prompts`` examples join the mean-ablation reference.
+    """
     from interpipe.data import load_task
 
-    rows = load_task(data_root, task, split)
-    rows = rows.select(range(min(n_prompts, len(rows))))
-    return make_batch(bridge, rows["prompt"], rows["corrupted_prompt"], rows["answer"], rows["foil"], on_mismatch)
+    table = load_task(data_root, task, split)
+    rows = table.select(range(min(n_prompts, len(table))))
+    stop = min(len(rows) + reference_prompts, len(table))
+    extra = table.select(range(len(rows), stop)) if stop > len(rows) else {"corrupted_prompt": [], "key": []}
+    return make_batch(bridge, rows["prompt"], rows["corrupted_prompt"], rows["answer"], rows["foil"], on_mismatch,
+                      templates=[template_of(task, k) for k in rows["key"]], reference_prompts=extra["corrupted_prompt"],
+                      reference_templates=[template_of(task, k) for k in extra["key"]])

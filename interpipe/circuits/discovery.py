@@ -1,14 +1,15 @@
 """From effects to circuits: ranking, selection, faithfulness and overlap across tasks.
 
-Components (every head and MLP) are ranked by the size of their patching effect. The
-*faithfulness* of a candidate circuit is the task metric (mean logit difference) with everything
-outside it mean-ablated over the reference (corrupted) prompts, divided by the full model's
-(Wang et al. 2022). The faithfulness curve of the top-k circuits, k = 0..N, runs as one batched
-ablation; on large models (hundreds of heads, one forward per point) it can be sampled at a few
-k spaced geometrically (:func:`curve_ks`: dense where circuits are small). A circuit is selected by a threshold on the effect, a fixed k, or as the smallest k
-whose faithfulness reaches a target. Circuits of two tasks are compared by the overlap of their
-heads, ``|A ∩ B| / |A ∪ B|`` (Merullo et al. 2024 report ~78 % between IOI and Colored Objects
-in GPT-2 Medium).
+Components (every head; heads and MLPs when MLPs are ablated too) are ranked by the size of
+their patching effect on the selection half of the prompts. The *faithfulness* of a candidate
+circuit is scored by :mod:`.scoring` (mean logit difference with the rest of the pool
+mean-ablated over the template-aligned corrupted distribution, over the full model's; Wang et
+al. 2022), with a bootstrap interval. The curve of the top-k circuits runs as one batched
+ablation, at every k or at a few k spaced geometrically (:func:`curve_ks`: dense where circuits
+are small). A circuit is selected by a threshold on the effect, a fixed k, or as the smallest
+measured k whose faithfulness interval lies above a target. Circuits of two tasks are compared by
+the overlap of their heads, ``|A ∩ B| / |A ∪ B|`` (Jaccard) and ``|A ∩ B| / |A|`` (Merullo et al.
+2024 report ~78 % of the Colored Objects circuit's heads shared with IOI in GPT-2 Medium).
 
 >>> circuit_overlap(["L0H1", "L2H3"], ["L2H3", "L3H0"])
 0.3333333333333333
@@ -23,9 +24,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from interpipe.circuits.ablation import Component, ablate, all_components
-from interpipe.circuits.bridge import PromptBatch
-from interpipe.circuits.metrics import NormalizedLogitDiff
+from interpipe.circuits.scoring import Scorer, smallest_above
+from interpipe.stats import Interval
 
 from interpipe.settings.circuits import SELECTIONS  # noqa: E402 - the allowed values live with the settings
 
@@ -36,7 +36,7 @@ class Circuit:
 
     components: list[str]
     ranking: list[tuple[str, float]]  # every component, highest |score| first
-    curve: list[float]  # faithfulness of the top-k circuits, k = 0..N
+    curve: list[dict[str, float]]  # {k, faithfulness, low, high} of the top-k circuits on the selection half
     faithfulness: float
     selection: str
     info: dict[str, Any] = field(default_factory=dict)
@@ -46,11 +46,12 @@ class Circuit:
         return [c for c in self.components if "H" in c]
 
 
-def rank_components(head_scores: torch.Tensor, mlp_scores: torch.Tensor) -> list[tuple[str, float]]:
-    """Heads ``[layer, head]`` and MLPs ``[layer]`` ranked by absolute score, highest first."""
+def rank_components(head_scores: torch.Tensor, mlp_scores: torch.Tensor | None = None) -> list[tuple[str, float]]:
+    """Heads ``[layer, head]`` (and MLPs ``[layer]`` when given) ranked by absolute score, highest first."""
     ranked = [(f"L{l}H{h}", float(head_scores[l, h])) for l in range(head_scores.shape[0])
               for h in range(head_scores.shape[1])]
-    ranked += [(f"L{l}.mlp", float(mlp_scores[l])) for l in range(mlp_scores.shape[0])]
+    if mlp_scores is not None:
+        ranked += [(f"L{l}.mlp", float(mlp_scores[l])) for l in range(mlp_scores.shape[0])]
     return sorted(ranked, key=lambda item: -abs(item[1]))
 
 
@@ -65,18 +66,15 @@ def curve_ks(n: int, points: int = 0, include: Iterable[int] = ()) -> list[int]:
     return sorted(ks | {min(max(int(k), 0), n) for k in include})
 
 
-def faithfulness_curve(bridge: Any, batch: PromptBatch, ranking: Sequence[tuple[str, float]], kind: str = "mean",
-                       metric: NormalizedLogitDiff | None = None, memory_mb: float = 512.0,
-                       ks: Sequence[int] | None = None) -> list[float]:
-    """Faithfulness of the top-k components for each k of ``ks`` (default 0..N; the rest ablated), in one batched run."""
+def faithfulness_curve(scorer: Scorer, ranking: Sequence[tuple[str, float]], ks: Sequence[int]) -> list[dict[str, float]]:
+    """Faithfulness (ratio of means, with its bootstrap interval) of the top-k circuits for each k of ``ks``, batched."""
     names = [name for name, _ in ranking]
-    everything = [c.name for c in all_components(bridge)]
-    variants = []
-    for k in (range(len(names) + 1) if ks is None else ks):
-        keep = set(names[:k])
-        variants.append([Component.parse(n) for n in everything if n not in keep])
-    out = ablate(bridge, batch, [*variants, []], kind, metric=metric, memory_mb=memory_mb)  # last: nothing ablated
-    return (out[:-1, 1] / out[-1, 1]).tolist()
+    ld, _ = scorer.circuits([names[:k] for k in ks])
+    points = []
+    for k, row in zip(ks, ld):
+        iv = scorer.faithfulness(row)["faithfulness"]
+        points.append({"k": int(k), "faithfulness": iv.estimate, "low": iv.low, "high": iv.high})
+    return points
 
 
 def selected_size(ranking: Sequence[tuple[str, float]], selection: str, threshold: float, top_k: int) -> int | None:
@@ -88,25 +86,40 @@ def selected_size(ranking: Sequence[tuple[str, float]], selection: str, threshol
     return min(top_k, len(ranking)) if selection == "top_k" else None
 
 
-def select_circuit(ranking: Sequence[tuple[str, float]], curve: Sequence[float], selection: str = "faithfulness",
-                   threshold: float = 0.05, top_k: int = 8, target: float = 0.8,
-                   ks: Sequence[int] | None = None) -> Circuit:
-    """Pick a circuit from a ranking and its faithfulness curve (measured at sizes ``ks``, default 0..N).
+def select_circuit(scorer: Scorer, ranking: Sequence[tuple[str, float]], selection: str = "faithfulness",
+                   threshold: float = 0.05, top_k: int = 8, target: float = 0.8, points: int = 0) -> Circuit:
+    """Pick a circuit from a ranking by its faithfulness on ``scorer``'s prompts (the selection half).
 
     ``threshold``: components with |score| ≥ threshold; ``top_k``: the first k; ``faithfulness``: the
-    smallest measured k whose faithfulness reaches ``target`` (all components if none does).
+    smallest measured k whose faithfulness interval lies above ``target`` (all components if none
+    does; ``info["target_reached"]`` is 1 only when a circuit smaller than the pool qualified). The curve is measured at :func:`curve_ks` sizes.
     """
-    ks = list(range(len(curve))) if ks is None else list(ks)
     k = selected_size(ranking, selection, threshold, top_k)
+    ks = curve_ks(len(ranking), points, [] if k is None else [k])
+    curve = faithfulness_curve(scorer, ranking, ks)
+    reached = True
     if k is None:
-        k = next((size for size, f in zip(ks, curve) if f >= target), len(ranking))
-    if k not in ks:
-        raise ValueError(f"the faithfulness curve was not measured at the selected size k={k} (sizes {ks})")
-    return Circuit([name for name, _ in ranking[:k]], list(ranking), list(curve), float(curve[ks.index(k)]), selection,
-                   {"threshold": threshold, "top_k": top_k, "target": target, "k": k, "curve_k": ks})
+        intervals = [Interval(p["faithfulness"], p["low"], p["high"], scorer.batch.size) for p in curve]
+        k = smallest_above(ks, intervals, target)
+        k = len(ranking) if k is None else k
+        reached = k < len(ranking)  # the whole pool always qualifies (faithfulness 1): reached means a smaller circuit did
+    chosen = next(p for p in curve if p["k"] == k)
+    return Circuit([name for name, _ in ranking[:k]], list(ranking), curve, chosen["faithfulness"], selection,
+                   {"threshold": threshold, "top_k": top_k, "target": target, "k": k, "curve_k": ks,
+                    "target_reached": int(reached), "selection_prompts": scorer.batch.size})
 
 
 def circuit_overlap(a: Iterable[str], b: Iterable[str]) -> float:
     """Heads in common / heads in either (0 when both are empty)."""
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def circuit_containment(a: Iterable[str], b: Iterable[str]) -> float:
+    """``|A ∩ B| / |A|``: the share of A's heads that B's circuit reuses (0 when A is empty).
+
+    >>> circuit_containment(["L0H1", "L2H3"], ["L2H3", "L3H0", "L4H4"])
+    0.5
+    """
+    a, b = set(a), set(b)
+    return len(a & b) / len(a) if a else 0.0

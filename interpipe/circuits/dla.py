@@ -137,7 +137,7 @@ def _decompose(bridge: Any, batch: PromptBatch, acts: dict, logits: torch.Tensor
     per_prompt = torch.stack(terms, 0)  # (component, batch)
     actual = logit_diff(logits, batch.answer_ids, batch.foil_ids)  # (batch,)
     error = actual - per_prompt.sum(0)
-    info = {"method": "direct_logit_attribution", "run": run, "logit_diff": float(actual.mean()),
+    info = {"method": "dla", "direction": run, "run": run, "logit_diff": float(actual.mean()),
             "sum_of_terms": float(per_prompt.sum(0).mean()), "residual_error": float(error.mean()),
             "max_abs_residual_error": float(error.abs().max()), "component_layer": layers, "component_head": heads,
             "n_prompts": batch.size, "positions": architecture(bridge).positions}
@@ -150,7 +150,7 @@ def dla_head_grid(result: CircuitResult, n_layers: int, n_heads: int) -> Circuit
     for value, layer, head in zip(result.values, result.info["component_layer"], result.info["component_head"]):
         if head >= 0:
             grid[layer, head] = value
-    return CircuitResult("dla_heads", grid, ("layer", "head"), {}, 0.0, {**result.info, "method": "direct_logit_attribution"})
+    return CircuitResult("dla_heads", grid, ("layer", "head"), {}, 0.0, {**result.info, "method": "dla"})
 
 
 def logit_lens(bridge: Any, batch: PromptBatch, run: str = "clean",
@@ -173,4 +173,4 @@ def logit_lens(bridge: Any, batch: PromptBatch, run: str = "clean",
             accs.append(float(accuracy(logits, batch.answer_ids)))
     labels = [f"L{layer}" for layer in range(n_layers)] + ["final"]
     return CircuitResult("logit_lens", torch.stack(diffs), ("layer",), {"layer": labels}, 0.0,
-                         {"method": "logit_lens", "run": run, "accuracy": accs, "n_prompts": batch.size})
+                         {"method": "logit_lens", "direction": run, "run": run, "accuracy": accs, "n_prompts": batch.size})

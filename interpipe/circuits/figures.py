@@ -75,22 +75,31 @@ def attention_patterns(bridge: Any, batch: PromptBatch, heads: Sequence[tuple[in
     return fig
 
 
-def faithfulness_plot(curve: Sequence[float], ranking: Sequence[tuple[str, float]], k: int, title: str = "",
-                      ks: Sequence[int] | None = None) -> Any:
-    """Faithfulness of the top-k circuits against k (measured at ``ks``, default 0..N), the selected k marked."""
+def faithfulness_plot(curve: Sequence[dict], ranking: Sequence[tuple[str, float]], k: int, heldout: dict,
+                      target: float, title: str = "") -> Any:
+    """Faithfulness of the top-k circuits on the selection half (with 95 % intervals) against k; the
+    selected k with its held-out faithfulness and the random same-size circuits' interval; the target."""
     plt = _plt()
-    ks = list(range(len(curve))) if ks is None else list(ks)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(curve) + 2), 3.5))
-    ax.plot(ks, curve, marker="o", ms=3)
+    ks = [p["k"] for p in curve]
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.fill_between(ks, [p["low"] for p in curve], [p["high"] for p in curve], alpha=0.25, label="selection half, 95 % CI")
+    ax.plot(ks, [p["faithfulness"] for p in curve], marker="o", ms=3, label="selection half")
+    f = heldout.get("faithfulness")
+    if f is not None:
+        err = [[f - heldout["faithfulness_ci_low"]], [heldout["faithfulness_ci_high"] - f]]
+        ax.errorbar([k], [f], yerr=err, fmt="s", color="black", capsize=3, label=f"held-out, k={k}")
+    if "random_faithfulness" in heldout:
+        r = heldout["random_faithfulness"]
+        err = [[r - heldout["random_faithfulness_ci_low"]], [heldout["random_faithfulness_ci_high"] - r]]
+        ax.errorbar([k], [r], yerr=err, fmt="x", color="grey", capsize=3, label="random circuits, same size")
     ax.axvline(k, color="red", lw=0.8, ls="--")
+    ax.axhline(target, color="red", lw=0.6, ls=":", label=f"target {target:g}")
     ax.axhline(1.0, color="grey", lw=0.6)
-    names = ["∅"] + [name for name, _ in ranking]
-    if ks == list(range(len(ranking) + 1)):  # every k: label each point by the component it adds
-        ax.set_xticks(ks, names, rotation=90, fontsize=7)
-    else:
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("circuit size k (top-ranked components kept)")
-    ax.set_ylabel("faithfulness")
-    ax.set_title(title or "faithfulness of the top-k components (rest mean-ablated)")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(-0.2, max(ks) * 1.15)  # sizes are >= 0
+    ax.set_xlabel(f"circuit size k (top-ranked of {len(ranking)} components kept, the rest mean-ablated)")
+    ax.set_ylabel("faithfulness (ratio of mean LD)")
+    ax.set_title(title or "faithfulness of the top-k components")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return fig

@@ -175,7 +175,7 @@ def activation_patch(bridge: Any, batch: PromptBatch, activation: str, axes: tup
     named = result_axes(bridge, activation, axes)
     return CircuitResult(grid_name(activation, named), values.reshape(sizes), named, axis_labels(bridge, batch, named), baseline,
                          {"activation": activation, "direction": direction, "hook": template,
-                          "n_prompts": batch.size, "method": "activation_patching"})
+                          "n_prompts": batch.size, "method": "exact"})
 
 
 def patch_resid_pre(bridge: Any, batch: PromptBatch, **kwargs: Any) -> CircuitResult:

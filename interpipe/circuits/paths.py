@@ -113,6 +113,6 @@ def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
             values[components.index(c), dl, dh] = float(v)
     return CircuitResult(f"path_L{layer}H{head}", values, ("component", "layer", "head"),
                          {"component": list(components)}, baseline,
-                         {"method": "path_patching", "sender": [layer, head], "direction": direction,
+                         {"method": "path", "sender": [layer, head], "direction": direction,
                           "sender_positions": sender_positions, "n_prompts": batch.size,
                           "receiver_heads": [receivers[c] for c in components]})

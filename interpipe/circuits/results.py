@@ -3,14 +3,21 @@
 :class:`CircuitResult` holds the values of one analysis (a patching grid, attribution estimates,
 DLA contributions, ablation effects), the names of its axes (``layer``, ``head``, ``pos``,
 ``component``, ...), optional tick labels, the metric value of the unpatched run (``baseline``)
-and ``info`` (model, task, settings). Verbs: :meth:`effect`, :meth:`save` (safetensors + JSON,
-refusing to overwrite unless asked), :meth:`load`, :meth:`to_frame` (long form with the columns
-``layer, head, position, effect``) and :meth:`plot` (heatmap).
+and ``info`` (model, task, settings; ``info["method"]`` and ``info["direction"]`` say how the
+values were obtained). Verbs: :meth:`effect`, :meth:`save` (safetensors + JSON, refusing to
+overwrite unless asked), :meth:`load`, :meth:`to_frame` (long form with the columns
+``analysis, method, direction, layer, head, position, effect, value``) and :meth:`plot` (heatmap).
+
+``method`` is one of :data:`METHODS` (``exact`` activation patching, ``attribution`` patching,
+``path`` patching, ``ablation``, ``dla``, ``logit_lens``); ``direction`` is ``denoising`` (clean
+into corrupted), ``noising`` (corrupted into clean), or for analyses that patch nothing the kind
+of run (``mean``/``zero``/``resample`` ablation, ``clean`` for DLA and the logit lens).
 
 >>> import torch
->>> r = CircuitResult("demo", torch.tensor([[0.5, 0.0]]), ("layer", "head"), baseline=0.0)
->>> r.to_frame()[["layer", "head", "position", "effect"]].values.tolist()
-[[0.0, 0.0, -1.0, 0.5], [0.0, 1.0, -1.0, 0.0]]
+>>> r = CircuitResult("demo", torch.tensor([[0.5, 0.0]]), ("layer", "head"), baseline=0.0,
+...                   info={"method": "exact", "direction": "denoising"})
+>>> r.to_frame()[["method", "direction", "layer", "head", "effect"]].values.tolist()
+[['exact', 'denoising', 0, 0, 0.5], ['exact', 'denoising', 0, 1, 0.0]]
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from interpipe.typing import Float, Tensor
 
 # axis -> frame column; a key/value head (grouped-query k/v grids, analysis ``k_kv_head``) goes in ``head``
 AXIS_COLUMNS = {"layer": "layer", "head": "head", "kv_head": "head", "pos": "position"}
+METHODS = ("exact", "attribution", "path", "ablation", "dla", "logit_lens")  # the ``method`` column
+DIRECTION_NAMES = {"denoise": "denoising", "noise": "noising"}  # patching direction -> ``direction`` column
 
 
 @dataclass
@@ -56,7 +65,8 @@ class CircuitResult:
         effect = self.effect()
         rows = []
         for cell in itertools.product(*(range(n) for n in self.values.shape)):
-            row: dict[str, Any] = {"layer": -1, "head": -1, "position": -1}
+            row: dict[str, Any] = {"layer": self.info.get("layer", -1) if "layer" not in self.axes else -1,
+                                   "head": -1, "position": -1}  # one-layer results (neurons) name it in info
             for axis, i in zip(self.axes, cell):
                 row[AXIS_COLUMNS.get(axis, axis)] = i
                 if axis == "component" and "component_layer" in self.info:
@@ -67,7 +77,12 @@ class CircuitResult:
             row["value"] = float(self.values[cell])
             rows.append(row)
         frame = pd.DataFrame(rows)
+        for column in ("layer", "head", "position"):
+            frame[column] = frame[column].astype(int)
         frame.insert(0, "analysis", self.name)
+        frame.insert(1, "method", str(self.info.get("method", "")))
+        direction = str(self.info.get("direction", ""))
+        frame.insert(2, "direction", DIRECTION_NAMES.get(direction, direction))
         return frame
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:

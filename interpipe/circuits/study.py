@@ -1,37 +1,45 @@
-"""The circuit study as one call: every analysis on every task, circuits, overlap, tables and figures.
+"""The circuit study as one call: every analysis on every task, circuits, reuse, tables and figures.
 
-:func:`run_circuits` loads the model once into a ``TransformerBridge`` and, per task, runs direct
-logit attribution and the logit lens, exact activation patching of the configured grids (batched),
-attribution patching of the same (or other) grids with its correlation to the exact effects, path
-patching from the top sender heads, single-head/MLP/neuron ablations, and circuit discovery with its
-faithfulness. Nothing depends on the architecture's name: head counts and positions come from
-:func:`interpipe.circuits.bridge.architecture`, a family the study cannot run on is refused when
-the model loads, and an analysis the bridge cannot do on a family (path patching without per-head
-q/k/v inputs) is skipped with a note in ``circuit.json``. Large models fit a CPU budget by ranking
-with attribution patching (``rank_with``), sampling the faithfulness curve (``curve_points``) and
-skipping the one-component-at-a-time sweeps (``single_ablations``, ``neuron_ablation``). It writes ``<out>/<model>-<task>/`` (``metrics.json``, ``effects.parquet`` with the
-columns ``analysis, layer, head, position, effect, value``, ``circuit.json`` and PNG figures) and
-returns the flat metrics of the whole run, including the head overlap of the circuits of the
-configured task pair.
+:func:`run_circuits` loads the model once into a ``TransformerBridge`` and, per task: direct logit
+attribution and the logit lens on all prompts; the solved test (the interval of the clean −
+corrupted gap); then, for a solved task, the prompts are split in halves. On the selection half:
+exact activation patching of the configured grids (batched), attribution patching with its
+correlation to the exact effects, the ranking of heads (:data:`RANKINGS`), the faithfulness curve
+and the selected circuit (:mod:`.discovery`), path patching from the top sender heads and the
+single-head/MLP/neuron ablations. On the held-out half: the circuit's faithfulness, its random
+baseline, accuracy, completeness and minimality (:mod:`.scoring`). Across solved tasks: head
+overlap and cross-task faithfulness. Nothing depends on the architecture's name: head counts come
+from :func:`interpipe.circuits.bridge.architecture`, a family the study cannot run on is refused
+when the model loads, and an analysis the bridge cannot do on a family (path patching without
+per-head q/k/v inputs) is skipped with a note in ``circuit.json``. It writes
+``<out>/<model>-<task>/`` (``metrics.json``, ``effects.parquet``, ``circuit.json``, PNG figures),
+``<out>/reuse.csv``, ``overlap.json`` and ``headline.csv``, and returns the flat metrics of the run.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from interpipe.circuits import ablation, attribution, dla, discovery, figures, paths, patching
+from interpipe.circuits import ablation, attribution, dla, discovery, figures, paths, patching, scoring
+from interpipe.circuits.heads import head_evidence
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
 from interpipe.io import save_figure, write_frame, write_json
 from interpipe.settings.circuits import GRIDS, CircuitSettings
+from interpipe.stats import bootstrap, to_metrics
 
 RANK_GRIDS = (("z", ("layer", "head")), ("mlp_out", ("layer",)))  # the effects that rank heads and MLPs
+ABLATED = {False: "every attention head outside the circuit, at hook_z (its output before W_O), at every position; "
+                  "MLPs and embeddings are never ablated",
+           True: "every attention head and MLP outside the circuit, at hook_z and hook_mlp_out, at every position; "
+                 "embeddings are never ablated"}
 
 
 def _frames(results: list) -> Any:
@@ -40,41 +48,104 @@ def _frames(results: list) -> Any:
     return pd.concat([r.to_frame() for r in results], ignore_index=True)
 
 
+@dataclass
+class TaskCircuit:
+    """What cross-task reuse needs of one solved task: its circuit and the scorer of its held-out half."""
+
+    components: list[str]
+    scorer: scoring.Scorer
+
+
 def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, task: str, out: Path,
-                 model_name: str) -> tuple[dict[str, Any], list[str]]:
-    """All analyses of one task, written into ``out``; returns (metrics, circuit heads)."""
+                 model_name: str) -> tuple[dict[str, Any], TaskCircuit | None]:
+    """All analyses of one task, written into ``out``; returns (metrics, circuit or None when unsolved)."""
     start = time.perf_counter()
-    batch = batch_from_task(bridge, data_root, task, settings.n_prompts, settings.split, settings.on_mismatch)
+    batch = batch_from_task(bridge, data_root, task, settings.n_prompts, settings.split, settings.on_mismatch,
+                            settings.reference_prompts)
     clean = capture(bridge, batch.clean_tokens, batch.answer_pos, dla.dla_hooks(bridge))  # (acts, logits)
-    metric = _metric(bridge, batch, clean[1])
-    kw = {"metric": metric, "memory_mb": settings.memory_mb}
+    metric, gaps = _metric(bridge, batch, clean[1])
     title = f"{model_name} {task}"
-    metrics = _baselines(batch, metric, clean[1])
+    metrics = _baselines(batch, metric, clean[1], gaps, settings.min_logit_gap)
     tables = _direct(bridge, batch, clean, metrics, out, title)
-    metrics["solved"] = int(metric.clean - metric.corrupted >= settings.min_logit_gap)
-    heads: list[str] = []
+    classes = _head_classes(bridge, batch, tables[0], metrics, out, title) if task in HEAD_CLASS_TASKS else None
+    found = None
     if metrics["solved"]:
-        estimates = _patching(bridge, batch, settings, kw, metrics, tables, out, title)
-        heads = _discover(bridge, batch, settings, kw, estimates, metrics, tables, out, title)
+        halves = _halves(bridge, batch, settings)
+        kw = {"metric": _metric(bridge, halves[0][0])[0], "memory_mb": settings.memory_mb}
+        exact, estimates = _patching(bridge, halves[0][0], settings, kw, metrics, tables, out, title)
+        found = _discover(bridge, halves, settings, kw, exact, estimates, metrics, tables, out, title)
+    if classes is not None:  # the head-class table marks the circuit's heads
+        classes["in_circuit"] = classes["component"].isin(found.components if found else []).astype(int)
+        write_frame(out / "ioi_heads.csv", classes)
     write_frame(out / "effects.parquet", _frames(tables))
     metrics["seconds"] = time.perf_counter() - start
     write_json(out / "metrics.json", metrics)
-    return metrics, heads
+    return metrics, found
 
 
-def _metric(bridge: Any, batch: Any, clean_logits: torch.Tensor) -> NormalizedLogitDiff:
-    """The normalised logit difference of ``batch`` (as :func:`patching.task_metric`), reusing the clean run."""
+HEAD_CLASS_TASKS = ("ioi",)  # tasks whose prompts have IO once and S twice (interpipe.circuits.heads)
+
+
+def _head_classes(bridge: Any, batch: Any, direct: Any, metrics: dict, out: Path, title: str) -> Any:
+    """IOI head evidence and classes of every head (``ioi_heads.csv``, ``headline_ioi_heads.png``)."""
+    import pandas as pd
+
+    from interpipe.circuits.results import CircuitResult
+
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    frame = pd.DataFrame(head_evidence(bridge, batch, dla.dla_head_grid(direct, n_layers, n_heads).values))
+    for name, count in frame["class"].value_counts().items():
+        if name:
+            metrics[f"heads_{name.split(' (')[0].replace(' ', '_').replace('-', '_')}"] = int(count)
+    grid = lambda column: torch.tensor(frame[column].to_numpy()).reshape(n_layers, n_heads)  # noqa: E731
+    maps = [CircuitResult("direct effect on IO − S", grid("direct_effect"), ("layer", "head")),
+            CircuitResult("attention end→IO minus end→S", grid("attn_end_io") - grid("attn_end_s"), ("layer", "head")),
+            CircuitResult("attention S2→S1 (duplicate)", grid("attn_s2_s1"), ("layer", "head")),
+            CircuitResult("attention S2→S1+1 (induction)", grid("attn_s2_s1_next"), ("layer", "head"))]
+    save_figure(figures.heatmaps(maps, f"{title}: IOI head evidence"), out / "headline_ioi_heads.png")
+    return frame
+
+
+def _halves(bridge: Any, batch: Any, settings: CircuitSettings) -> list[tuple[Any, dict]]:
+    """[(selection half, its ablation values), (held-out half, its ablation values)]: the reference
+    distribution is captured once for the whole batch and cut to each half."""
+    hooks = sorted({c.hook for c in scoring.pool(bridge, settings.ablate_mlps)})
+    sources = ablation.ablation_sources(bridge, batch, hooks, settings.ablation)
+    out = []
+    for rows in batch.half_rows():
+        half = batch.subset(rows)
+        out.append((half, ablation.subset_sources(sources, rows, half.n_pos)))
+    return out
+
+
+def _metric(bridge: Any, batch: Any, clean_logits: torch.Tensor | None = None) -> tuple[NormalizedLogitDiff, Any]:
+    """The normalised logit difference of ``batch`` (as :func:`patching.task_metric`) and the per-prompt
+    clean and corrupted logit differences ``(2, batch)``, reusing the clean run when given."""
+    if clean_logits is None:
+        _, clean_logits = capture(bridge, batch.clean_tokens, batch.answer_pos, [])
     _, corrupted = capture(bridge, batch.corrupted_tokens, batch.answer_pos, [])
-    return NormalizedLogitDiff(batch.answer_ids, batch.foil_ids,
-                               clean=float(logit_diff(clean_logits, batch.answer_ids, batch.foil_ids).mean()),
-                               corrupted=float(logit_diff(corrupted, batch.answer_ids, batch.foil_ids).mean()))
+    lds = torch.stack([logit_diff(clean_logits, batch.answer_ids, batch.foil_ids),
+                       logit_diff(corrupted, batch.answer_ids, batch.foil_ids)]).cpu().numpy()  # (2, batch)
+    return NormalizedLogitDiff(batch.answer_ids, batch.foil_ids, clean=float(lds[0].mean()),
+                               corrupted=float(lds[1].mean())), lds
 
 
-def _baselines(batch: Any, metric: Any, clean_logits: torch.Tensor) -> dict[str, Any]:
-    """Prompt counts, clean/corrupted logit differences, clean accuracy and foil rate."""
-    return {"n_prompts": batch.size, "skipped_prompts": batch.skipped, "clean_logit_diff": metric.clean,
-            "corrupted_logit_diff": metric.corrupted, "clean_accuracy": float(accuracy(clean_logits, batch.answer_ids)),
-            "clean_foil_rate": float(accuracy(clean_logits, batch.foil_ids))}
+def _baselines(batch: Any, metric: Any, clean_logits: torch.Tensor, lds: Any, min_gap: float) -> dict[str, Any]:
+    """Prompt counts, clean/corrupted logit differences with intervals, clean accuracy, foil rate, solved.
+
+    Solved: the 95 % interval of the mean clean − corrupted gap lies above ``min_gap``. Patching effects
+    and the per-prompt normalised metric divide by that gap: where its interval reaches below 0.5
+    logits (the corruption changes the answer's odds by less than x1.65) they are ratios of noise.
+    """
+    out = {"n_prompts": batch.size, "skipped_prompts": batch.skipped, "template_groups": len(set(batch.groups)),
+           "reference_size": len(batch.reference_groups), "corrupted_logit_diff": metric.corrupted,
+           "clean_accuracy": float(accuracy(clean_logits, batch.answer_ids)),
+           "clean_foil_rate": float(accuracy(clean_logits, batch.foil_ids))}
+    clean_iv, gap_iv = bootstrap(lds[0]), bootstrap(lds[0] - lds[1])
+    out.update(to_metrics("clean_logit_diff", clean_iv))
+    out.update(to_metrics("logit_gap", gap_iv))
+    out["solved"] = int(gap_iv.low >= min_gap)
+    return out
 
 
 def _direct(bridge: Any, batch: Any, clean: tuple, metrics: dict, out: Path, title: str) -> list:
@@ -101,11 +172,11 @@ def _supported_grids(bridge: Any, batch: Any, settings: CircuitSettings, metrics
 
 
 def _patching(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, metrics: dict, tables: list,
-              out: Path, title: str) -> dict:
+              out: Path, title: str) -> tuple[dict, dict]:
     """Exact patching of ``grids``, attribution patching of ``attribution_grids`` and their correlations.
 
-    Returns the denoising attribution estimates by result name (with the ranking grids when
-    ``rank_with="attribution"``, so the circuit ranking reuses them).
+    Returns the exact denoising results and the denoising attribution estimates by grid / result
+    name (with the ranking grids when ``rank_with="attribution"``), so the circuit ranking reuses them.
     """
     grids, attr = _supported_grids(bridge, batch, settings, metrics)
     exact = {g: patching.activation_patch(bridge, batch, *GRIDS[g], **kw) for g in grids}
@@ -131,20 +202,28 @@ def _patching(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, metr
     if only:
         save_figure(figures.heatmaps(only, f"{title}: attribution patching estimates (clean → corrupted)"),
                     out / "attribution_patching.png")
-    return estimates
+    return exact, estimates
 
 
-def _discover(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, estimates: dict, metrics: dict,
-              tables: list, out: Path, title: str) -> list[str]:
-    """Circuit selection, its faithfulness, top-head figures and path patching; returns the circuit's heads."""
-    circuit, extra = _circuit(bridge, batch, settings, kw, estimates)
+def _discover(bridge: Any, halves: list, settings: CircuitSettings, kw: dict, exact: dict,
+              estimates: dict, metrics: dict, tables: list, out: Path, title: str) -> TaskCircuit:
+    """Rank and select on the selection half, score on the held-out half; figures, path patching, ``circuit.json``."""
+    components = scoring.pool(bridge, settings.ablate_mlps)
+    (select, select_sources), (heldout, heldout_sources) = halves
+    score = lambda batch, sources: scoring.Scorer(bridge, batch, components, settings.ablation,  # noqa: E731
+                                                  settings.memory_mb, sources=sources)
+    circuit, extra = _circuit(bridge, select, settings, kw, exact, estimates, score(select, select_sources))
     tables += extra
-    metrics.update(faithfulness=circuit.faithfulness, circuit_size=len(circuit.components),
-                   circuit_heads=len(circuit.heads))
-    save_figure(figures.faithfulness_plot(circuit.curve, circuit.ranking, circuit.info["k"], title,
-                                          circuit.info["curve_k"]), out / "faithfulness.png")
+    scorer = score(heldout, heldout_sources)
+    reported, knockouts = scoring.score_heldout(scorer, circuit.components, settings.random_circuits,
+                                                settings.completeness_heads)
+    metrics.update(reported)
+    metrics.update(selection_faithfulness=circuit.faithfulness, target_reached=circuit.info["target_reached"],
+                   heldout_above_target=int(reported["faithfulness_ci_low"] >= settings.target_faithfulness))
+    save_figure(figures.faithfulness_plot(circuit.curve, circuit.ranking, circuit.info["k"], reported,
+                                          settings.target_faithfulness, title), out / "headline_faithfulness.png")
     top = [ablation.Component.parse(n) for n, _ in circuit.ranking if "H" in n][: settings.figure_heads]
-    save_figure(figures.attention_patterns(bridge, batch, [(c.layer, c.index) for c in top], title),
+    save_figure(figures.attention_patterns(bridge, select, [(c.layer, c.index) for c in top], title),
                 out / "attention_top_heads.png")
     notes = []
     senders = top[: settings.path_senders]
@@ -154,12 +233,13 @@ def _discover(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, esti
         metrics["path_patching_skipped"] = 1
         senders = []
     for c in senders:
-        tables.append(paths.path_patch(bridge, batch, (c.layer, c.index), sender_positions=settings.sender_positions, **kw))
+        tables.append(paths.path_patch(bridge, select, (c.layer, c.index), sender_positions=settings.sender_positions, **kw))
     write_json(out / "circuit.json", {"components": circuit.components, "heads": circuit.heads,
-                                      "ranking": circuit.ranking, "faithfulness_curve": circuit.curve,
-                                      "selection": circuit.selection, **circuit.info,
+                                      "ranking": circuit.ranking, "selection_curve": circuit.curve,
+                                      "selection": circuit.selection, **circuit.info, "knockouts": knockouts,
+                                      "ablated": ABLATED[settings.ablate_mlps],
                                       **({"notes": notes} if notes else {})})
-    return circuit.heads
+    return TaskCircuit(circuit.components, scorer)
 
 
 def _stack(results: list) -> Any:
@@ -169,43 +249,62 @@ def _stack(results: list) -> Any:
                          baseline=results[0].baseline)
 
 
-def _scores(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, estimates: dict) -> dict[str, tuple]:
-    """Per direction, the (head ``[layer, head]``, MLP ``[layer]``) effects that rank the components."""
-    scores = {}
-    for direction in ("denoise", "noise"):
-        if settings.rank_by not in (direction, "both"):
-            continue
-        if settings.rank_with == "exact":
-            scores[direction] = (patching.activation_patch(bridge, batch, "z", ("layer", "head"), direction=direction, **kw),
-                                 patching.activation_patch(bridge, batch, "mlp_out", ("layer",), direction=direction, **kw))
-            continue
-        est = estimates if direction == "denoise" else attribution.attribution_patch(
-            bridge, batch, list(RANK_GRIDS), direction, kw["metric"])
-        scores[direction] = (est["z_head"], est["mlp_out_layer"])
-    return scores
+RANKINGS = {"denoise": ("denoise",), "noise": ("noise",), "both": ("denoise", "noise"), "ablation": ("ablation",),
+            "all": ("denoise", "noise", "ablation")}  # rank_by -> the effects whose largest |value| ranks a component
 
 
-def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, estimates: dict) -> tuple[Any, list]:
-    """Rank heads and MLPs by patching effect, ablate, pick the circuit."""
-    scores = _scores(bridge, batch, settings, kw, estimates)
+def _scores(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact: dict, estimates: dict,
+            scorer: scoring.Scorer) -> tuple[dict[str, tuple], list]:
+    """Per effect (denoising, noising, single-component ablation), the (head ``[layer, head]``, MLP
+    ``[layer]`` or None) results that rank the components, and the results computed here only."""
+    scores, new = {}, []
+    mlp = settings.ablate_mlps
+    for effect in RANKINGS[settings.rank_by]:
+        if effect == "ablation" and settings.rank_with == "exact":
+            heads = ablation.ablate_heads(bridge, batch, settings.ablation, **kw)
+            mlps = ablation.ablate_mlps(bridge, batch, settings.ablation, **kw) if mlp else None
+        elif effect == "ablation":
+            est = attribution.attribution_patch(bridge, batch, list(RANK_GRIDS) if mlp else [RANK_GRIDS[0]],
+                                                metric=kw["metric"], ablation=settings.ablation,
+                                                ablation_values=scorer.sources)
+            heads, mlps = est["z_head"], est.get("mlp_out_layer")
+        elif settings.rank_with == "exact":
+            reuse = effect == "denoise" and "z" in exact  # the exact denoising grid is in the tables already
+            heads = exact["z"] if reuse else patching.activation_patch(bridge, batch, "z", ("layer", "head"),
+                                                                      direction=effect, **kw)
+            mlps = patching.activation_patch(bridge, batch, "mlp_out", ("layer",), direction=effect, **kw) if mlp else None
+            new += [r for r in (None if reuse else heads, mlps) if r is not None]
+            scores[effect] = (heads, mlps)
+            continue
+        else:
+            est = estimates if effect == "denoise" else attribution.attribution_patch(
+                bridge, batch, list(RANK_GRIDS), effect, kw["metric"])
+            heads, mlps = est["z_head"], est["mlp_out_layer"] if mlp else None
+        # the denoising attribution estimates are in the tables already
+        new += [r for r in ((None if effect == "denoise" else heads), mlps) if r is not None]
+        scores[effect] = (heads, mlps)
+    return scores, new
+
+
+def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact: dict, estimates: dict,
+             scorer: scoring.Scorer) -> tuple[Any, list]:
+    """Rank heads (and MLPs when ablated) by patching effect, then select by faithfulness on ``scorer``."""
+    scores, extra = _scores(bridge, batch, settings, kw, exact, estimates, scorer)
     head_score = torch.stack([h.effect().abs() for h, _ in scores.values()]).amax(0)
-    mlp_score = torch.stack([m.effect().abs() for _, m in scores.values()]).amax(0)
+    mlp_score = torch.stack([m.effect().abs() for _, m in scores.values()]).amax(0) if settings.ablate_mlps else None
     ranking = discovery.rank_components(head_score, mlp_score)
-    size = discovery.selected_size(ranking, settings.selection, settings.threshold, settings.top_k)
-    ks = discovery.curve_ks(len(ranking), settings.curve_points, [] if size is None else [size])
-    curve = discovery.faithfulness_curve(bridge, batch, ranking, settings.ablation, ks=ks, **kw)
-    circuit = discovery.select_circuit(ranking, curve, settings.selection, settings.threshold, settings.top_k,
-                                       settings.target_faithfulness, ks)
-    extra = [r for pair in scores.values() for r in pair] if settings.rank_with == "exact" else []
-    if settings.single_ablations:
+    circuit = discovery.select_circuit(scorer, ranking, settings.selection, settings.threshold, settings.top_k,
+                                       settings.target_faithfulness, settings.curve_points)
+    if settings.single_ablations and not (settings.rank_with == "exact" and "ablation" in scores):
         extra += [ablation.ablate_heads(bridge, batch, settings.ablation, **kw),
                   ablation.ablate_mlps(bridge, batch, settings.ablation, **kw)]
-    top_mlp = next((ablation.Component.parse(n) for n, _ in ranking if n.endswith(".mlp")), None)
-    if settings.neuron_ablation > 0 and top_mlp is not None:
+    if settings.neuron_ablation > 0:
         estimate = attribution.attribution_patch(bridge, batch, [("mlp_post", ("layer", "neuron"))], "noise", kw["metric"])
-        row = estimate["mlp_post_neuron"].effect()[top_mlp.layer]  # (neuron,)
-        neurons = row.abs().argsort(descending=True)[: settings.neuron_ablation].tolist()
-        extra.append(ablation.ablate_neurons(bridge, batch, top_mlp.layer, settings.ablation, neurons, **kw))
+        grid = estimate["mlp_post_neuron"].effect()  # (layer, neuron)
+        top_mlp = next((n for n, _ in ranking if n.endswith(".mlp")), None)  # ranked only when MLPs are ablated
+        layer = ablation.Component.parse(top_mlp).layer if top_mlp else int(grid.abs().sum(1).argmax())
+        neurons = grid[layer].abs().argsort(descending=True)[: settings.neuron_ablation].tolist()
+        extra.append(ablation.ablate_neurons(bridge, batch, layer, settings.ablation, neurons, **kw))
     return circuit, extra
 
 
@@ -218,27 +317,84 @@ def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root:
     out_dir = Path(out_dir)
     bridge = load_bridge(model_source, device=str(resolve_device(device)), dtype=dtype)
     metrics: dict[str, Any] = {}
-    circuits: dict[str, list[str]] = {}
+    found: dict[str, TaskCircuit] = {}
+    headline = []
     for task in tqdm(settings.tasks, desc="circuits", disable=not settings.progress):
         folder = out_dir / f"{model_name}-{task}"
         folder.mkdir(parents=True, exist_ok=True)
-        task_metrics, heads = analyse_task(bridge, settings, data_root, task, folder, model_name)
-        circuits[task] = heads
-        for key in ("faithfulness", "circuit_size", "circuit_heads", "attribution_corr_heads", "clean_logit_diff",
-                    "clean_accuracy", "solved", "seconds"):
+        task_metrics, circuit = analyse_task(bridge, settings, data_root, task, folder, model_name)
+        if circuit is not None:
+            found[task] = circuit
+        for key in SUMMARY:
             if key in task_metrics:
                 metrics[f"{task}/{key}"] = task_metrics[key]
-    solved = {t for t in circuits if metrics.get(f"{t}/solved")}
-    if len(settings.overlap) == 2 and not all(t in solved for t in settings.overlap):
-        write_json(out_dir / "overlap.json", {"tasks": list(settings.overlap), "overlap": None,
-                                              "note": "not computed: a task of the pair is unsolved or was not run",
-                                              "solved": sorted(solved)})
-    elif len(settings.overlap) == 2:
-        a, b = settings.overlap
-        value = discovery.circuit_overlap(circuits[a], circuits[b])
-        metrics[f"overlap_{a}_{b}"] = value
-        write_json(out_dir / "overlap.json", {"tasks": [a, b], "heads": {a: circuits[a], b: circuits[b]},
-                                              "common": sorted(set(circuits[a]) & set(circuits[b])),
-                                              "overlap": value, "definition": "heads in common / heads in either"})
+        headline += headline_rows(model_name, task, task_metrics)
+    compared = [t for t in (settings.overlap or settings.tasks) if t in found]
+    metrics.update(_reuse(found, compared, [t for t in (settings.overlap or settings.tasks) if t not in found], out_dir))
+    write_frame(out_dir / "headline.csv", _headline_frame(headline))
     metrics["seconds"] = time.perf_counter() - start
+    return metrics
+
+
+SUMMARY = tuple(f"{k}{s}" for k in ("faithfulness", "faithfulness_per_prompt", "random_faithfulness", "excess_over_random",
+                                     "circuit_accuracy", "clean_logit_diff", "logit_gap") for s in ("", "_ci_low", "_ci_high")) + (
+    "circuit_size", "circuit_heads", "pool_size", "heldout_above_target", "target_reached", "completeness_gap_max",
+    "minimality_min", "attribution_corr_heads", "clean_accuracy", "heldout_accuracy", "solved", "seconds")
+
+
+def headline_rows(model: str, task: str, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The numbers a results section quotes for one task (see the README's circuit section)."""
+    iv = lambda key: (m.get(key), m.get(key + "_ci_low"), m.get(key + "_ci_high"))  # noqa: E731
+    rows = [("logit_gap", *iv("logit_gap"), "corrupted run", 0.0)]
+    if m.get("solved"):
+        rows += [("faithfulness", *iv("faithfulness"), "random circuit, same size", m.get("random_faithfulness")),
+                 ("faithfulness_per_prompt", *iv("faithfulness_per_prompt"), "corrupted run", 0.0),
+                 ("excess_over_random", *iv("excess_over_random"), "random circuit, same size", 0.0),
+                 ("circuit_accuracy", *iv("circuit_accuracy"), "full model", m.get("heldout_accuracy")),
+                 ("circuit_size", m["circuit_size"], None, None, "pool size", m["pool_size"])]
+    return [{"model": model, "task": task, "method": "model" if name == "logit_gap" else "circuit", "metric": name,
+             "value": v, "ci_low": lo, "ci_high": hi, "baseline": base, "baseline_value": bv,
+             "solved": int(m.get("solved", 0))} for name, v, lo, hi, base, bv in rows]
+
+
+def _headline_frame(rows: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["model", "task", "method", "metric", "value", "ci_low", "ci_high", "baseline",
+                                       "baseline_value", "solved"])
+
+
+def _reuse(found: dict[str, TaskCircuit], tasks: list[str], unsolved: list[str], out_dir: Path) -> dict[str, float]:
+    """Head overlap (Jaccard, containment) and cross-task faithfulness for every ordered pair of solved tasks.
+
+    Cross-task faithfulness of (A, B): A's circuit scored on B's held-out half (Merullo et al. 2024;
+    Hanna et al. 2024), beside B's own circuit's. Written to ``reuse.csv`` and ``overlap.json``.
+    """
+    import pandas as pd
+
+    metrics: dict[str, float] = {}
+    rows = []
+    for b in tasks:
+        others = [a for a in tasks if a != b]
+        scorer = found[b].scorer
+        ld, _ = scorer.circuits([found[a].components for a in others])  # (other task, prompt of b), one batched run
+        for a, row_ld in zip(others, ld):
+            heads_a = [c for c in found[a].components if "H" in c]
+            heads_b = [c for c in found[b].components if "H" in c]
+            iv = bootstrap(row_ld, scorer.clean_ld, statistic=scoring.ratio_of_means)
+            row = {"circuit_of": a, "scored_on": b, "jaccard": discovery.circuit_overlap(heads_a, heads_b),
+                   "containment": discovery.circuit_containment(heads_a, heads_b), "faithfulness": iv.estimate,
+                   "faithfulness_ci_low": iv.low, "faithfulness_ci_high": iv.high, "size_a": len(found[a].components)}
+            rows.append(row)
+            metrics[f"reuse/{a}_in_{b}/containment"] = row["containment"]
+            metrics.update(to_metrics(f"reuse/{a}_on_{b}/faithfulness", iv))
+            if tasks.index(a) < tasks.index(b):
+                metrics[f"reuse/{a}_{b}/jaccard"] = row["jaccard"]
+    write_frame(out_dir / "reuse.csv", pd.DataFrame(rows, columns=["circuit_of", "scored_on", "jaccard", "containment",
+                                                                   "faithfulness", "faithfulness_ci_low",
+                                                                   "faithfulness_ci_high", "size_a"]))
+    write_json(out_dir / "overlap.json", {"tasks": tasks, "unsolved": unsolved,
+                                          "heads": {t: [c for c in found[t].components if "H" in c] for t in tasks},
+                                          "definition": "jaccard = |A∩B|/|A∪B| of heads; containment = |A∩B|/|A|; "
+                                                        "faithfulness = A's circuit scored on B's held-out prompts"})
     return metrics

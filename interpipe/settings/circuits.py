@@ -20,7 +20,7 @@ GRIDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pattern": ("pattern", ("layer", "head")), "pattern_pos": ("pattern", ("layer", "head", "pos")),
     "attn_layer": ("attn_out", ("layer",)), "mlp_layer": ("mlp_out", ("layer",)),  # whole layer, all positions
 }
-RANK_BY = ("denoise", "noise", "both")
+RANK_BY = ("denoise", "noise", "both", "ablation", "all")  # effects that rank components (interpipe.circuits.study)
 RANK_WITH = ("exact", "attribution")
 
 
@@ -29,26 +29,30 @@ class CircuitSettings:
     """Settings of the circuit study (``conf/circuits/``)."""
 
     tasks: list[str] = field(default_factory=lambda: ["ioi", "colored_objects", "laundry_list", "sva", "induction"])  # the embedded tasks with same-length corrupted prompts
-    n_prompts: int = 32  # prompts per task: small keeps the default pipeline inside its time budget
+    n_prompts: int = 32  # prompts per task, half to select the circuit, half to report it: small keeps the pipeline in budget
     split: str = "test"  # held-out prompts the model never trained on
     on_mismatch: str = "error"  # error | skip prompts whose clean/corrupted token lengths differ
     grids: list[str] = field(default_factory=lambda: ["resid_pre", "z", "q", "k", "v", "pattern"])  # exact patching grids
     attribution_grids: Optional[list[str]] = None  # attribution-patching grids; None: the exact grids
-    rank_by: str = "both"  # rank components by |denoising|, |noising| or the larger of the two effects
+    rank_by: str = "all"  # rank components by the largest of |denoising|, |noising| and |single ablation| effects (or one, or both patching)
     rank_with: str = "exact"  # exact | attribution: which head/MLP patching effects rank the components
     selection: str = "faithfulness"  # faithfulness | threshold | top_k
-    target_faithfulness: float = 0.8  # smallest top-k circuit reaching this is selected
+    target_faithfulness: float = 0.8  # the smallest top-k circuit whose selection-half interval lies above this is selected
     threshold: float = 0.1  # |effect| cut for selection=threshold
     top_k: int = 8  # circuit size for selection=top_k
-    ablation: str = "mean"  # mean | zero | resample: how components outside the circuit are removed
+    ablation: str = "mean"  # mean (template-aligned, over the corrupted prompts) | zero | resample: how components outside the circuit are removed
+    ablate_mlps: bool = False  # heads-only circuits as Wang et al. (MLPs and embeddings kept); true: MLPs join the pool
+    reference_prompts: int = 64  # corrupted prompts of further examples that join the batch's in the ablation means
+    random_circuits: int = 20  # random same-size circuits scored on the held-out half (the baseline)
+    completeness_heads: int = 8  # completeness/minimality knockouts for this many top circuit heads (2 runs each)
     curve_points: int = 0  # faithfulness curve at every k (0) or at about this many k, spaced geometrically
     single_ablations: bool = True  # ablate every head and every MLP alone (one patched run each)
     path_senders: int = 1  # path patching from this many top-ranked heads
     sender_positions: str = "all"  # all | answer: positions of the sender's write (Merullo et al. use the last)
     neuron_ablation: int = 32  # ablate this many neurons of the top-ranked MLP (picked by attribution), one at a time
     figure_heads: int = 4  # attention-pattern panels for the top heads
-    overlap: list[str] = field(default_factory=lambda: ["ioi", "colored_objects"])  # task pair compared
-    min_logit_gap: float = 0.5  # below this clean-corrupted gap the task is unsolved: no circuit is sought
+    overlap: list[str] = field(default_factory=list)  # tasks whose solved pairs are compared (reuse); empty: every task run
+    min_logit_gap: float = 0.5  # solved: the 95 % interval of the clean-corrupted logit-difference gap lies above this
     memory_mb: float = 512.0  # activation memory per batched forward; sets the chunk size
     progress: bool = False  # per-chunk progress bars
 
@@ -69,8 +73,9 @@ class CircuitSettings:
             raise ValueError(f"circuits.n_prompts={self.n_prompts} must be >= 1")
         if not 0 < self.target_faithfulness <= 2:
             raise ValueError(f"circuits.target_faithfulness={self.target_faithfulness} must be in (0, 2]")
-        if len(self.overlap) not in (0, 2):
-            raise ValueError(f"circuits.overlap={self.overlap} must name two tasks (or none)")
+        for key in ("reference_prompts", "random_circuits", "completeness_heads"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"circuits.{key}={getattr(self, key)} must be >= 0")
         if self.curve_points < 0:
             raise ValueError(f"circuits.curve_points={self.curve_points} must be >= 0 (0: every circuit size)")
         if self.memory_mb <= 0:

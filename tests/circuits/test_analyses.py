@@ -52,13 +52,17 @@ def test_head_ablation_sweep_matches_single_runs(bridge, sva_batch, kind):
     assert float(sweep.values[1, 2]) == pytest.approx(float(single), abs=1e-4)
 
 
-def test_faithfulness_curve_ends_at_one(bridge, sva_batch):
-    metric = task_metric(bridge, sva_batch)
-    ranking = rank_components(torch.rand(bridge.cfg.n_layers, bridge.cfg.n_heads), torch.rand(bridge.cfg.n_layers))
-    curve = faithfulness_curve(bridge, sva_batch, ranking, metric=metric)
-    assert len(curve) == len(ranking) + 1 and curve[-1] == pytest.approx(1.0, abs=1e-4)
-    circuit = select_circuit(ranking, curve, "top_k", top_k=3)
-    assert circuit.components == [n for n, _ in ranking[:3]] and circuit.faithfulness == curve[3]
+def test_faithfulness_curve_ends_at_one_and_top_k_takes_the_first_k(bridge, sva_batch):
+    from interpipe.circuits import Scorer
+    from interpipe.circuits.scoring import pool
+
+    ranking = rank_components(torch.rand(bridge.cfg.n_layers, bridge.cfg.n_heads))
+    scorer = Scorer(bridge, sva_batch, pool(bridge))
+    curve = faithfulness_curve(scorer, ranking, list(range(len(ranking) + 1)))
+    assert len(curve) == len(ranking) + 1 and curve[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    circuit = select_circuit(scorer, ranking, "top_k", top_k=3)
+    assert circuit.components == [n for n, _ in ranking[:3]]
+    assert circuit.faithfulness == pytest.approx(curve[3]["faithfulness"], abs=1e-6)
 
 
 def test_overlap_is_heads_in_common_over_heads_in_either():
@@ -75,7 +79,7 @@ def test_result_round_trip_and_no_overwrite(tmp_path):
     with pytest.raises(OutputExistsError):
         result.save(tmp_path / "r")
     frame = result.to_frame()
-    assert list(frame.columns[:5]) == ["analysis", "layer", "head", "position", "effect"]
+    assert list(frame.columns[:7]) == ["analysis", "method", "direction", "layer", "head", "position", "effect"]
     assert frame["effect"].tolist() == [v - 1.0 for v in range(6)]
 
 

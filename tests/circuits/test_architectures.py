@@ -146,13 +146,13 @@ def test_study_runs_with_attribution_ranking(arch_folders, data_root, tmp_path, 
     from interpipe.io import read_json
 
     settings = CircuitSettings(tasks=["sva"], n_prompts=4, on_mismatch="skip", grids=["mlp_layer"],
-                               attribution_grids=["mlp_layer", "z", "k"], rank_by="denoise", rank_with="attribution",
+                               attribution_grids=["mlp_layer", "z", "k"], rank_by="ablation", rank_with="attribution",
                                curve_points=4, single_ablations=False, neuron_ablation=0, overlap=[],
-                               min_logit_gap=-1e9)
+                               min_logit_gap=-1e9, random_circuits=2, completeness_heads=1, reference_prompts=4)
     metrics = run_circuits(settings, arch_folders[family], data_root, tmp_path, model_name=family)
     task = read_json(tmp_path / f"{family}-sva" / "metrics.json")
     circuit = read_json(tmp_path / f"{family}-sva" / "circuit.json")
-    assert metrics["sva/solved"] == 1 and len(circuit["faithfulness_curve"]) == len(circuit["curve_k"]) <= 5
+    assert metrics["sva/solved"] == 1 and len(circuit["selection_curve"]) == len(circuit["curve_k"]) <= 5
     assert circuit["k"] in circuit["curve_k"] and -1 <= task["attribution_corr_mlp_layer"] <= 1
     assert ("notes" in circuit) == (family == "opt") and task.get("path_patching_skipped", 0) == (family == "opt")
 

@@ -42,16 +42,31 @@ def test_smollm2_preset_composes_and_validates():
 def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     from interpipe.circuits import CircuitSettings, run_circuits
 
-    settings = CircuitSettings(tasks=["sva", "ioi"], n_prompts=4, grids=["resid_pre", "z"], min_logit_gap=-1e9,
-                               neuron_ablation=4, overlap=["sva", "ioi"])
+    settings = CircuitSettings(tasks=["sva", "ioi"], n_prompts=8, grids=["resid_pre", "z"], min_logit_gap=-1e9,
+                               neuron_ablation=4, overlap=["sva", "ioi"], reference_prompts=8, random_circuits=3,
+                               completeness_heads=2)
     metrics = run_circuits(settings, tiny_folder, data_root, tmp_path, model_name="tiny")
     task = tmp_path / "tiny-sva"
     for name in ("metrics.json", "effects.parquet", "circuit.json", "dla.png", "patching.png", "attribution.png",
-                 "faithfulness.png", "attention_top_heads.png"):
+                 "headline_faithfulness.png", "attention_top_heads.png"):
         assert (task / name).exists(), name
     import pandas as pd
 
     frame = pd.read_parquet(task / "effects.parquet")
-    assert {"layer", "head", "position", "effect"} <= set(frame.columns)
-    assert "sva/faithfulness" in metrics and "overlap_sva_ioi" in metrics
-    assert read_json(tmp_path / "overlap.json")["overlap"] == metrics["overlap_sva_ioi"]
+    assert {"analysis", "method", "direction", "layer", "head", "position", "effect"} <= set(frame.columns)
+    key = ["analysis", "method", "direction", "layer", "head", "position", "component", "neuron"]
+    assert not frame.duplicated([k for k in key if k in frame.columns]).any()  # every grid labelled apart
+    assert set(frame["method"]) >= {"exact", "attribution", "dla"}
+    assert set(frame.loc[frame["method"] == "exact", "direction"]) == {"denoising", "noising"}
+    assert "sva/faithfulness_ci_low" in metrics and "sva/random_faithfulness" in metrics
+    reuse = pd.read_csv(tmp_path / "reuse.csv")
+    assert len(reuse) == 2 and metrics["reuse/sva_ioi/jaccard"] == reuse["jaccard"][0]
+    from interpipe.headline import read_headline
+
+    headline = read_headline(tmp_path / "headline.csv")  # the report's reader accepts it
+    assert {"faithfulness", "logit_gap"} <= set(headline["metric"]) and set(headline["task"]) == {"sva", "ioi"}
+    assert set(headline["method"]) == {"model", "circuit"}
+    assert read_json(tmp_path / "overlap.json")["tasks"] == ["sva", "ioi"]
+    classes = pd.read_csv(tmp_path / "tiny-ioi" / "ioi_heads.csv")  # IOI head evidence, one row per head
+    assert len(classes) == 8 and classes["in_circuit"].sum() == metrics["ioi/circuit_heads"]
+    assert (tmp_path / "tiny-ioi" / "headline_ioi_heads.png").exists()
