@@ -1,9 +1,11 @@
-"""Stage `quantize`: outliers and RTN / SmoothQuant / OS+ over a bits grid on one model.
+"""Stage `quantize`: outliers and RTN / SmoothQuant / OS+ over bits and calibration seeds on one model.
 
     python -m stages.quantize model=minilm hydra.run.dir=outputs/quantize/minilm
     python -m stages.quantize model=toy quantize.methods=[osplus] quantize.bits=[w4a4]
     python -m stages.quantize model=smollm2 quantize=smollm2 hydra.run.dir=outputs/quantize/smollm2
-    python -m stages.quantize -m experiment=quantize_sweep   # the full grid, one job per setting
+    python -m stages.quantize model=minilm quantize=grid     # every method x bits x seed
+    python -m stages.quantize experiment=quantize_paper model=smollm2   # paper scale
+    python -m stages.quantize -m experiment=quantize_ablations model=minilm   # alpha x calibration size
 """
 
 import hydra

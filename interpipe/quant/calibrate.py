@@ -2,8 +2,11 @@
 
 One full-precision pass over the calibration examples records, for each quantized input
 (``blocks.{L}.hook_attn_in`` etc., padding tokens excluded): per-channel min/max/absmax, the
-first four moments (for std and kurtosis), the energy per channel and, per example, which
-channels are the top-k by absmax (for the stability of outlier channels across examples).
+first four moments (for std and kurtosis), the energy per channel, per example the per-channel
+min/max (from which the static range observers of :mod:`~interpipe.quant.observers` derive the
+range of any migrated input without another pass) and which channels are the top-k by absmax
+(for the stability of outlier channels across examples), and per token the largest |x| over
+channels (the massive activations at the first token and at delimiters).
 For the Outlier Suppression+ search it also keeps the raw LayerNorm outputs of every
 migration pair.
 """
@@ -17,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interpipe.quant.arch import Arch, get_module
+from interpipe.quant.observers import example_ranges
 from interpipe.typing import Float, Tensor
 
 
@@ -90,6 +94,9 @@ class ChannelStats:
     moments: Tensor = None  # (4, d): sums of x, x^2, x^3, x^4
     topk_count: Tensor = None  # (d,): examples where the channel is in the example's top-k by absmax
     top1: list[int] = field(default_factory=list)  # each example's top-1 channel
+    ex_min: list[Tensor] = field(default_factory=list)  # per batch (batch, d): each example's channel minima
+    ex_max: list[Tensor] = field(default_factory=list)  # per batch (batch, d): each example's channel maxima
+    token_absmax: list[Tensor] = field(default_factory=list)  # per batch (batch, pos): max |x| over channels (0 at padding)
 
     def __post_init__(self) -> None:
         self.min = torch.full((self.d,), float("inf"), dtype=torch.float64)
@@ -101,18 +108,27 @@ class ChannelStats:
         if x.ndim == 2 or x.shape[:2] != mask.shape:  # a pooled input (batch, d): one row per example
             x = x.reshape(x.shape[0], -1, x.shape[-1])  # (batch, rows, d)
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        else:
+            self.token_absmax.append((x.abs().amax(-1) * mask).float().cpu())  # (batch, pos)
+        lo, hi = example_ranges(x, mask, per_channel=True)  # (batch, d) each
+        self.ex_min.append(lo.double().cpu())
+        self.ex_max.append(hi.double().cpu())
         rows = x[mask].double().cpu()  # (n_tokens, d) non-padding tokens only
         self.n += rows.shape[0]
         self.min = torch.minimum(self.min, rows.min(0).values)
         self.max = torch.maximum(self.max, rows.max(0).values)
         sq = rows * rows  # (n_tokens, d) products, cheaper than pow
         self.moments += torch.stack([rows.sum(0), sq.sum(0), (sq * rows).sum(0), (sq * sq).sum(0)])  # (4, d)
-        per_example = (x.abs() * mask[..., None]).amax(1).double().cpu()  # (batch, d)
+        per_example = torch.maximum(-self.ex_min[-1], self.ex_max[-1])  # (batch, d) absmax per example
         k = min(self.top_k, self.d)
         top = per_example.topk(k, dim=-1).indices  # (batch, k)
         self.topk_count += torch.zeros_like(self.topk_count).index_add_(0, top.reshape(-1), torch.ones(top.numel(), dtype=torch.float64))
         self.top1 += top[:, 0].tolist()
         self.n_examples += x.shape[0]
+
+    def example_ranges(self) -> tuple[Tensor, Tensor]:
+        """Every calibration example's per-channel minima and maxima, ``(n_examples, d)`` each."""
+        return torch.cat(self.ex_min), torch.cat(self.ex_max)
 
     @property
     def absmax(self) -> Tensor:
@@ -148,6 +164,7 @@ class Calibration:
     pair_inputs: dict[str, list[tuple[Tensor, Tensor]]]  # pair hook -> [(x (batch,pos,d), mask)]
     n_examples: int
     n_tokens: int
+    batches: list[Batch] = field(default_factory=list)  # the calibration batches (token ids for the token statistics)
 
 
 @torch.no_grad()
@@ -184,4 +201,4 @@ def calibrate(model: nn.Module, arch: Arch, batches: list[Batch], device, top_k:
         for h in handles:
             h.remove()
     n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
-    return Calibration(stats, inputs, kept, sum(b.input_ids.shape[0] for b in batches), n_tokens)
+    return Calibration(stats, inputs, kept, sum(b.input_ids.shape[0] for b in batches), n_tokens, list(batches))

@@ -12,7 +12,8 @@ accumulator precision). Conventions follow the Outlier Suppression+ observers
   widened to include 0, ``zero_point = round(-min / scale)``.
 
 ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x_hat = (q - zero_point) * scale``
-(``torch.round`` rounds half to even).
+(``torch.round`` rounds half to even). A 16-bit side is not quantized at all: it stands for the
+papers' W16 / A16 (FP16), so W16A8 is activation-only quantization.
 
 >>> import torch
 >>> fake_quantize(torch.tensor([0.0, 0.26, -1.0, 1.0]), bits=2, symmetric=True)
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interpipe.settings.quantize import A_GRANULARITIES, W_GRANULARITIES, check_bits, parse_bits
+from interpipe.settings.quantize import A_GRANULARITIES, MAX_BITS, W_GRANULARITIES, check_bits, parse_bits
 from interpipe.typing import Float, Tensor
 
 EPS = torch.finfo(torch.float32).eps
@@ -112,7 +113,7 @@ class ActSpec:
 
     bits: int
     symmetric: bool = True
-    granularity: str = "per_tensor_static"  # calibrated per-tensor range | per-token range at run time
+    granularity: str = "per_tensor_static"  # calibrated range per tensor | per input channel | per token at run time
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "a_bits")
@@ -121,7 +122,11 @@ class ActSpec:
 
     @property
     def static(self) -> bool:
-        return self.granularity == "per_tensor_static"
+        return self.granularity != "per_token_dynamic"
+
+    @property
+    def per_channel(self) -> bool:
+        return self.granularity == "per_channel_static"
 
 
 def quantize_weight(w: Float[Tensor, "d_out d_in"], spec: WeightSpec) -> Float[Tensor, "d_out d_in"]:
@@ -132,6 +137,8 @@ def quantize_weight(w: Float[Tensor, "d_out d_in"], spec: WeightSpec) -> Float[T
     tensor([[1.0000, 0.0000],
             [0.0000, 0.2000]])
     """
+    if spec.bits >= MAX_BITS:
+        return w
     if spec.granularity == "per_tensor":
         return fake_quantize(w, spec.bits, spec.symmetric)
     if spec.granularity == "per_channel":
@@ -146,11 +153,13 @@ def quantize_activation(x: Float[Tensor, "... d_in"], spec: ActSpec, x_min: Tens
                         x_max: Tensor | None = None) -> Float[Tensor, "... d_in"]:
     """Fake-quantize an activation: with a calibrated range (static) or per token (dynamic).
 
-    ``x_min``/``x_max`` are required for ``per_tensor_static``.
+    ``x_min``/``x_max`` (scalars, or ``(d_in,)`` per channel) are required for the static kinds.
     """
+    if spec.bits >= MAX_BITS:
+        return x
     if spec.static:
         if x_min is None or x_max is None:
-            raise RuntimeError("per_tensor_static activation quantization needs a calibrated range; "
+            raise RuntimeError(f"{spec.granularity} activation quantization needs a calibrated range; "
                                "run calibration first")
         scale, zero = qparams(x_min, x_max, spec.bits, spec.symmetric)
         return quantize_dequantize(x, scale, zero, spec.bits, spec.symmetric)
@@ -169,5 +178,6 @@ def sqnr_db(reference: Tensor, approx: Tensor) -> float:
 def specs(settings, tag: str) -> tuple["WeightSpec", "ActSpec"]:
     """The weight and activation grids of ``settings`` (a ``QuantSettings``) at bits ``tag`` (``w8a8``)."""
     w, a = parse_bits(tag)
-    return (WeightSpec(w, settings.w_symmetric, settings.w_granularity, settings.group_size),
-            ActSpec(a, settings.a_symmetric, settings.a_granularity))
+    grid = settings.grid_of(tag)
+    return (WeightSpec(w, grid.w_symmetric, grid.w_granularity, settings.group_size),
+            ActSpec(a, grid.a_symmetric, grid.a_granularity))

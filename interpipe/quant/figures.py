@@ -76,21 +76,55 @@ def layer_sqnr(frames: dict[str, pd.DataFrame], note: str | None = None):
 
 
 def end_metrics(frame: pd.DataFrame, metric: str, note: str | None = None):
-    """Grouped bars of the headline end-metric delta: methods x bits (``note``: where the FP weights came from)."""
+    """Grouped bars of the headline end-metric delta, methods x bits, with the seed interval as error bars.
+
+    ``note``: where the FP weights came from (SmolLM2: dequantised 4-bit weights).
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     bits = list(dict.fromkeys(frame["bits"]))
     methods = list(dict.fromkeys(frame["method"]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(bits) + 2), 3.8))
     width = 0.8 / max(len(methods), 1)
     for i, method in enumerate(methods):
         sub = frame[frame["method"] == method].set_index("bits")
         values = [float(sub.loc[b, metric]) if b in sub.index else float("nan") for b in bits]
-        ax.bar([j + i * width for j in range(len(bits))], values, width, label=method)
+        err = None
+        if f"{metric}_ci_low" in sub:
+            low = [float(sub.loc[b, f"{metric}_ci_low"]) if b in sub.index else float("nan") for b in bits]
+            high = [float(sub.loc[b, f"{metric}_ci_high"]) if b in sub.index else float("nan") for b in bits]
+            err = [[0.0 if math.isnan(lo) else v - lo for v, lo in zip(values, low)],  # one seed: no bar
+                   [0.0 if math.isnan(hi) else hi - v for v, hi in zip(values, high)]]
+        ax.bar([j + i * width for j in range(len(bits))], values, width, yerr=err, capsize=2, label=method)
     ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(bits))], bits)
     ax.set_ylabel(f"{metric} ({'FP - quantized' if 'drop' in metric else 'quantized - FP'})")
+    if metric.startswith("ppl") and (frame[metric] > 0).all():
+        ax.set_yscale("log")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
-    if note:
-        ax.set_title(f"FP weights: {note}", fontsize=7, wrap=True)
+    title = "error bars: 95 % interval over calibration seeds"
+    ax.set_title(f"{title}\nFP weights: {note}" if note else title, fontsize=7, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def massive_activations(tokens: pd.DataFrame, note: str | None = None):
+    """Largest |x| at the first token, at delimiters and (median) elsewhere, per quantized input kind."""
+    plt = _plt()
+    kinds = {"hook_attn_in": "q/k/v input", "hook_mlp_in": "MLP input", "attn.hook_z": "attention out input",
+             "mlp.hook_post": "MLP out input"}
+    present = [k for k in kinds if tokens["hook"].str.endswith(k).any()]
+    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(3.4 * max(len(present), 1), 3.2), squeeze=False)
+    for ax, kind in zip(axes.flat, present):
+        sub = tokens[tokens["hook"].str.endswith(kind)]
+        layer = sub["hook"].str.extract(r"blocks\.(\d+)\.")[0].astype(int)
+        for col, label in (("first_token_absmax", "first token"), ("delimiter_absmax", "delimiters"),
+                           ("other_absmax_median", "other tokens (median)")):
+            ax.plot(layer, sub[col], marker=".", label=label)
+        ax.set_yscale("log")
+        ax.set_title(kinds[kind], fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+    axes.flat[0].set_ylabel("max |x| over channels")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Massive activations at quantized inputs" + (f" (FP weights: {note})" if note else ""), fontsize=8)
     fig.tight_layout()
     return fig

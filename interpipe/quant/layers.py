@@ -4,15 +4,17 @@
 ``inner``. Its modes:
 
 - ``fp``: the original layer, untouched;
-- ``observe``: full precision, recording the per-tensor min/max of the input over non-padding
-  tokens (static activation calibration);
-- ``quant``: fake-quantized input (static range or per token) times the fake-quantized weight.
+- ``quant``: fake-quantized input (static range set by :meth:`QuantLinear.set_range`, or per
+  token) times the fake-quantized weight.
+
+Static ranges come from the calibration pass (:func:`~interpipe.quant.observers.static_range`).
 
 With ``track_error`` on it also accumulates the layer-local error (same input through the
 full-precision layer) for the per-layer MSE/SQNR table.
 
 A linear behind a bias-free norm migrated by OS+ carries an input shift ``delta``
-(:func:`~interpipe.quant.arch.set_input_shift`): the quantizer then sees ``x - delta`` and the
+(:func:`~interpipe.quant.arch.set_input_shift`): the quantizer then sees ``x - delta`` (its range
+is that of ``x - delta``) and the
 output is ``Q(W) Q(x - delta) + b + W delta``, equal to the layer's at full precision.
 """
 
@@ -29,7 +31,7 @@ from interpipe.quant.calibrate import token_rows
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
 from interpipe.typing import Float, Tensor
 
-MODES = ("fp", "observe", "quant")
+MODES = ("fp", "quant")
 
 
 @dataclass
@@ -83,8 +85,8 @@ class QuantLinear(nn.Module):
         self.mode = "fp"
         self.track_error = False
         self.local = ErrorStats()
-        self.register_buffer("x_min", torch.tensor(float("inf")), persistent=False)
-        self.register_buffer("x_max", torch.tensor(float("-inf")), persistent=False)
+        self.register_buffer("x_min", None, persistent=False)  # static range: () per tensor or (d_in,) per channel
+        self.register_buffer("x_max", None, persistent=False)
         self._qweight: Tensor | None = None
         shift = input_shift(inner)
         self.register_buffer("input_shift", shift.to(self.weight) if shift is not None else None, persistent=False)
@@ -102,6 +104,10 @@ class QuantLinear(nn.Module):
             self._qweight = quantize_weight(self.weight.detach(), self.w_spec)
         return self._qweight
 
+    def set_range(self, x_min: Tensor, x_max: Tensor) -> None:
+        """The calibrated range of this layer's (shifted) input, for static activation grids."""
+        self.x_min, self.x_max = x_min.to(self.weight), x_max.to(self.weight)
+
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {MODES}")
@@ -118,11 +124,6 @@ class QuantLinear(nn.Module):
         if self.mode == "fp":
             return self.inner(x)
         shifted = x if self.input_shift is None else x - self.input_shift  # (..., d_in) what the quantizer sees
-        if self.mode == "observe":
-            rows = self.tokens.select(shifted.detach())
-            self.x_min = torch.minimum(self.x_min, rows.min())
-            self.x_max = torch.maximum(self.x_max, rows.max())
-            return self.inner(x)
         xq = quantize_activation(shifted, self.a_spec, self.x_min, self.x_max)
         out = F.linear(xq, self.qweight(), self.shifted_bias())
         if self.track_error:
@@ -141,13 +142,6 @@ def wrap_layers(model: nn.Module, targets: list, w_spec: WeightSpec, a_spec: Act
         set_module(model, target.module, layer)
         wrapped[target.module] = layer
     return wrapped
-
-
-def unwrap_layers(model: nn.Module) -> None:
-    """Put every wrapped layer's original module back (in place)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear):
-            set_module(model, name, module.inner)
 
 
 def check_targets(model: nn.Module, targets: list, w_spec: WeightSpec) -> None:

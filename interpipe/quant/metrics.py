@@ -1,11 +1,14 @@
 """End metrics of a quantized model against its full-precision original, and per-layer errors.
 
 Deltas are quantized minus FP (``loss_delta``, ``ppl_delta``); drops are FP minus quantized
-(``task_acc_drop``, ``cos_drop = 1 - cos_mean``, ``acc_drop``), so lower is better for every one.
+(``task_acc_drop``, ``logit_diff_drop``, ``cos_drop = 1 - cos_mean``, ``acc_drop``), so lower is
+better for every one.
 
-- causal LM (toy GPT-2): next-token loss and perplexity on held-out corpus text; task accuracy
-  (the answer is the argmax next token after the prompt) on every prepared causal task;
-  agreement of the predicted answers with the FP model's.
+- causal LM (toy GPT-2, SmolLM2): next-token loss and perplexity on held-out text (the prepared
+  corpus's validation split: templated task sentences, not natural prose); task accuracy (the
+  answer is the argmax next token after the prompt) and logit difference (answer minus foil logit
+  at the last prompt token) on every prepared causal task; agreement of the predicted answers
+  with the FP model's. Only the positions a metric reads go through the unembedding.
 - encoder (MiniLM): mean-pooled, L2-normalised sentence embeddings (the sentence-transformers
   recipe of all-MiniLM-L6-v2); cosine similarity to the FP embeddings and agreement of
   nearest-neighbour retrieval (each text's nearest other text) with the FP model's.
@@ -47,7 +50,7 @@ class EndMetrics:
         from interpipe.data import CAUSAL_TASKS, load_task
 
         self.kind, self.device = kind, device
-        self.tasks: dict[str, tuple[list[Batch], torch.Tensor]] = {}
+        self.tasks: dict[str, tuple[list[Batch], torch.Tensor, torch.Tensor | None]] = {}  # batches, answers, foils
         self.skipped: dict[str, str] = {}  # task -> why it has no accuracy (recorded in the run's info)
         if kind == "causal_lm":
             corpus = load_task(data_root, "corpus", "validation")
@@ -64,7 +67,12 @@ class EndMetrics:
                 except ValueError as exc:  # multi-token answers: no argmax accuracy for this tokenizer
                     self.skipped[task] = str(exc)
                     continue
-                self.tasks[task] = (make_batches(tokenizer, prompts, max_length, batch_size), torch.tensor(answers))
+                try:
+                    foils = torch.tensor([answer_token_id(tokenizer, f) for f in rows["foil"]])
+                except (ValueError, KeyError) as exc:  # multi-token foils: accuracy without logit difference
+                    self.skipped[f"{task}/logit_diff"] = str(exc)
+                    foils = None
+                self.tasks[task] = (make_batches(tokenizer, prompts, max_length, batch_size), torch.tensor(answers), foils)
         elif kind == "encoder":
             sentiment = load_task(data_root, "sentiment", "test")
             corpus = load_task(data_root, "corpus", "validation")
@@ -95,26 +103,37 @@ class EndMetrics:
         return batch, out
 
     @torch.no_grad()
+    def _hidden(self, model: nn.Module, batch: Batch, tokens: TokenMask | None):
+        """The causal LM's final hidden states ``(batch, pos, d)`` (after its final norm) and its head."""
+        base = getattr(model, model.base_model_prefix)
+        batch, out = self._forward(base, batch, tokens)
+        return batch, out.last_hidden_state, model.get_output_embeddings()
+
+    @torch.no_grad()
     def measure(self, model: nn.Module, tokens: TokenMask | None = None) -> dict[str, torch.Tensor]:
         """Raw per-example results (CPU tensors) of one model."""
         raw: dict[str, torch.Tensor] = {}
         if self.kind == "causal_lm":
             nll, count = 0.0, 0
             for batch in self.text_batches:
-                batch, out = self._forward(model, batch, tokens)
-                logits = out.logits[:, :-1].float()  # (batch, pos-1, vocab) predicts tokens 1..
-                target, valid = batch.input_ids[:, 1:], batch.mask[:, 1:]
-                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-                nll += float(ce[valid.reshape(-1)].sum())
+                batch, hidden, head = self._hidden(model, batch, tokens)
+                valid = batch.mask[:, 1:]  # (batch, pos-1): position p predicts token p+1
+                logits = head(hidden[:, :-1][valid]).float()  # (n_valid, vocab)
+                nll += float(F.cross_entropy(logits, batch.input_ids[:, 1:][valid], reduction="sum"))
                 count += int(valid.sum())
             raw["nll"] = torch.tensor([nll / count])
-            for task, (batches, _) in self.tasks.items():
-                preds = []
+            for task, (batches, _, foils) in self.tasks.items():
+                last_logits = []
                 for batch in batches:
-                    batch, out = self._forward(model, batch, tokens)
+                    batch, hidden, head = self._hidden(model, batch, tokens)
                     last = batch.attention_mask.sum(1) - 1  # (batch,) last real position
-                    preds.append(out.logits[torch.arange(len(last)), last].argmax(-1).cpu())
-                raw[f"pred/{task}"] = torch.cat(preds)
+                    last_logits.append(head(hidden[torch.arange(len(last)), last]).float().cpu())  # (batch, vocab)
+                logits = torch.cat(last_logits)  # (n, vocab)
+                raw[f"pred/{task}"] = logits.argmax(-1)
+                answers = self.tasks[task][1]
+                if foils is not None:
+                    rows = torch.arange(len(answers))
+                    raw[f"ld/{task}"] = logits[rows, answers] - logits[rows, foils]  # (n,) answer - foil logit
         elif self.kind == "encoder":
             embs = []
             for batch in self.text_batches:
@@ -135,8 +154,13 @@ class EndMetrics:
             m["loss_delta"] = m["loss"] - m["fp_loss"]
             m["fp_ppl"], m["ppl"] = math.exp(m["fp_loss"]), math.exp(m["loss"])
             m["ppl_delta"] = m["ppl"] - m["fp_ppl"]
-            accs, fp_accs, agree = [], [], []
-            for task, (_, answers) in self.tasks.items():
+            accs, fp_accs, agree, lds, fp_lds = [], [], [], [], []
+            for task, (_, answers, foils) in self.tasks.items():
+                if foils is not None:
+                    m[f"logit_diff/{task}"] = float(q[f"ld/{task}"].mean())
+                    m[f"fp_logit_diff/{task}"] = float(fp[f"ld/{task}"].mean())
+                    lds.append(m[f"logit_diff/{task}"])
+                    fp_lds.append(m[f"fp_logit_diff/{task}"])
                 m[f"acc/{task}"] = float((q[f"pred/{task}"] == answers).float().mean())
                 m[f"fp_acc/{task}"] = float((fp[f"pred/{task}"] == answers).float().mean())
                 accs.append(m[f"acc/{task}"])
@@ -146,6 +170,9 @@ class EndMetrics:
                 m["task_acc"], m["fp_task_acc"] = sum(accs) / len(accs), sum(fp_accs) / len(fp_accs)
                 m["task_acc_drop"] = m["fp_task_acc"] - m["task_acc"]
                 m["answer_agreement"] = sum(agree) / len(agree)
+            if lds:
+                m["logit_diff"], m["fp_logit_diff"] = sum(lds) / len(lds), sum(fp_lds) / len(fp_lds)
+                m["logit_diff_drop"] = m["fp_logit_diff"] - m["logit_diff"]
         elif self.kind == "encoder":
             e_fp, e_q = fp["emb"], q["emb"]
             cos = (e_fp * e_q).sum(-1)  # (n,) both normalised
@@ -164,15 +191,13 @@ class EndMetrics:
         return m
 
 
-def headline(kind: str) -> str:
-    """The end metric a summary reports first for each model kind (lower is better for all three)."""
-    return {"causal_lm": "ppl_delta", "encoder": "cos_drop", "sequence_classifier": "acc_drop"}[kind]
-
-
 @torch.no_grad()
 def capture_outputs(model: nn.Module, modules: list[str], batches: list[Batch], device,
-                    tokens: TokenMask | None = None) -> dict[str, list[torch.Tensor]]:
-    """Outputs of ``modules`` (non-padding tokens, ``[n, d_out]``) for every batch."""
+                    tokens: TokenMask | None = None, outputs: list | None = None) -> dict[str, list[torch.Tensor]]:
+    """Outputs of ``modules`` (non-padding tokens, ``[n, d_out]``) for every batch.
+
+    ``outputs``, if given, receives the model's own output of every batch (the same forward).
+    """
     store: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
     current = {"mask": None}
 
@@ -188,7 +213,9 @@ def capture_outputs(model: nn.Module, modules: list[str], batches: list[Batch], 
             current["mask"] = batch.mask
             if tokens is not None:
                 tokens.mask = batch.mask
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            if outputs is not None:
+                outputs.append(out)
     finally:
         for h in handles:
             h.remove()
@@ -207,6 +234,6 @@ def layer_errors(reference: dict[str, list[torch.Tensor]], quantized: dict[str, 
             prop.add(ref, q)
         rows.append({"module": name, "kind": layer.kind, "mse": prop.mse, "sqnr_db": prop.sqnr_db,
                      "local_mse": layer.local.mse, "local_sqnr_db": layer.local.sqnr_db,
-                     "act_min": float(layer.x_min) if layer.a_spec.static else float("nan"),
-                     "act_max": float(layer.x_max) if layer.a_spec.static else float("nan")})
+                     "act_min": float(layer.x_min.min()) if layer.x_min is not None else float("nan"),
+                     "act_max": float(layer.x_max.max()) if layer.x_max is not None else float("nan")})
     return rows

@@ -11,7 +11,7 @@ LayerNorm outputs ``x_tilde = (x - z) / s`` and the linear computes the same fun
   output rows of every linear reading the LayerNorm (q, k and v together).
 - **Outlier Suppression+** (Wei et al. 2023, ModelTC/Outlier_Suppression_Plus):
   ``z_j = (max_j + min_j) / 2`` over calibration tokens, then ``s_j = max(1, max~_j / t, min~_j / -t)``
-  with the threshold ``t`` chosen by a 1-D grid from ``max|x~|`` downwards minimising
+  with the threshold ``t`` chosen by a 1-D grid from ``max|x~|`` down to 1 (:class:`SearchGrid`) minimising
   ``||Q(x~ / s) Q(W diag(s)) - FP||^2``: for q/k/v on the attention output (before the output
   projection), for fc1 on the linear's output.
 
@@ -28,6 +28,7 @@ In post-LN blocks the shortcut gets the inverse transform (see :mod:`interpipe.q
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ from interpipe.quant.arch import (Arch, Pair, get_module, install_shortcut, is_c
                                   set_input_shift)
 from interpipe.quant.calibrate import Calibration
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
+from interpipe.quant.observers import Observer
 from interpipe.typing import Float, Tensor
 
 
@@ -145,11 +147,14 @@ def attention_output(x: Float[Tensor, "batch pos d"], mask: Tensor, weights: lis
 
 
 class _OSPlusSearch:
-    """Loss of one pair under a candidate threshold ``t`` (shifted inputs, quantized both sides)."""
+    """Loss of one pair under a candidate threshold ``t`` (shifted inputs, quantized both sides).
+
+    The activation range of each candidate comes from the same observer the quantized model uses.
+    """
 
     def __init__(self, pair: Pair, arch: Arch, xs: list[tuple[Tensor, Tensor]], weights, biases, shift: Tensor,
-                 w_spec: WeightSpec, a_spec: ActSpec):
-        self.pair, self.arch, self.w_spec, self.a_spec = pair, arch, w_spec, a_spec
+                 w_spec: WeightSpec, a_spec: ActSpec, observer: str = "avg_minmax"):
+        self.pair, self.arch, self.w_spec, self.a_spec, self.observer = pair, arch, w_spec, a_spec, observer
         dev = weights[0].device
         shift = shift.to(dev)
         self.weights = weights
@@ -167,11 +172,13 @@ class _OSPlusSearch:
     def loss(self, scale: Tensor) -> float:
         qw = [quantize_weight(w * scale[None, :], self.w_spec) for w in self.weights]
         scaled = [x / scale for x, _ in self.xs]
-        lo = min(float(x[m].min()) for x, (_, m) in zip(scaled, self.xs))
-        hi = max(float(x[m].max()) for x, (_, m) in zip(scaled, self.xs))
+        obs = Observer(self.observer)
+        for xsc, (_, mask) in zip(scaled, self.xs):
+            obs.observe(xsc, mask, per_channel=self.a_spec.per_channel)
+        lo, hi = obs.range()
         total, count = 0.0, 0
         for xsc, (_, mask), target in zip(scaled, self.xs, self.targets):
-            xq = quantize_activation(xsc, self.a_spec, torch.tensor(lo), torch.tensor(hi))
+            xq = quantize_activation(xsc, self.a_spec, lo.to(xsc), hi.to(xsc))
             out = self._output(xq, mask, qw)
             total += float((out - target).pow(2).sum())
             count += target.shape[0]
@@ -179,8 +186,8 @@ class _OSPlusSearch:
 
 
 def _first_examples(xs: list[tuple[Tensor, Tensor]], n: int | None) -> list[tuple[Tensor, Tensor]]:
-    """The first ``n`` examples of a list of ``(x, mask)`` batches (all when ``n`` is None)."""
-    out, left = [], n if n is not None else sum(x.shape[0] for x, _ in xs)
+    """The first ``n`` examples of a list of ``(x, mask)`` batches (all when ``n`` is None or 0)."""
+    out, left = [], n if n else sum(x.shape[0] for x, _ in xs)
     for x, mask in xs:
         if left <= 0:
             break
@@ -189,40 +196,68 @@ def _first_examples(xs: list[tuple[Tensor, Tensor]], n: int | None) -> list[tupl
     return out
 
 
+@dataclass(frozen=True)
+class SearchGrid:
+    """The OS+ threshold grid: ``max(steps, ceil((top - t_min) / step))`` points from ``top`` down to ``t_min``.
+
+    The official code searches ``max(100, max|x~| / 0.5)`` thresholds down to ``t = 1.0``.
+
+    >>> SearchGrid(steps=3, step=0.0, t_min=1.0).thresholds(5.0)
+    [5.0, 3.0, 1.0]
+    >>> len(SearchGrid(steps=100, step=0.5, t_min=1.0).thresholds(201.0))
+    400
+    """
+
+    steps: int = 100
+    step: float = 0.5
+    t_min: float = 1.0
+
+    def thresholds(self, top: float) -> list[float]:
+        if top <= self.t_min:
+            return [top]  # nothing to clip: every scale stays 1
+        n = max(self.steps, math.ceil((top - self.t_min) / self.step) if self.step > 0 else 0)
+        return [top - (top - self.t_min) * i / max(n - 1, 1) for i in range(n)]
+
+
 def osplus_pair(pair: Pair, arch: Arch, model: nn.Module, calib: Calibration, w_spec: WeightSpec,
-                a_spec: ActSpec, steps: int = 20, min_ratio: float = 0.05,
-                search_samples: int | None = None) -> PairMigration:
+                a_spec: ActSpec, grid: SearchGrid = SearchGrid(), search_samples: int | None = None,
+                observer: str = "avg_minmax", shift: bool = True, scale: bool = True) -> PairMigration:
     """OS+ shift (from every calibration token) and searched scale for one pair (not yet folded).
 
-    The threshold search evaluates its loss on the first ``search_samples`` calibration examples.
+    The threshold search evaluates its loss on the first ``search_samples`` calibration examples
+    (all with ``None`` or 0). ``shift=False`` / ``scale=False`` give the ablations scale-only
+    (``z = 0``) and shift-only (``s = 1``).
     """
     stats = calib.stats[pair.hook]
     cmax, cmin = stats.max.float(), stats.min.float()
-    shift = (cmax + cmin) / 2  # (d,) channel-wise centre
-    smax, smin = cmax - shift, cmin - shift  # symmetric per channel after shifting
+    z = (cmax + cmin) / 2 if shift else torch.zeros_like(cmax)  # (d,) channel-wise centre
+    smax, smin = cmax - z, cmin - z  # symmetric per channel after shifting
+    ones = torch.ones_like(smax)
+    if not scale:
+        return PairMigration(pair, z, ones)
     weights, biases = _pair_weights(model, pair)
     xs = _first_examples(calib.pair_inputs[pair.hook], search_samples)
-    search = _OSPlusSearch(pair, arch, xs, weights, biases, shift, w_spec, a_spec)
+    search = _OSPlusSearch(pair, arch, xs, weights, biases, z, w_spec, a_spec, observer)
     top = float(torch.maximum(smax.abs(), smin.abs()).max())
     best = (None, float("inf"), None)
     first_loss = None
-    for i in range(steps):
-        t = top * (1 - (1 - min_ratio) * i / max(steps - 1, 1))
-        scale = torch.maximum(torch.ones_like(smax), torch.maximum(smax / t, smin / -t)).to(weights[0].device)
-        loss = search.loss(scale)
+    for t in grid.thresholds(top):
+        s = torch.maximum(ones, torch.maximum(smax / t, smin / -t)).to(weights[0].device)
+        loss = search.loss(s)
         first_loss = loss if first_loss is None else first_loss
         if loss < best[1]:
-            best = (t, loss, scale)
-    return PairMigration(pair, shift, best[2].cpu(), threshold=best[0], loss_before=first_loss, loss_after=best[1])
+            best = (t, loss, s)
+    return PairMigration(pair, z, best[2].cpu(), threshold=best[0], loss_before=first_loss, loss_after=best[1])
 
 
 def migrate(model: nn.Module, arch: Arch, calib: Calibration, method: str, w_spec: WeightSpec, a_spec: ActSpec,
-            alpha: float = 0.5, steps: int = 20, min_ratio: float = 0.05,
-            search_samples: int | None = None) -> list[PairMigration]:
+            alpha: float = 0.5, grid: SearchGrid = SearchGrid(), search_samples: int | None = None,
+            observer: str = "avg_minmax") -> list[PairMigration]:
     """Compute and fold the migration of every pair of ``arch`` into ``model`` (in place).
 
-    ``method`` is ``smoothquant`` or ``osplus``; scales are computed from the unmigrated model
-    (pairs do not share weights, so the order does not matter).
+    ``method`` is ``smoothquant``, ``osplus`` or an OS+ ablation (``osplus_shift``: shift only,
+    ``osplus_scale``: scale only); scales are computed from the unmigrated model (pairs do not
+    share weights, so the order does not matter).
     """
     done = []
     for pair in arch.pairs:
@@ -230,10 +265,11 @@ def migrate(model: nn.Module, arch: Arch, calib: Calibration, method: str, w_spe
             weights, _ = _pair_weights(model, pair)
             scale = smoothquant_scales(calib.stats[pair.hook].absmax.float(), weights, alpha)
             done.append(PairMigration(pair, torch.zeros_like(scale), scale))
-        elif method == "osplus":
-            done.append(osplus_pair(pair, arch, model, calib, w_spec, a_spec, steps, min_ratio, search_samples))
+        elif method in ("osplus", "osplus_shift", "osplus_scale"):
+            done.append(osplus_pair(pair, arch, model, calib, w_spec, a_spec, grid, search_samples, observer,
+                                    shift=method != "osplus_scale", scale=method != "osplus_shift"))
         else:
-            raise ValueError(f"unknown migration method {method!r}: use smoothquant or osplus")
+            raise ValueError(f"unknown migration method {method!r}: use smoothquant, osplus, osplus_shift or osplus_scale")
     for m in done:
         fold(model, arch, m.pair, m.shift, m.scale)
     return done

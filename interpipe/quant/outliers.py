@@ -57,3 +57,46 @@ def summary_table(calib: Calibration, top_k: int) -> pd.DataFrame:
             "asymmetry_max": float(((st.max + st.min) / 2).abs().max()),
         })
     return pd.DataFrame(rows)
+
+
+DELIMITERS = frozenset({".", ",", ":", ";", "!", "?", "|", "\n", "-"})  # punctuation tokens that gather massive activations
+
+
+def delimiter_ids(tokenizer, ids) -> set[int]:
+    """The token ids among ``ids`` that decode to a delimiter (punctuation or a newline) alone."""
+    out = set()
+    for i in {int(t) for t in ids}:
+        text = tokenizer.decode([i])
+        if text.strip(" ") in DELIMITERS or (text.strip() == "" and "\n" in text):
+            out.add(i)
+    return out
+
+
+def token_summary(calib: Calibration, delimiters: set[int]) -> pd.DataFrame:
+    """Massive activations per quantized input: the largest |x| over channels at three kinds of token.
+
+    Per input (Sun et al. 2024 find them at the first token and at delimiters): the mean over
+    calibration examples of the token absmax at the first token, the mean over delimiter tokens,
+    and the median over every other non-padding token; ``*_ratio`` divides by that median.
+    """
+    import torch
+
+    rows = []
+    for hook, st in calib.stats.items():
+        if not st.token_absmax:
+            continue  # a pooled input (classifier head): no token positions
+        absmax = torch.cat([t.reshape(-1) for t in st.token_absmax])  # (n_examples * pos,) padded per batch
+        ids = torch.cat([b.input_ids.reshape(-1) for b in calib.batches])
+        mask = torch.cat([b.mask.reshape(-1) for b in calib.batches])
+        first = torch.cat([torch.nn.functional.one_hot(torch.zeros(b.input_ids.shape[0], dtype=torch.long),
+                                                       b.input_ids.shape[1]).bool().reshape(-1) for b in calib.batches])
+        delim = mask & ~first & torch.isin(ids, torch.tensor(sorted(delimiters), dtype=ids.dtype))
+        other = mask & ~first & ~delim
+        median_other = float(absmax[other].median()) if other.any() else float("nan")
+        first_v = float(absmax[first & mask].mean())
+        delim_v = float(absmax[delim].mean()) if delim.any() else float("nan")
+        rows.append({"hook": hook, "modules": ",".join(calib.modules[hook]), "first_token_absmax": first_v,
+                     "delimiter_absmax": delim_v, "other_absmax_median": median_other,
+                     "first_token_ratio": first_v / max(median_other, 1e-12),
+                     "delimiter_ratio": delim_v / max(median_other, 1e-12), "n_delimiters": int(delim.sum())})
+    return pd.DataFrame(rows)

@@ -1,14 +1,16 @@
-"""The quantization study on one model: outliers, then RTN / SmoothQuant / OS+ over a bits grid.
+"""The quantization study on one model: outliers, then RTN / SmoothQuant / OS+ over bits and seeds.
 
 :func:`run_quantize` loads a canonical model folder, checks the settings against the model
 (architecture known, every target layer able to take the weight granularity) *before*
-calibrating, records outlier statistics at every quantized input, and then for every
-``(method, bits)`` setting: copies the FP model, migrates it (SmoothQuant or OS+; RTN does
-not), checks that the migrated FP model still equals the original, wraps the target linears
-in fake quantizers, calibrates static activation ranges, and measures end metrics and per-layer
-errors against the FP model. Protocol: fake quantization, weights and activations of the target
-linears only (embeddings, LayerNorms, softmax and the residual stream stay FP), static ranges
-from ``calib_samples`` prepared examples (min/max), migration statistics from the same examples.
+calibrating, and measures the full-precision references. Then, per calibration seed, it draws
+``calib_samples`` training texts, records per-channel statistics at every quantized input (the
+outlier analysis uses the first seed) and, for every ``(method, bits)`` setting: copies the FP
+model, migrates it (SmoothQuant, OS+ or an OS+ ablation; RTN does not), wraps the target linears
+in fake quantizers whose static ranges the observer derives from the same calibration pass, and
+measures end metrics against the FP model. The first seed also checks that the migrated FP model
+equals the original and measures per-layer errors. Protocol: fake quantization of the weights
+and inputs of the target linears only (embeddings, norms, softmax and the residual stream stay FP);
+the grid per bit width comes from ``QuantSettings.protocol`` (OS+'s by default).
 """
 
 from __future__ import annotations
@@ -16,120 +18,39 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interpipe.io import OutputExistsError, read_json, save_figure, write_frame, write_json
+from interpipe.io import save_figure
 from interpipe.quant import figures
-from interpipe.quant.arch import describe_arch, input_shifts_of, install_shortcut, set_input_shift, shortcuts_of
-from interpipe.quant.calibrate import calibrate, make_batches, run_batches, token_rows
+from interpipe.quant.arch import describe_arch
+from interpipe.quant.calibrate import Calibration, calibrate, make_batches, run_batches, token_rows
+from interpipe.quant.export import load_migrated, save_migrated
 from interpipe.quant.fake import specs
 from interpipe.quant.layers import TokenMask, check_targets, wrap_layers
-from interpipe.quant.metrics import EndMetrics, capture_outputs, headline, layer_errors
-from interpipe.quant.migrate import migrate
-from interpipe.quant.outliers import channel_table, summary_table
-from interpipe.settings.quantize import QuantSettings, parse_bits
+from interpipe.quant.metrics import EndMetrics, capture_outputs, layer_errors
+from interpipe.quant.migrate import SearchGrid, migrate
+from interpipe.quant.observers import static_range
+from interpipe.quant.outliers import channel_table, delimiter_ids, summary_table, token_summary
+from interpipe.quant.results import QuantStudyResult, SettingResult, aggregate_seeds
 from interpipe.runtime import git_revision
+from interpipe.settings.quantize import MIGRATIONS, QuantSettings, parse_bits
+
+__all__ = ["QuantStudyResult", "SettingResult", "load_migrated", "run_quantize", "save_migrated"]
 
 
-@dataclass
-class SettingResult:
-    """One ``(method, bits, granularity)`` setting on one model."""
-
-    name: str  # <model>-<method>-w<b>a<b>-<granularity>
-    method: str
-    bits: str
-    granularity: str
-    metrics: dict
-    layers: pd.DataFrame  # one row per quantized linear: propagated and local MSE/SQNR
-    migration: pd.DataFrame  # one row per migrated pair (empty for rtn)
-    info: dict = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.layers.assign(setting=self.name, method=self.method, bits=self.bits)
-
-    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        folder = Path(folder)
-        if (folder / "metrics.json").exists() and not overwrite:
-            raise OutputExistsError(f"{folder} already holds a result; pass overwrite=True")
-        write_frame(folder / "layers.csv", self.layers)
-        if len(self.migration):
-            write_frame(folder / "migration.csv", self.migration)
-        write_json(folder / "info.json", self.info)
-        write_json(folder / "metrics.json", self.metrics)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "SettingResult":
-        folder = Path(folder)
-        info = read_json(folder / "info.json")
-        migration = pd.read_csv(folder / "migration.csv") if (folder / "migration.csv").exists() else pd.DataFrame()
-        return cls(info["name"], info["method"], info["bits"], info["granularity"], read_json(folder / "metrics.json"),
-                   pd.read_csv(folder / "layers.csv"), migration, info)
-
-
-@dataclass
-class QuantStudyResult:
-    """Every setting on one model plus the outlier analysis; ``save``/``to_frame``/``plot``."""
-
-    model: str
-    kind: str
-    settings: list[SettingResult]
-    outlier_summary: pd.DataFrame
-    outlier_channels: pd.DataFrame
-    info: dict = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per setting: method, bits, granularity and every scalar metric."""
-        return pd.DataFrame([{"setting": s.name, "method": s.method, "bits": s.bits, "granularity": s.granularity,
-                              **s.metrics} for s in self.settings])
-
-    @property
-    def metrics(self) -> dict:
-        """Flat metrics for the stage's ``metrics.json``: ``<method>-<bits>-<granularity>/<metric>``."""
-        flat: dict = {}
-        top = self.outlier_summary.sort_values("outlier_ratio", ascending=False).iloc[0]
-        flat["outliers/max_ratio"] = float(top["outlier_ratio"])
-        flat["outliers/max_ratio_channel"] = int(top["top_channels"].split()[0])
-        if self.info.get("weights_origin"):
-            flat["weights_origin"] = str(self.info["weights_origin"])  # e.g. dequantised 4-bit weights
-        for s in self.settings:
-            key = f"{s.method}-{s.bits}-{s.granularity}"
-            flat.update({f"{key}/{k}": v for k, v in s.metrics.items() if not isinstance(v, str)})
-        return flat
-
-    def plot(self) -> dict:
-        note = self.info.get("weights_origin")
-        return {"end_metrics": figures.end_metrics(self.to_frame(), headline(self.kind), note),
-                "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings}, note)}
-
-    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        folder = Path(folder)
-        if (folder / "summary.csv").exists() and not overwrite:
-            raise OutputExistsError(f"{folder} already holds a study result; pass overwrite=True")
-        for s in self.settings:
-            s.save(folder / s.name, overwrite=overwrite)
-        write_frame(folder / "outliers" / "summary.csv", self.outlier_summary)
-        write_frame(folder / "outliers" / "channels.parquet", self.outlier_channels)
-        for name, fig in self.plot().items():
-            save_figure(fig, folder / f"{name}.png")
-        write_json(folder / "info.json", self.info)
-        write_frame(folder / "summary.csv", self.to_frame())
-        return folder
-
-
-def _calibration_texts(data_root: str | Path, source: str, n: int) -> list[str]:
+def calibration_texts(data_root: str | Path, source: str, n: int, seed: int) -> list[str]:
+    """``n`` training texts drawn without replacement by ``seed`` (the train split is ordered by task)."""
     from interpipe.data import load_task
 
-    if source == "corpus":
-        rows = load_task(data_root, "corpus", "train")
-        return list(rows.select(range(min(n, len(rows))))["text"])
     rows = load_task(data_root, source, "train")
-    return list(rows.select(range(min(n, len(rows))))["prompt"])
+    idx = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
+    return list(rows.select(sorted(int(i) for i in idx))["text" if source == "corpus" else "prompt"])
 
 
 def _main_output(out) -> torch.Tensor:
@@ -146,68 +67,24 @@ def equivalence(reference: list, migrated_model, batches, device) -> dict:
     return {"equiv_max_abs_diff": diff, "equiv_rel_diff": diff / max(scale, 1e-30)}
 
 
-def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str) -> Path:
-    """Write the migrated FP model: an HF folder plus the extras only interpipe's quantizer reads.
-
-    Pre-LN and parallel blocks: stock ``from_pretrained`` loads it and matches the original.
-    Post-LN: the vanilla class would miss the shortcut restore (``shortcuts.safetensors``); load it
-    with :func:`load_migrated`. OS+ input shifts of linears behind bias-free norms
-    (``input_shifts.safetensors``) cancel at full precision and matter only to the quantizer.
-    """
-    from safetensors.torch import save_file
-
-    from interpipe.models import save_model_folder
-
-    card = replace(card, name=f"{card.name}-{method}-migrated", extra={**card.extra, "migration": method,
-                                                                         "block_style": style})
-    save_model_folder(folder, model, tokenizer, card)
-    note = {"method": method, "block_style": style,
-            "load": "interpipe.quant.load_migrated" if style == "post_ln" else "transformers from_pretrained"}
-    for file, tensors in (("shortcuts.safetensors", shortcuts_of(model)), ("input_shifts.safetensors", input_shifts_of(model))):
-        if tensors:
-            save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(folder / file))
-            note[file] = "interpipe.quant.load_migrated re-applies it"
-    write_json(folder / "migration.json", note)
-    return folder
-
-
-def load_migrated(folder: str | Path, device: str = "cpu"):
-    """Load a migrated model folder (re-installing shortcut restores and input shifts); a ``LoadedModel``."""
-    from safetensors.torch import load_file
-
-    from interpipe.models import load_model
-
-    folder = Path(folder)
-    loaded = load_model(folder, device=device)
-    if (folder / "shortcuts.safetensors").exists():
-        tensors = load_file(str(folder / "shortcuts.safetensors"))
-        for key in sorted(k for k in tensors if k.endswith(".scale")):
-            module = key[: -len(".scale")]
-            install_shortcut(loaded.model.get_submodule(module), tensors[key], tensors[f"{module}.shift"])
-    if (folder / "input_shifts.safetensors").exists():
-        for key, delta in load_file(str(folder / "input_shifts.safetensors")).items():
-            set_input_shift(loaded.model.get_submodule(key[: -len(".input_shift")]), delta)
-    return loaded
-
-
-def _protocol(settings: QuantSettings) -> str:
+def _protocol(settings: QuantSettings) -> dict:
     sym = lambda flag: "symmetric" if flag else "asymmetric"  # noqa: E731
-    return (f"fake quantization of the inputs and weights of the target linears; layers={settings.layers}; "
-            f"weights {settings.w_granularity} {sym(settings.w_symmetric)}; activations {settings.a_granularity} "
-            f"{sym(settings.a_symmetric)} (min/max); residual stream, norms, softmax and embeddings in full precision")
+    grids = {tag: (f"weights {g.w_granularity} {sym(g.w_symmetric)}; activations {g.a_granularity} "
+                   f"{sym(g.a_symmetric)}") for tag in settings.bits for g in [settings.grid_of(tag)]}
+    return {"name": settings.protocol, "grids": grids, "observer": settings.observer, "layers": list(settings.layers),
+            "note": "fake quantization of the inputs and weights of the target linears; 16 bits = not quantized; "
+                    "residual stream, norms, softmax and embeddings in full precision"}
 
 
 @dataclass
 class _Context:
-    """What every setting of one run shares: the FP model, its references and the batches."""
+    """What every setting of one run shares: the FP model, its references and the evaluation batches."""
 
     model: torch.nn.Module
     tokenizer: object
     card: object
     arch: object
     targets: list
-    calib: object
-    calib_batches: list
     end: EndMetrics
     fp_raw: dict
     probe: list
@@ -216,45 +93,56 @@ class _Context:
     device: object
 
 
-def _run_setting(ctx: _Context, settings: QuantSettings, method: str, tag: str, out_dir: Path, info: dict) -> SettingResult:
-    """Copy, migrate (not for RTN), check equivalence, fake-quantize and measure one setting."""
+def _set_ranges(layers: dict, ctx: _Context, calib: Calibration, settings: QuantSettings, done: list) -> None:
+    """Static ranges of every wrapped layer from the calibration pass (migrated inputs transformed)."""
+    moved = {m.pair.hook: (m.shift, m.scale) for m in done}
+    for target in ctx.targets:
+        layer = layers[target.module]
+        if not layer.a_spec.static:
+            continue
+        ex_min, ex_max = calib.stats[target.hook].example_ranges()
+        shift, scale = moved.get(target.hook, (None, None))
+        layer.set_range(*static_range(ex_min, ex_max, settings.observer, layer.a_spec.per_channel, shift, scale))
+
+
+def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, method: str, tag: str, seed: int,
+                 first: bool, out_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Copy, migrate (not for RTN), fake-quantize and measure one setting at one calibration seed."""
     w_spec, a_spec = specs(settings, tag)
-    name = f"{ctx.card.name}-{method}-{tag}-{settings.granularity}"
     qmodel = copy.deepcopy(ctx.model)
-    metrics: dict = {"w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
+    metrics: dict = {"calib_seed": seed, "w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
     if "weights_origin" in ctx.card.extra:
         metrics["weights_origin"] = str(ctx.card.extra["weights_origin"])
-    migration = pd.DataFrame()
-    if method != "rtn":
-        done = migrate(qmodel, ctx.arch, ctx.calib, method, w_spec, a_spec, settings.alpha, settings.osplus_steps,
-                       settings.osplus_min_ratio, settings.osplus_samples)
-        migration = pd.DataFrame([m.row() for m in done])
-        metrics.update(equivalence(ctx.fp_main, qmodel, ctx.probe, ctx.device))
-        if settings.save_migrated:
-            save_migrated(out_dir / name / "migrated", qmodel, ctx.tokenizer, ctx.card, ctx.arch.style, method)
+    done = []
+    if method in MIGRATIONS:
+        grid = SearchGrid(settings.osplus_steps, settings.osplus_step, settings.osplus_t_min)
+        done = migrate(qmodel, ctx.arch, calib, method, w_spec, a_spec, settings.alpha, grid,
+                       settings.osplus_samples or None, settings.observer)
+        if first:
+            metrics.update(equivalence(ctx.fp_main, qmodel, ctx.probe, ctx.device))
+            if settings.save_migrated:
+                name = f"{ctx.card.name}-{method}-{tag}-{settings.tag_of(tag)}"
+                save_migrated(out_dir / name / "migrated", qmodel, ctx.tokenizer, ctx.card, ctx.arch.style, method)
     tokens = TokenMask()
     layers = wrap_layers(qmodel, ctx.targets, w_spec, a_spec, tokens)
-    if a_spec.static:
-        for layer in layers.values():
-            layer.set_mode("observe")
-        run_batches(qmodel, ctx.calib_batches, ctx.device, tokens)
+    _set_ranges(layers, ctx, calib, settings, done)
     for layer in layers.values():
         layer.set_mode("quant")
     metrics.update(ctx.end.compare(ctx.fp_raw, ctx.end.measure(qmodel, tokens)))
-    for layer in layers.values():
-        layer.track_error = True
-    modules = [t.module for t in ctx.targets]
-    layer_frame = pd.DataFrame(layer_errors(ctx.fp_layers, capture_outputs(qmodel, modules, ctx.probe, ctx.device, tokens),
-                                            layers))
-    metrics["sqnr_mean_db"] = float(layer_frame["sqnr_db"].mean())
-    metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
-    metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
-    return SettingResult(name, method, tag, settings.granularity, metrics, layer_frame, migration,
-                         {**info, "name": name, "method": method, "bits": tag, "granularity": settings.granularity})
+    layer_frame = pd.DataFrame()
+    if first:
+        for layer in layers.values():
+            layer.track_error = True
+        quantized = capture_outputs(qmodel, [t.module for t in ctx.targets], ctx.probe, ctx.device, tokens)
+        layer_frame = pd.DataFrame(layer_errors(ctx.fp_layers, quantized, layers))
+        metrics["sqnr_mean_db"] = float(layer_frame["sqnr_db"].mean())
+        metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
+        metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
+    return metrics, layer_frame, pd.DataFrame([m.row() for m in done])
 
 
 def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtype: str) -> _Context:
-    """Load, check (before calibrating), calibrate and measure the FP references."""
+    """Load, check (before calibrating) and measure the FP references."""
     from interpipe.models import load_model
     from interpipe.runtime import resolve_device
 
@@ -268,14 +156,12 @@ def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtyp
                          f"(it has {sorted({t.kind for t in arch.targets})})")
     for tag in settings.bits:
         check_targets(model, targets, specs(settings, tag)[0])  # group size etc.: fails before calibration
-    texts = _calibration_texts(data_root, settings.calib_source, settings.calib_samples)
-    calib_batches = make_batches(tokenizer, texts, settings.max_length, settings.batch_size)
-    calib = calibrate(model, arch, calib_batches, dev, settings.top_k, keep_pair_inputs="osplus" in settings.methods)
     end = EndMetrics(card.kind, tokenizer, data_root, settings.eval_samples, settings.max_length, settings.batch_size, dev)
     probe = end.probe_batches(settings.probe_samples)
-    return _Context(model, tokenizer, card, arch, targets, calib, calib_batches, end, end.measure(model), probe,
-                    capture_outputs(model, [t.module for t in targets], probe, dev),
-                    [_main_output(o) for o in run_batches(model, probe, dev)], dev)
+    fp_main: list = []
+    fp_layers = capture_outputs(model, [t.module for t in targets], probe, dev, outputs=fp_main)
+    return _Context(model, tokenizer, card, arch, targets, end, end.measure(model), probe, fp_layers,
+                    [_main_output(o) for o in fp_main], dev)
 
 
 def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: str | Path, out_dir: str | Path,
@@ -283,18 +169,49 @@ def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: s
     """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``."""
     out_dir = Path(out_dir)
     ctx = _prepare(settings, model_folder, data_root, device, dtype)
-    card, arch, calib = ctx.card, ctx.arch, ctx.calib
+    card, arch = ctx.card, ctx.arch
+    keep = any(m.startswith("osplus") for m in settings.methods)
+    runs: dict[tuple[str, str], list] = {key: [] for key in settings.grid()}
+    first_calib = None
+    jobs = [(s, m, b) for s in settings.calib_seeds for m, b in settings.grid() if s in settings.seeds_of(b)]
+    bar = tqdm(total=len(jobs), desc=f"quantize {card.name}")
+    for calib_seed in settings.calib_seeds:
+        texts = calibration_texts(data_root, settings.calib_source, settings.calib_samples, calib_seed)
+        batches = make_batches(ctx.tokenizer, texts, settings.max_length, settings.batch_size)
+        calib = calibrate(ctx.model, arch, batches, ctx.device, settings.top_k, keep_pair_inputs=keep)
+        first = first_calib is None
+        first_calib = calib if first else first_calib
+        for _, method, tag in (j for j in jobs if j[0] == calib_seed):
+            runs[(method, tag)].append(_run_setting(ctx, calib, settings, method, tag, calib_seed, first, out_dir))
+            bar.update()
+        del calib
+    bar.close()
     config_hash = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
     info = {"model": card.name, "source": card.source, "kind": card.kind, "architecture": card.architecture,
             "model_type": arch.spec.model_type, "block_style": arch.style, "norm_kind": arch.spec.norm_kind,
             "weights_origin": card.extra.get("weights_origin"), "seed": seed, "config_hash": config_hash,
             "git_revision": git_revision(),
-            "calibration": {"source": settings.calib_source, "examples": calib.n_examples, "tokens": calib.n_tokens},
+            "calibration": {"source": settings.calib_source, "examples": first_calib.n_examples,
+                            "seeds": list(settings.calib_seeds)},
             "protocol": _protocol(settings), "skipped_tasks": ctx.end.skipped, "settings": asdict(settings)}
-    results = [_run_setting(ctx, settings, method, tag, out_dir, info)
-               for method, tag in tqdm(settings.grid(), desc=f"quantize {card.name}")]
-    study = QuantStudyResult(card.name, card.kind, results, summary_table(calib, settings.top_k), channel_table(calib), info)
+    results = []
+    for (method, tag), per_seed in runs.items():
+        metrics = [m for m, _, _ in per_seed]
+        rtn = [m for m, _, _ in runs.get(("rtn", tag), [])] if method != "rtn" else None
+        sq = {"smoothquant": [m for m, _, _ in runs[("smoothquant", tag)]]} if (
+            method.startswith("osplus") and ("smoothquant", tag) in runs) else None
+        name = f"{card.name}-{method}-{tag}-{settings.tag_of(tag)}"
+        results.append(SettingResult(name, method, tag, settings.tag_of(tag), aggregate_seeds(metrics, rtn, sq),
+                                     per_seed[0][1], per_seed[0][2], pd.DataFrame(metrics),
+                                     {**info, "name": name, "method": method, "bits": tag,
+                                      "granularity": settings.tag_of(tag)}))
+    tokens = token_summary(first_calib, delimiter_ids(ctx.tokenizer, torch.cat([b.input_ids.reshape(-1)
+                                                                                  for b in first_calib.batches])))
+    study = QuantStudyResult(card.name, card.kind, results, summary_table(first_calib, settings.top_k),
+                             channel_table(first_calib), tokens, info)
     study.save(out_dir, overwrite=True)
-    save_figure(figures.outlier_channels(calib, study.outlier_summary), out_dir / "outliers" / "channels.png")
+    save_figure(figures.outlier_channels(first_calib, study.outlier_summary), out_dir / "outliers" / "channels.png")
     save_figure(figures.outlier_summary(study.outlier_summary), out_dir / "outliers" / "summary.png")
+    if len(tokens):
+        save_figure(figures.massive_activations(tokens, info["weights_origin"]), out_dir / "headline_massive_activations.png")
     return study

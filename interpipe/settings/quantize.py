@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-METHODS = ("rtn", "smoothquant", "osplus")
+MIGRATIONS = ("smoothquant", "osplus", "osplus_shift", "osplus_scale")  # osplus_shift/_scale: OS+ ablations
+METHODS = ("rtn",) + MIGRATIONS
 LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")  # quantizable linears: q/k/v, attention output, MLP in/out, heads
-MIN_BITS, MAX_BITS = 2, 16
+MIN_BITS, MAX_BITS = 2, 16  # 16 bits means "not quantized" (the papers' W16 / A16: FP16)
 W_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-A_GRANULARITIES = ("per_tensor_static", "per_token_dynamic")
+A_GRANULARITIES = ("per_tensor_static", "per_channel_static", "per_token_dynamic")
+OBSERVERS = ("minmax", "avg_minmax")
+PROTOCOLS = ("paper", "fine", "custom")
 _BITS = re.compile(r"^w(\d+)a(\d+)$")
 
 
@@ -35,43 +38,72 @@ def parse_bits(tag: str) -> tuple[int, int]:
     return w, a
 
 
-def granularity_tag(w_granularity: str, a_granularity: str, group_size: int) -> str:
-    """Folder tag: ``pertensor`` when both sides are per tensor, else ``w<g>-a<g>``.
+@dataclass(frozen=True)
+class Grid:
+    """The quantization grid of one bits setting: granularity and symmetry of both sides."""
 
-    >>> granularity_tag("per_channel", "per_token_dynamic", 64)
-    'wperchannel-apertoken'
+    w_granularity: str
+    w_symmetric: bool
+    a_granularity: str
+    a_symmetric: bool
+
+
+def paper_grid(tag: str) -> Grid:
+    """The OS+ protocol per bit width (``exp/opt/int8.yaml`` / ``int6.yaml`` of the official code).
+
+    Eight bits or more on every quantized side: symmetric per-tensor weights and activations;
+    fewer: per-channel asymmetric weights and per-tensor asymmetric activations.
+
+    >>> paper_grid("w8a8").w_symmetric, paper_grid("w6a6").w_granularity, paper_grid("w16a6").a_symmetric
+    (True, 'per_channel', False)
     """
-    if w_granularity == "per_tensor" and a_granularity == "per_tensor_static":
-        return "pertensor"
-    w = {"per_tensor": "pertensor", "per_channel": "perchannel", "per_group": f"pergroup{group_size}"}[w_granularity]
-    a = {"per_tensor_static": "pertensor", "per_token_dynamic": "pertoken"}[a_granularity]
-    return f"w{w}-a{a}"
+    w, a = parse_bits(tag)
+    if min(w, a) >= 8:
+        return Grid("per_tensor", True, "per_tensor_static", True)
+    return Grid("per_channel", False, "per_tensor_static", False)
+
+
+def granularity_tag(grid: Grid, group_size: int) -> str:
+    """Folder tag of a grid, e.g. ``wperchannel-asym-apertensor-asym``.
+
+    >>> granularity_tag(Grid("per_group", True, "per_token_dynamic", False), 64)
+    'wpergroup64-apertoken-asym'
+    """
+    w = {"per_tensor": "pertensor", "per_channel": "perchannel", "per_group": f"pergroup{group_size}"}[grid.w_granularity]
+    a = {"per_tensor_static": "pertensor", "per_channel_static": "perchannel",
+         "per_token_dynamic": "pertoken"}[grid.a_granularity]
+    return f"w{w}{'' if grid.w_symmetric else '-asym'}-a{a}{'' if grid.a_symmetric else '-asym'}"
 
 
 @dataclass
 class QuantSettings:
-    """One process runs every ``method x bits`` setting below on one model."""
+    """One process runs every ``method x bits x calibration seed`` setting below on one model."""
 
-    methods: list[str] = field(default_factory=lambda: list(METHODS))  # rtn | smoothquant | osplus
-    bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6"])  # w<bits>a<bits>, 2..16 each
-    w_granularity: str = "per_tensor"  # per_tensor | per_channel | per_group
-    a_granularity: str = "per_tensor_static"  # static per tensor shows the methods apart; per-token is near lossless
-    group_size: int = 64  # inputs per weight group (per_group only); must divide every layer's input dim
-    w_symmetric: bool = True  # absmax grid for weights, as SmoothQuant
-    a_symmetric: bool = True  # symmetric grid for activations: the case the OS+ shift addresses
+    methods: list[str] = field(default_factory=lambda: list(METHODS[:3]))  # rtn | smoothquant | osplus (| osplus_shift | osplus_scale)
+    bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6"])  # w<bits>a<bits>, 2..16 each; 16 = not quantized
+    protocol: str = "paper"  # paper: the OS+ grid per bit width | fine: per-group W, per-token A | custom: the keys below
+    w_granularity: str = "per_tensor"  # custom only: per_tensor | per_channel | per_group
+    a_granularity: str = "per_tensor_static"  # custom only: per_tensor_static | per_channel_static | per_token_dynamic
+    w_symmetric: bool = True  # custom only: absmax weight grid, as SmoothQuant
+    a_symmetric: bool = True  # custom only: symmetric activation grid
+    group_size: int = 64  # inputs per weight group (per_group and protocol=fine); must divide every layer's input dim
+    observer: str = "avg_minmax"  # static ranges: per-example min/max averaged (OS+) | minmax (one global range)
     layers: list[str] = field(default_factory=lambda: ["qkv", "attn_out", "fc1", "fc2"])  # head stays FP, as in the papers
     alpha: float = 0.5  # SmoothQuant migration strength (paper default)
     calib_source: str = "corpus"  # corpus (train split text) or a task name (train prompts)
     calib_samples: int = 32  # small for the embedded pipeline; the papers use 128-512
+    calib_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed draws its own calibration texts
+    spread_bits: list[str] = field(default_factory=lambda: ["w6a6"])  # bits that run every calib seed ([] = all); others the first
     eval_samples: int = 64  # per task / corpus split for the end metrics
     probe_samples: int = 32  # held-out texts for per-layer errors and the equivalence check
     max_length: int = 64  # tokens per example
     batch_size: int = 64  # fewer, larger forwards: the small models are overhead-bound on CPU
-    osplus_steps: int = 20  # grid points of the threshold search (paper: max(100, max|x|/0.5))
-    osplus_min_ratio: float = 0.05  # the search goes from max|x~| down to this fraction of it
-    osplus_samples: int = 16  # calibration examples the threshold search's loss is measured on
+    osplus_steps: int = 20  # fewest grid points of the threshold search (official 100; 20 for the time budget)
+    osplus_step: float = 0.0  # spacing that adds points for wide ranges (official 0.5; 0 = osplus_steps only)
+    osplus_t_min: float = 1.0  # the search goes from max|x~| down to this threshold (official 1.0)
+    osplus_samples: int = 16  # calibration examples the search's loss is measured on (0 = all, the official)
     top_k: int = 5  # outlier channels reported per input
-    save_migrated: bool = True  # write the migrated FP model of every smoothquant/osplus setting
+    save_migrated: bool = True  # write the migrated FP model of every migration setting (first seed)
 
     def __post_init__(self) -> None:
         from interpipe.data.prepare import ALL_TASKS
@@ -85,10 +117,13 @@ class QuantSettings:
             raise ValueError("quantize.methods and quantize.bits must not be empty")
         for tag in self.bits:
             parse_bits(tag)
-        if self.w_granularity not in W_GRANULARITIES:
-            raise ValueError(f"quantize.w_granularity={self.w_granularity!r} is not one of {W_GRANULARITIES}")
-        if self.a_granularity not in A_GRANULARITIES:
-            raise ValueError(f"quantize.a_granularity={self.a_granularity!r} is not one of {A_GRANULARITIES}")
+        for tag in self.spread_bits:
+            parse_bits(tag)
+        for key, value, allowed in (("protocol", self.protocol, PROTOCOLS), ("observer", self.observer, OBSERVERS),
+                                    ("w_granularity", self.w_granularity, W_GRANULARITIES),
+                                    ("a_granularity", self.a_granularity, A_GRANULARITIES)):
+            if value not in allowed:
+                raise ValueError(f"quantize.{key}={value!r} is not one of {allowed}")
         if self.group_size < 1:
             raise ValueError(f"quantize.group_size={self.group_size} must be >= 1")
         for kind in self.layers:
@@ -96,15 +131,29 @@ class QuantSettings:
                 raise ValueError(f"quantize.layers entry {kind!r} is not one of {LAYER_KINDS}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"quantize.alpha={self.alpha} must lie in [0, 1]")
-        for key in ("calib_samples", "eval_samples", "probe_samples", "max_length", "batch_size", "osplus_steps", "osplus_samples", "top_k"):
+        if not self.calib_seeds or len(set(self.calib_seeds)) != len(self.calib_seeds):
+            raise ValueError(f"quantize.calib_seeds={list(self.calib_seeds)} must be a non-empty list of distinct seeds")
+        for key in ("calib_samples", "eval_samples", "probe_samples", "max_length", "batch_size", "osplus_steps", "top_k"):
             if getattr(self, key) < 1:
                 raise ValueError(f"quantize.{key}={getattr(self, key)} must be >= 1")
-        if not 0.0 < self.osplus_min_ratio <= 1.0:
-            raise ValueError(f"quantize.osplus_min_ratio={self.osplus_min_ratio} must lie in (0, 1]")
+        if self.osplus_samples < 0 or self.osplus_step < 0 or self.osplus_t_min < 0:
+            raise ValueError("quantize.osplus_samples, osplus_step and osplus_t_min must be >= 0")
 
-    @property
-    def granularity(self) -> str:
-        return granularity_tag(self.w_granularity, self.a_granularity, self.group_size)
+    def grid_of(self, tag: str) -> Grid:
+        """The grid of bits setting ``tag`` under this protocol."""
+        if self.protocol == "paper":
+            return paper_grid(tag)
+        if self.protocol == "fine":  # where OS+ reports most of its LLM gains: fine-grained both sides
+            return Grid("per_group", False, "per_token_dynamic", False)
+        return Grid(self.w_granularity, self.w_symmetric, self.a_granularity, self.a_symmetric)
+
+    def tag_of(self, tag: str) -> str:
+        """Folder tag of bits setting ``tag``: the protocol name, or the grid for ``custom``."""
+        return self.protocol if self.protocol != "custom" else granularity_tag(self.grid_of(tag), self.group_size)
+
+    def seeds_of(self, tag: str) -> list[int]:
+        """Calibration seeds run at bits ``tag``: all of them on ``spread_bits`` (all bits when empty), else the first."""
+        return list(self.calib_seeds) if not self.spread_bits or tag in self.spread_bits else list(self.calib_seeds[:1])
 
     def grid(self) -> list[tuple[str, str]]:
         """Every ``(method, bits)`` setting, methods outermost."""

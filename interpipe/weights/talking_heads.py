@@ -216,8 +216,6 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
 
     Refuses non-causal and undescribed families (naming the ``model_type``) before any work.
     """
-    import pandas as pd
-
     from interpipe.models.tokens import context_length
     from interpipe.weights.common import architecture, boot_bridge, folded_head_weights
     from interpipe.weights.composition import head_components, head_pair_frame, top_channels

@@ -18,7 +18,7 @@ from interpipe.quant.arch import describe_arch, input_shifts_of
 from interpipe.quant.calibrate import calibrate
 from interpipe.quant.fake import ActSpec, WeightSpec
 from interpipe.quant.layers import TokenMask
-from interpipe.quant.migrate import migrate
+from interpipe.quant.migrate import SearchGrid, migrate
 from tests.architectures import CAUSAL_FAMILIES, FAMILIES, UNSUPPORTED
 
 W6, A6 = WeightSpec(6), ActSpec(6)
@@ -59,7 +59,7 @@ def _migrated(arch_folders, family, method, batches):
     plant_outliers(model)
     arch = describe_arch(model)
     before = _outputs(model, batches)
-    done = migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), method, W6, A6, steps=6)
+    done = migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), method, W6, A6, grid=SearchGrid(6, 0.0))
     return model, arch, before, done
 
 
@@ -84,7 +84,7 @@ def test_migrated_folder_reloads_equal(arch_folders, family, batches, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from interpipe.models import ModelCard
-    from interpipe.quant.study import load_migrated, save_migrated
+    from interpipe.quant.export import load_migrated, save_migrated
 
     model, arch, before, _ = _migrated(arch_folders, family, "osplus", batches)
     tok = _tokenizer(arch_folders[family])
@@ -103,7 +103,7 @@ def _tokenizer(folder):
 
 
 def test_input_shift_quantizes_the_centred_input():
-    """A linear with input shift delta: observe ``x - delta``, output ``Q(W) Q(x - delta) + b + W delta``."""
+    """A linear with input shift delta: range of ``x - delta``, output ``Q(W) Q(x - delta) + b + W delta``."""
     from interpipe.quant.arch import set_input_shift
     from interpipe.quant.fake import quantize_activation, quantize_weight
     from interpipe.quant.layers import QuantLinear
@@ -115,12 +115,11 @@ def test_input_shift_quantizes_the_centred_input():
     set_input_shift(lin, delta)
     tokens = TokenMask(torch.ones(2, 5, dtype=torch.bool))
     layer = QuantLinear(lin, "lin", "qkv", WeightSpec(4), ActSpec(4), tokens)
-    layer.set_mode("observe")
     fp = layer(x)
     assert torch.allclose(fp, lin(x))
-    assert float(layer.x_min) == float((x - delta).min()) and float(layer.x_max) == float((x - delta).max())
+    layer.set_range(torch.tensor(-2.5), torch.tensor(2.0))  # the calibrated range of x - delta
     layer.set_mode("quant")
-    expected = (quantize_activation(x - delta, ActSpec(4), layer.x_min, layer.x_max) @ quantize_weight(lin.weight, WeightSpec(4)).t()
+    expected = (quantize_activation(x - delta, ActSpec(4), torch.tensor(-2.5), torch.tensor(2.0)) @ quantize_weight(lin.weight, WeightSpec(4)).t()
                 + lin.weight @ delta)  # (batch, pos, d_out)
     assert torch.allclose(layer(x), expected, atol=1e-6)
     layer16 = QuantLinear(lin, "lin", "qkv", WeightSpec(16), ActSpec(16, granularity="per_token_dynamic"), tokens)
@@ -131,7 +130,7 @@ def test_input_shift_quantizes_the_centred_input():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_study_runs_on_every_family(arch_folders, family, data_root, tmp_path):
     s = QuantSettings(methods=["osplus"], bits=["w6a6"], calib_samples=4, eval_samples=4, probe_samples=4,
-                      osplus_steps=3, osplus_samples=2, max_length=24, save_migrated=False)
+                      osplus_steps=3, osplus_samples=2, max_length=24, save_migrated=False, calib_seeds=[0])
     study = run_quantize(s, arch_folders[family], data_root, tmp_path / "out")
     assert [r.method for r in study.settings] == ["osplus"]  # RTN and SmoothQuant: tests/quant/test_study.py
     spec = study.info
@@ -151,3 +150,34 @@ def test_undescribed_family_fails_before_calibration(arch_folders, family, data_
     monkeypatch.setattr("interpipe.quant.study.calibrate", fail)
     with pytest.raises(ValueError, match=f"model_type='{family}'"):
         run_quantize(QuantSettings(), arch_folders[family], data_root, tmp_path / "out")
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_end_metrics_unembed_only_the_positions_they_read(arch_folders, family, data_root):
+    """Hidden states of the base model through the head equal the full model's logits, and the
+    logit difference is the answer logit minus the foil logit of the full forward."""
+    from interpipe.models import load_model
+    from interpipe.models.tokens import answer_token_id
+    from interpipe.quant.metrics import EndMetrics
+
+    loaded = load_model(arch_folders[family])
+    model = loaded.model.eval()
+    end = EndMetrics("causal_lm", loaded.tokenizer, data_root, 4, 32, 8, torch.device("cpu"))
+    raw = end.measure(model)
+    task, (batches, answers, foils) = next((t, v) for t, v in end.tasks.items() if v[2] is not None)
+    b = batches[0]
+    with torch.no_grad():
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (batch, pos, vocab)
+    last = b.attention_mask.sum(1) - 1
+    final = logits[torch.arange(len(last)), last]  # (batch, vocab)
+    n = len(last)
+    assert torch.equal(raw[f"pred/{task}"][:n], final.argmax(-1))
+    ld = final[torch.arange(n), answers[:n]] - final[torch.arange(n), foils[:n]]
+    assert torch.allclose(raw[f"ld/{task}"][:n], ld, atol=1e-4)
+    assert int(foils[0]) == answer_token_id(loaded.tokenizer, end_rows_foil(data_root, task))
+
+
+def end_rows_foil(data_root, task):
+    from interpipe.data import load_task
+
+    return load_task(data_root, task, "test")[0]["foil"]

@@ -9,7 +9,7 @@ import torch
 from interpipe.quant.arch import describe_arch, linear_weight
 from interpipe.quant.calibrate import calibrate
 from interpipe.quant.fake import ActSpec, WeightSpec
-from interpipe.quant.migrate import migrate, smoothquant_scales
+from interpipe.quant.migrate import SearchGrid, migrate, smoothquant_scales
 
 W8, A8 = WeightSpec(8), ActSpec(8)
 
@@ -78,7 +78,7 @@ def test_migrated_fp_model_equals_original(family, method, request, batches):
     assert arch.style == ("pre_ln" if family == "gpt2" else "post_ln")
     before = _outputs(model, batches)
     calib = calibrate(model, arch, batches, "cpu", keep_pair_inputs=True)
-    done = migrate(model, arch, calib, method, WeightSpec(6), ActSpec(6), steps=8)
+    done = migrate(model, arch, calib, method, WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0))
     assert max(float(m.scale.max()) for m in done) > 1.5  # the planted outliers were really migrated
     assert _rel_diff(before, _outputs(model, batches)) < 1e-4
 
@@ -86,7 +86,7 @@ def test_migrated_fp_model_equals_original(family, method, request, batches):
 def test_osplus_centres_and_bounds_the_migrated_activations(tiny_gpt2, batches):
     arch = describe_arch(tiny_gpt2)
     calib = calibrate(tiny_gpt2, arch, batches, "cpu", keep_pair_inputs=True)
-    done = migrate(tiny_gpt2, arch, calib, "osplus", WeightSpec(6), ActSpec(6), steps=8)
+    done = migrate(tiny_gpt2, arch, calib, "osplus", WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0))
     for m in done:
         x = _ln_outputs(tiny_gpt2, m.pair.norm, batches)
         centre = (x.max(0) + x.min(0)) / 2
@@ -100,7 +100,7 @@ def test_post_ln_needs_the_shortcut_wrapper(tiny_bert, batches, tmp_path):
 
     from interpipe.models import ModelCard
     from interpipe.models.toy import build_tokenizer
-    from interpipe.quant.study import load_migrated, save_migrated
+    from interpipe.quant.export import load_migrated, save_migrated
 
     arch = describe_arch(tiny_bert)
     before = _outputs(tiny_bert, batches)
@@ -117,13 +117,41 @@ def test_pre_ln_migrated_folder_loads_with_plain_from_pretrained(tiny_gpt2, batc
 
     from interpipe.models import ModelCard
     from interpipe.models.toy import build_tokenizer
-    from interpipe.quant.study import save_migrated
+    from interpipe.quant.export import save_migrated
 
     arch = describe_arch(tiny_gpt2)
     before = _outputs(tiny_gpt2, batches)
     migrate(tiny_gpt2, arch, calibrate(tiny_gpt2, arch, batches, "cpu", keep_pair_inputs=True), "osplus",
-            W8, A8, steps=4)
+            W8, A8, grid=SearchGrid(4, 0.0))
     save_migrated(tmp_path / "m", tiny_gpt2, build_tokenizer(["a b"]), ModelCard("tiny", "test", "causal_lm"),
                   arch.style, "osplus")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     assert _rel_diff(before, _outputs(plain, batches)) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_osplus_ablations_shift_only_and_scale_only(family, request, batches):
+    model = request.getfixturevalue(f"tiny_{family}")
+    arch = describe_arch(model)
+    before = _outputs(model, batches)
+    calib = calibrate(model, arch, batches, "cpu", keep_pair_inputs=True)
+    shift_only = migrate(model, arch, calib, "osplus_shift", WeightSpec(6), ActSpec(6))
+    for m in shift_only:
+        st = calib.stats[m.pair.hook]
+        assert torch.equal(m.scale, torch.ones_like(m.scale))
+        assert torch.allclose(m.shift, ((st.max + st.min) / 2).float())
+    assert _rel_diff(before, _outputs(model, batches)) < 1e-4
+    scale_only = migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), "osplus_scale",
+                         WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0))
+    assert all(float(m.shift.abs().max()) == 0.0 for m in scale_only)
+    assert max(float(m.scale.max()) for m in scale_only) > 1.5  # the planted channel is scaled down
+    assert _rel_diff(before, _outputs(model, batches)) < 1e-4  # both folds together still exact
+
+
+def test_official_search_grid():
+    """OS+'s ``num = max(100, max|x~| / 0.5)`` thresholds from max|x~| down to t = 1."""
+    official = SearchGrid(steps=100, step=0.5, t_min=1.0)
+    wide, narrow = official.thresholds(201.0), official.thresholds(30.0)
+    assert len(wide) == 400 and len(narrow) == 100
+    assert wide[0] == 201.0 and wide[-1] == pytest.approx(1.0) and narrow[-1] == pytest.approx(1.0)
+    assert official.thresholds(0.5) == [0.5]  # already inside the threshold: nothing to search

@@ -40,20 +40,40 @@ def _fail_if_called(*args, **kwargs):
 def test_grid_on_toy_writes_every_setting(toy_folder, data_root, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    s = QuantSettings(bits=["w8a8", "w4a4"], calib_samples=4, eval_samples=4, probe_samples=4, osplus_steps=3)
+    import pandas as pd
+
+    s = QuantSettings(bits=["w8a8", "w4a4"], calib_samples=4, eval_samples=4, probe_samples=4, osplus_steps=3,
+                      calib_seeds=[0, 1], spread_bits=["w4a4"])
     study = run_quantize(s, toy_folder, data_root, tmp_path / "out")
-    assert [r.name for r in study.settings] == [f"tiny-{m}-{b}-pertensor" for m in s.methods for b in s.bits]
+    assert [r.name for r in study.settings] == [f"tiny-{m}-{b}-paper" for m in s.methods for b in s.bits]
     for r in study.settings:
         folder = tmp_path / "out" / r.name
         assert (folder / "metrics.json").exists() and (folder / "layers.csv").exists()
-        assert {"ppl_delta", "loss_delta", "task_acc_drop", "sqnr_mean_db"} <= set(r.metrics)
+        assert {"ppl_delta", "loss_delta", "task_acc_drop", "logit_diff_drop", "sqnr_mean_db"} <= set(r.metrics)
+        assert r.metrics["n_seeds"] == (2 if r.bits == "w4a4" else 1)
+        assert list(r.seeds["calib_seed"]) == ([0, 1] if r.bits == "w4a4" else [0])
+        if r.bits == "w4a4":
+            assert r.metrics["loss_delta_ci_low"] <= r.metrics["loss_delta"] <= r.metrics["loss_delta_ci_high"]
+        else:  # one seed: no (degenerate) interval is reported
+            assert "loss_delta_ci_low" not in r.metrics
         assert len(r.layers) == 2 * 4  # c_attn, c_proj, c_fc, c_proj per block
         if r.method != "rtn":
             assert r.metrics["equiv_rel_diff"] < 1e-4
             AutoModelForCausalLM.from_pretrained(folder / "migrated")  # plain HF folder
     assert (tmp_path / "out" / "outliers" / "summary.csv").exists()
-    assert (tmp_path / "out" / "end_metrics.png").exists()
-    assert "rtn-w8a8-pertensor/ppl_delta" in study.metrics
+    for name in ("headline_end_metrics.png", "headline_massive_activations.png", "outliers/tokens.csv", "seeds.csv"):
+        assert (tmp_path / "out" / name).exists(), name
+    assert "rtn-w8a8-paper/ppl_delta" in study.metrics and "osplus-w4a4-paper/loss_delta_minus_rtn" in study.metrics
+    head = pd.read_csv(tmp_path / "out" / "headline.csv")
+    row = head[(head.method == "osplus-w4a4") & (head.metric == "loss_delta")].iloc[0]
+    rtn = head[(head.quant_method == "rtn") & (head.bits == "w4a4") & (head.metric == "loss_delta")].iloc[0]
+    assert row.task == "corpus" and row.quant_method == "osplus"
+    assert row.baseline == "rtn" and row.baseline_value == pytest.approx(rtn.value)
+    assert row.minus_baseline == pytest.approx(row.value - rtn.value)  # paired over the same seeds
+    assert set(head[head.method == "fp"].metric) >= {"fp_ppl", "fp_task_acc"}
+    from interpipe.headline import headline_metrics, read_headline
+
+    assert "corpus/osplus-w4a4/loss_delta_ci_low" in headline_metrics(read_headline(tmp_path / "out" / "headline.csv"))
     w8 = {r.method: r.metrics["sqnr_mean_db"] for r in study.settings if r.bits == "w8a8"}
     w4 = {r.method: r.metrics["sqnr_mean_db"] for r in study.settings if r.bits == "w4a4"}
     assert all(w8[m] > w4[m] for m in w8)  # fewer bits, more noise
@@ -70,7 +90,8 @@ def test_classifier_accuracy_on_random_head(tmp_path, data_root):
     folder = _folder(tmp_path, BertForSequenceClassification(cfg).eval(), "sequence_classifier",
                      AutoTokenizer.from_pretrained(minilm_folder()))
     s = QuantSettings(methods=["rtn", "osplus"], bits=["w8a8"], layers=["qkv", "attn_out", "fc1", "fc2", "head"],
-                      calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4, save_migrated=False)
+                      calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4, save_migrated=False,
+                      calib_seeds=[0])
     study = run_quantize(s, folder, data_root, tmp_path / "out")
     for r in study.settings:
         assert {"acc", "fp_acc", "acc_drop", "pred_agreement"} <= set(r.metrics)
@@ -95,7 +116,7 @@ def test_bad_bits_fail_at_config_validation():
 
 def test_group_size_not_dividing_fails_before_calibration(toy_folder, data_root, tmp_path, monkeypatch):
     monkeypatch.setattr("interpipe.quant.study.calibrate", _fail_if_called)
-    s = QuantSettings(w_granularity="per_group", group_size=48)
+    s = QuantSettings(protocol="fine", group_size=48)  # per-group weights
     with pytest.raises(ValueError, match="group_size=48 does not divide the input dimension 32"):
         run_quantize(s, toy_folder, data_root, tmp_path / "out")
 
@@ -107,7 +128,7 @@ def test_real_minilm_migration_is_exact_and_finds_channel_99(tmp_path, data_root
     model, tok, _ = load_pretrained("minilm", "encoder")
     folder = save_model_folder(tmp_path / "minilm", model, tok, describe(model, "minilm", "minilm", "encoder"))
     s = QuantSettings(methods=["smoothquant", "osplus"], bits=["w8a8"], calib_samples=16, eval_samples=8,
-                      probe_samples=8, osplus_steps=4, save_migrated=False)
+                      probe_samples=8, osplus_steps=4, save_migrated=False, calib_seeds=[0])
     study = run_quantize(s, folder, data_root, tmp_path / "out")
     for r in study.settings:
         assert r.metrics["equiv_rel_diff"] < 1e-4
@@ -121,6 +142,55 @@ def test_grid_runs_on_cuda(toy_folder, data_root, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     s = QuantSettings(bits=["w8a8"], calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4,
-                      save_migrated=False)
+                      save_migrated=False, calib_seeds=[0])
     study = run_quantize(s, toy_folder, data_root, tmp_path / "out", device="cuda")
     assert all(r.metrics.get("equiv_rel_diff", 0.0) < 1e-4 for r in study.settings)
+
+
+def test_massive_activation_summary_by_hand():
+    from interpipe.quant.calibrate import Batch, Calibration, ChannelStats
+    from interpipe.quant.outliers import token_summary
+
+    ids = torch.tensor([[5, 7, 9], [5, 9, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    st = ChannelStats(d=2, top_k=1)
+    st.token_absmax = [torch.tensor([[50.0, 2.0, 10.0], [40.0, 12.0, 0.0]])]
+    calib = Calibration({"blocks.0.hook_mlp_in": st}, {"blocks.0.hook_mlp_in": ["mlp"]}, {}, 2, 5, [Batch(ids, mask)])
+    row = token_summary(calib, {9}).iloc[0]
+    # first tokens 50, 40 -> 45; delimiters (id 9) 10, 12 -> 11; the one other token 2
+    assert (row.first_token_absmax, row.delimiter_absmax, row.other_absmax_median) == (45.0, 11.0, 2.0)
+    assert row.first_token_ratio == 22.5 and row.delimiter_ratio == 5.5 and row.n_delimiters == 2
+
+
+@pytest.mark.slow
+def test_migrated_smollm2_loads_with_stock_from_pretrained_and_equals_the_original(tmp_path, data_root):
+    """The real SmolLM2 (RMSNorm, SwiGLU): the OS+ folder is a stock HF folder equal to the original in FP."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from interpipe.models import load_model
+    from interpipe.quant.arch import describe_arch
+    from interpipe.quant.calibrate import calibrate, make_batches
+    from interpipe.quant.export import save_migrated
+    from interpipe.quant.fake import ActSpec, WeightSpec
+    from interpipe.quant.migrate import SearchGrid, migrate
+
+    folder = Path("outputs/models/smollm2")
+    if not (folder / "config.json").exists():
+        pytest.skip("outputs/models/smollm2 is not built (dvc repro model@smollm2)")
+    loaded = load_model(folder)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    batches = make_batches(tok, ["When Mary and John went to the store, John gave a drink to", "one two three four"], 24, 2)
+    with torch.no_grad():
+        before = [model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.mask] for b in batches]
+    arch = describe_arch(model)
+    migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), "osplus", WeightSpec(6, False,
+            "per_channel"), ActSpec(6, False), grid=SearchGrid(3, 0.0))
+    out = save_migrated(tmp_path / "m", model, tok, loaded.card, arch.style, "osplus")
+    assert (out / "input_shifts.safetensors").exists()  # the RMSNorm shift lives in the quantizer only
+    stock = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        after = [stock(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.mask] for b in batches]
+    diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    assert diff / max(float(a.abs().max()) for a in before) < 1e-5

@@ -137,7 +137,7 @@ def test_saved_edit_reproduces_accuracy_under_stock_loading(tiny_loaded, tiny_to
     batch = LaundryBatch(tiny_loaded.tokenizer, stock, test_rows)
     acc = float(correct(hf_final_logits(stock, batch, 8), batch).mean())
     assert acc == pytest.approx(result.metrics["accuracy_all_weight_edit"], abs=1e-9)
-    layer, head = result.metrics["edit_sender_layer"], result.metrics["edit_sender_head"]
+    layer = result.metrics["edit_sender_layer"]
     name = f"transformer.h.{layer}.attn.c_proj.weight"
     changed = not torch.equal(stock.get_parameter(name), tiny_loaded.model.get_parameter(name))
     assert changed == bool(result.metrics["edit_applied"])

@@ -1,0 +1,195 @@
+"""Results of the quantization study: one setting over calibration seeds, the whole study, headlines.
+
+A setting (method x bits x protocol) runs once per calibration seed; its metrics are the mean over
+seeds, and every delta/drop of a setting with two or more seeds carries the 95 % t interval over seeds (``interpipe.stats.seed_interval``)
+plus, for the migrations, the paired difference to RTN at the same bits and seed
+(``<metric>_minus_rtn``: same calibration texts, so the pairing removes the shared part of the
+spread); OS+ and its ablations also against SmoothQuant (``<metric>_minus_smoothquant``). ``headline.csv`` is the tidy table a results section quotes (see the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from interpipe.io import OutputExistsError, read_json, save_figure, write_frame, write_json
+from interpipe.quant import figures
+from interpipe.stats import seed_interval, to_metrics
+
+HEADLINE_METRICS = {  # what a results section quotes per model kind (lower is better for every one)
+    "causal_lm": ["loss_delta", "ppl_delta", "task_acc_drop", "logit_diff_drop"],  # loss: ppl explodes at low bits
+    "encoder": ["cos_drop"],
+    "sequence_classifier": ["acc_drop"],
+}
+EVAL_SET = {"ppl_delta": "corpus", "loss_delta": "corpus", "task_acc_drop": "tasks", "logit_diff_drop": "tasks",
+            "cos_drop": "sentiment+corpus", "acc_drop": "sentiment", "fp_ppl": "corpus", "fp_loss": "corpus",
+            "fp_task_acc": "tasks", "fp_logit_diff": "tasks", "fp_acc": "sentiment"}  # the held-out set a metric is on
+FP_METRICS = {"causal_lm": ["fp_ppl", "fp_loss", "fp_task_acc", "fp_logit_diff"], "encoder": [],
+              "sequence_classifier": ["fp_acc"]}
+
+
+def headline(kind: str) -> str:
+    """The end metric a summary reports first for each model kind."""
+    return HEADLINE_METRICS[kind][0]
+
+
+def _is_spread_key(key: str) -> bool:
+    return key.endswith("_delta") or key.endswith("_drop")
+
+
+def aggregate_seeds(per_seed: list[dict], rtn_per_seed: list[dict] | None = None,
+                    baselines: dict[str, list[dict]] | None = None) -> dict:
+    """Mean over seeds of every numeric metric; the seed interval of every delta/drop and of its
+    paired difference to each baseline (``rtn_per_seed`` -> ``_minus_rtn``; ``baselines`` by name)."""
+    out: dict = {"n_seeds": len(per_seed)}
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for key in keys:
+        values = [m[key] for m in per_seed if key in m]
+        if _is_spread_key(key) and len(values) > 1:
+            out.update(to_metrics(key, seed_interval(values)))
+        else:  # one seed gives no interval: none is written rather than a degenerate one
+            out[key] = float(np.mean(values))
+    for name, base_runs in {**({"rtn": rtn_per_seed} if rtn_per_seed else {}), **(baselines or {})}.items():
+        base = {m["calib_seed"]: m for m in base_runs}
+        for key in (k for k in keys if _is_spread_key(k)):
+            diffs = [m[key] - base[m["calib_seed"]][key] for m in per_seed
+                     if m["calib_seed"] in base and key in base[m["calib_seed"]]]  # paired: same calibration texts
+            if len(diffs) > 1:
+                out.update(to_metrics(f"{key}_minus_{name}", seed_interval(diffs)))
+            elif diffs:
+                out[f"{key}_minus_{name}"] = float(diffs[0])
+    out.update({k: v for k, v in per_seed[0].items() if isinstance(v, str)})
+    return out
+
+
+@dataclass
+class SettingResult:
+    """One ``(method, bits, protocol)`` setting on one model, over its calibration seeds."""
+
+    name: str  # <model>-<method>-w<b>a<b>-<protocol>
+    method: str
+    bits: str
+    granularity: str  # protocol tag (paper | fine) or the grid of a custom protocol
+    metrics: dict  # aggregated over seeds
+    layers: pd.DataFrame  # first seed: one row per quantized linear, propagated and local MSE/SQNR
+    migration: pd.DataFrame  # first seed: one row per migrated pair (empty for rtn)
+    seeds: pd.DataFrame  # one row per calibration seed: every metric of that seed
+    info: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.layers.assign(setting=self.name, method=self.method, bits=self.bits)
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        folder = Path(folder)
+        if (folder / "metrics.json").exists() and not overwrite:
+            raise OutputExistsError(f"{folder} already holds a result; pass overwrite=True")
+        write_frame(folder / "layers.csv", self.layers)
+        write_frame(folder / "seeds.csv", self.seeds)
+        if len(self.migration):
+            write_frame(folder / "migration.csv", self.migration)
+        write_json(folder / "info.json", self.info)
+        write_json(folder / "metrics.json", self.metrics)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SettingResult":
+        folder = Path(folder)
+        info = read_json(folder / "info.json")
+        migration = pd.read_csv(folder / "migration.csv") if (folder / "migration.csv").exists() else pd.DataFrame()
+        return cls(info["name"], info["method"], info["bits"], info["granularity"], read_json(folder / "metrics.json"),
+                   pd.read_csv(folder / "layers.csv"), migration, pd.read_csv(folder / "seeds.csv"), info)
+
+
+@dataclass
+class QuantStudyResult:
+    """Every setting on one model plus the outlier analysis; ``save``/``to_frame``/``plot``."""
+
+    model: str
+    kind: str
+    settings: list[SettingResult]
+    outlier_summary: pd.DataFrame
+    outlier_channels: pd.DataFrame
+    token_summary: pd.DataFrame  # massive activations: first token / delimiters / other tokens per input
+    info: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per setting: method, bits, protocol and every scalar metric (seed means and intervals)."""
+        return pd.DataFrame([{"setting": s.name, "method": s.method, "bits": s.bits, "granularity": s.granularity,
+                              **s.metrics} for s in self.settings])
+
+    def headline_frame(self) -> pd.DataFrame:
+        """Tidy headline rows: one per method x bits x metric, with the seed interval and the baseline."""
+        origin = self.info.get("weights_origin") or "trained in full precision"
+        rows = []
+        by_key = {(s.method, s.bits): s for s in self.settings}
+        for s in self.settings:
+            for metric in HEADLINE_METRICS[self.kind]:
+                if metric not in s.metrics:
+                    continue
+                rtn = by_key.get(("rtn", s.bits)) if s.method != "rtn" else None
+                m = s.metrics
+                rows.append({"model": self.model, "task": EVAL_SET[metric], "method": f"{s.method}-{s.bits}",
+                             "weights_origin": origin, "quant_method": s.method, "bits": s.bits,
+                             "protocol": s.granularity, "metric": metric, "value": m[metric],
+                             "ci_low": m.get(f"{metric}_ci_low"), "ci_high": m.get(f"{metric}_ci_high"),
+                             "n_seeds": m["n_seeds"], "baseline": "rtn" if rtn else "fp",
+                             "baseline_value": rtn.metrics[metric] if rtn else 0.0,
+                             "minus_baseline": m.get(f"{metric}_minus_rtn", m[metric]),
+                             "minus_baseline_ci_low": m.get(f"{metric}_minus_rtn_ci_low", m.get(f"{metric}_ci_low")),
+                             "minus_baseline_ci_high": m.get(f"{metric}_minus_rtn_ci_high", m.get(f"{metric}_ci_high")),
+                             "minus_smoothquant": m.get(f"{metric}_minus_smoothquant"),
+                             "minus_smoothquant_ci_low": m.get(f"{metric}_minus_smoothquant_ci_low"),
+                             "minus_smoothquant_ci_high": m.get(f"{metric}_minus_smoothquant_ci_high")})
+        first = self.settings[0].metrics
+        for metric in FP_METRICS[self.kind]:
+            if metric in first:
+                rows.append({"model": self.model, "task": EVAL_SET[metric], "method": "fp", "weights_origin": origin,
+                             "quant_method": "fp", "bits": "w16a16",
+                             "protocol": "none", "metric": metric, "value": first[metric], "ci_low": None,
+                             "ci_high": None, "n_seeds": 0, "baseline": "none", "baseline_value": None,
+                             "minus_baseline": None, "minus_baseline_ci_low": None, "minus_baseline_ci_high": None})
+        return pd.DataFrame(rows)
+
+    @property
+    def metrics(self) -> dict:
+        """Flat metrics for the stage's ``metrics.json``: ``<method>-<bits>-<protocol>/<metric>``."""
+        flat: dict = {}
+        top = self.outlier_summary.sort_values("outlier_ratio", ascending=False).iloc[0]
+        flat["outliers/max_ratio"] = float(top["outlier_ratio"])
+        flat["outliers/max_ratio_channel"] = int(top["top_channels"].split()[0])
+        if len(self.token_summary):
+            flat["outliers/first_token_ratio_max"] = float(self.token_summary["first_token_ratio"].max())
+            flat["outliers/delimiter_ratio_max"] = float(self.token_summary["delimiter_ratio"].max())
+        if self.info.get("weights_origin"):
+            flat["weights_origin"] = str(self.info["weights_origin"])  # e.g. dequantised 4-bit weights
+        for s in self.settings:
+            key = f"{s.method}-{s.bits}-{s.granularity}"
+            flat.update({f"{key}/{k}": v for k, v in s.metrics.items() if not isinstance(v, str)})
+        return flat
+
+    def plot(self) -> dict:
+        note = self.info.get("weights_origin")
+        frame = self.to_frame()
+        return {"headline_end_metrics": figures.end_metrics(frame, headline(self.kind), note),
+                "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings}, note)}
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        folder = Path(folder)
+        if (folder / "summary.csv").exists() and not overwrite:
+            raise OutputExistsError(f"{folder} already holds a study result; pass overwrite=True")
+        for s in self.settings:
+            s.save(folder / s.name, overwrite=overwrite)
+        write_frame(folder / "outliers" / "summary.csv", self.outlier_summary)
+        write_frame(folder / "outliers" / "channels.parquet", self.outlier_channels)
+        write_frame(folder / "outliers" / "tokens.csv", self.token_summary)
+        for name, fig in self.plot().items():
+            save_figure(fig, folder / f"{name}.png")
+        write_json(folder / "info.json", self.info)
+        write_frame(folder / "summary.csv", self.to_frame())
+        write_frame(folder / "seeds.csv", pd.concat([s.seeds.assign(setting=s.name) for s in self.settings],
+                                                    ignore_index=True))
+        write_frame(folder / "headline.csv", self.headline_frame())
+        return folder
