@@ -58,7 +58,7 @@ class ReportSettings:
     not_compared: list[str] = field(default_factory=lambda: list(DEFAULT_NOT_COMPARED))  # kept, never ranked
     headline: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADLINE))  # else the most reported metric
     key_figures: list[str] = field(default_factory=lambda: list(DEFAULT_KEY_FIGURES))  # shown first
-    key_tables: list[str] = field(default_factory=lambda: ["operators.csv", "winrate.csv"])  # shown under a study's headline
+    key_tables: list[str] = field(default_factory=lambda: ["operators.csv", "winrate.csv", "reuse.csv", "ioi_heads.csv"])  # shown under a study's headline
     max_figures_per_study: int = 24  # keeps the page light; the rest stay in the output folders
     figure_width_px: int = 900  # wider figures are downscaled before they are inlined
     title: str = "interpipe report"
