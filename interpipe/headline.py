@@ -23,13 +23,12 @@ from typing import Any
 
 REQUIRED = ("model", "task", "method", "metric", "value")
 OPTIONAL = ("ci_low", "ci_high", "baseline", "baseline_value")
-COLUMNS = REQUIRED + OPTIONAL
 FILE = "headline.csv"
 FIGURE_PREFIX = "headline_"
 
 
 def read_headline(path: str | Path) -> Any:
-    """One ``headline.csv`` with every column of ``COLUMNS`` (missing optional ones empty)."""
+    """One ``headline.csv`` with every column of ``REQUIRED`` and ``OPTIONAL`` (missing optional ones empty)."""
     import pandas as pd
 
     frame = pd.read_csv(path)
@@ -47,9 +46,10 @@ def read_headline(path: str | Path) -> Any:
 def headline_metrics(frame: Any) -> dict[str, float]:
     """Flat ``<task>/<method>/<metric>`` (+ ``_ci_low``, ``_ci_high``, ``_baseline``) for one model's file."""
     out: dict[str, float] = {}
+    several_models = frame["model"].nunique() > 1
     for row in frame.itertuples(index=False):
         key = "/".join(p for p in (row.task, row.method, row.metric) if p and p != "nan")
-        if len(set(frame["model"])) > 1:
+        if several_models:
             key = f"{row.model}/{key}"
         for suffix, value in (("", row.value), ("_ci_low", row.ci_low), ("_ci_high", row.ci_high),
                               ("_baseline", row.baseline_value)):

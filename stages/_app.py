@@ -105,10 +105,10 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
         metrics = work(settings, tmp)
         metrics = {**metrics, "stage_seconds": time.perf_counter() - start}
         write_json(tmp / "run.json", _run_record(cfg, settings, job_type, study, method))
-        if (tmp / "headline.csv").exists():  # the study's quoted numbers, small enough for `dvc metrics show`
-            from interpipe.headline import headline_metrics, read_headline
+        from interpipe.headline import FILE, headline_metrics, read_headline
 
-            write_json(tmp / "headline.json", headline_metrics(read_headline(tmp / "headline.csv")))
+        if (tmp / FILE).exists():  # the study's quoted numbers, small enough for `dvc metrics show`
+            write_json(tmp / "headline.json", headline_metrics(read_headline(tmp / FILE)))
         write_json(tmp / "metrics.json", metrics)
         _move_into(tmp, out)
     finally:

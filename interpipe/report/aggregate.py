@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from interpipe.io import read_json, write_frame, write_text
 from interpipe.report.compare import StudyTable, lower_is_better, plot_frame, study_tables
 from interpipe.report.discover import RunRecord, find_figures, find_named, find_runs, tidy_results
+from interpipe.headline import FILE as HEADLINE_FILE
 from interpipe.headline import is_headline_figure, read_headline
 from interpipe.report.page import model_cards, render_page, revision_info, shrink_png
 from interpipe.settings.report import ReportSettings
@@ -156,7 +157,7 @@ def collect_headlines(repo: Path, settings: ReportSettings) -> dict[str, Any]:
     import pandas as pd
 
     frames: dict[str, list] = {}
-    for record, path in find_named(repo, settings, "headline.csv"):
+    for record, path in find_named(repo, settings, HEADLINE_FILE):
         try:
             frame = read_headline(path)
         except (OSError, ValueError, pd.errors.ParserError):

@@ -202,6 +202,11 @@ def _swept(overrides: list[str], method: str, task: str, settings: ReportSetting
     return method, task, swept
 
 
+def _run_dir(folder: Path, repo: Path) -> str:
+    """``folder`` relative to the repository (POSIX), or as it is when outside it."""
+    return folder.relative_to(repo).as_posix() if repo in folder.parents or folder == repo else str(folder)
+
+
 def _identify_by_record(folder: Path, home: Path, record: dict, repo: Path, settings: ReportSettings) -> RunRecord:
     stage = str(record["stage"])
     named = record.get("setting")  # weights.study=bigram: the weights stage ran the bigram study
@@ -215,7 +220,7 @@ def _identify_by_record(folder: Path, home: Path, record: dict, repo: Path, sett
         method, task, swept = _swept([str(o) for o in record.get("overrides") or []], method, task, settings)
     setting = ",".join(swept + ["/".join(rest)] * bool(rest))
     return RunRecord(
-        run_dir=folder.relative_to(repo).as_posix() if repo in folder.parents or folder == repo else str(folder),
+        run_dir=_run_dir(folder, repo),
         study=settings.study_of(stage), stage=stage, model=model, method=method, task=task, setting=setting,
         config_hash=str(record.get("config_hash") or ""),
     )
@@ -261,7 +266,7 @@ def _identify_by_path(folder: Path, root: Path, repo: Path, settings: ReportSett
         method, task, swept = _swept(info.overrides, method, task, settings)
     setting = ",".join(["/".join(prefix)] * bool(prefix) + swept + ["/".join(rest)] * bool(rest))
     return RunRecord(
-        run_dir=folder.relative_to(repo).as_posix() if repo in folder.parents or folder == repo else str(folder),
+        run_dir=_run_dir(folder, repo),
         study=settings.study_of(stage), stage=stage, model=model, method=method, task=task,
         setting=setting, config_hash=config_hash(info.config),
     )
