@@ -38,7 +38,7 @@ class Report:
     results: Any  # DataFrame with discover.COLUMNS
     tables: dict[str, StudyTable] = field(default_factory=dict)
     records: list[RunRecord] = field(default_factory=list)
-    figures: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, png, width, height, source}]
+    figures: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, png, thumbnail, width, height, file}]
     n_hidden: dict[str, int] = field(default_factory=dict)  # study -> figures left out of the page
     headlines: dict[str, Any] = field(default_factory=dict)  # study -> DataFrame of headline rows
     key_tables: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, frame}] (report.key_tables)
@@ -57,7 +57,7 @@ class Report:
             out[f"{study}/n_rows"] = len(table.frame)
             for metric in table.metrics:
                 column = table.frame[metric].dropna()
-                if len(column):
+                if len(column) and settings.direction(metric) is not None:
                     best = column.min() if lower_is_better(metric, settings) else column.max()
                     out[f"{study}/best/{metric}"] = float(best)
         return out
@@ -124,13 +124,15 @@ def collect(settings: ReportSettings, repo: str | Path = ".", env: Mapping[str, 
     todo = [(s, p) for s, paths in sorted(chosen.items()) for p in paths]
     for study, path in tqdm(todo, desc="report figures", disable=not progress or not todo):
         rel = path.relative_to(repo).as_posix()
+        headline = is_headline_figure(path)
         try:
             png, width, height = shrink_png(path, settings.figure_width_px)
+            thumb = png if headline else shrink_png(path, settings.thumbnail_width_px)[0]
         except OSError:
             continue  # not a readable image
         file = re.sub(r"[^A-Za-z0-9_.=-]+", "_", rel.split("/", 1)[-1].replace("/", "__"))
         figures.setdefault(study, []).append({"caption": rel, "png": png, "width": width, "height": height,
-                                              "file": file, "headline": is_headline_figure(path)})
+                                              "thumbnail": thumb, "file": file, "headline": headline})
     info = {"revision": revision_info(repo, env), "cards": model_cards(repo / settings.models_dir)}
     return Report(results=results, tables=study_tables(results, settings), records=records,
                   figures=figures, n_hidden=hidden, info=info, headlines=collect_headlines(repo, settings),

@@ -2,7 +2,9 @@
 
 The best value of each metric among the rows that share a model, a task and a setting (the
 methods compared under the same conditions) is marked; whether smaller or larger wins is read off
-the metric's name (``ReportSettings.lower_is_better``).
+the metric's name (:meth:`ReportSettings.direction`). Costs (seconds, memory), interval bounds and
+metrics of no declared direction are shown unmarked, and baseline methods (``random``) never win:
+the random method being fastest says nothing. Rows without a value are dropped.
 
 >>> import pandas as pd
 >>> from interpipe.settings.report import ReportSettings
@@ -15,7 +17,6 @@ the metric's name (``ReportSettings.lower_is_better``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,15 +26,12 @@ KEYS = ["model", "task", "method", "setting"]
 
 
 def lower_is_better(metric: str, settings: ReportSettings) -> bool:
-    """True when a smaller value of ``metric`` is better.
+    """True when a smaller value of ``metric`` is better (:meth:`ReportSettings.direction`).
 
     >>> [lower_is_better(m, ReportSettings()) for m in ["ce_loss", "accuracy", "examples_per_second"]]
     [True, False, False]
     """
-    def matches(patterns: list[str]) -> bool:
-        return any(re.search(p, metric, flags=re.IGNORECASE) for p in patterns)
-
-    return matches(settings.lower_is_better) and not matches(settings.higher_is_better)
+    return settings.direction(metric) == "lower"
 
 
 @dataclass
@@ -62,10 +60,13 @@ def study_tables(results: Any, settings: ReportSettings) -> dict[str, StudyTable
         wide = wide.reset_index()
         wide.columns.name = None
         metrics = [c for c in wide.columns if c not in KEYS]
+        wide = wide.dropna(how="all", subset=metrics).reset_index(drop=True)  # no empty rows
         lower = {m: lower_is_better(m, settings) for m in metrics}
+        ranked = [m for m in metrics if settings.direction(m) is not None]
         best = pd.DataFrame(False, index=wide.index, columns=metrics)
-        for _, group in wide.groupby(["model", "task", "setting"], sort=False):
-            for metric in metrics:
+        contenders = ~wide["method"].astype(str).isin(settings.baseline_methods)
+        for _, group in wide[contenders].groupby(["model", "task", "setting"], sort=False):
+            for metric in ranked:
                 values = group[metric].dropna()
                 if len(values) < 2 or values.nunique() < 2:
                     continue  # nothing to compare against

@@ -1,8 +1,9 @@
 """The report page: one self-contained ``index.html`` (no network at view time).
 
-Figures are inlined as base64 PNG data URIs (downscaled to ``figure_width_px``), styles are
-inline and there is no script, so the page opens from a file, an e-mail attachment or a W&B
-HTML panel alike. The header shows the model cards and the git/DVC revision of the results.
+The headline figures are inlined as base64 PNG data URIs (downscaled to ``figure_width_px``), the
+other figures as small thumbnails linking to their full-size copies in ``figures/<study>/``; styles
+are inline and there is no script, so the page opens from a file, an e-mail attachment or a W&B
+HTML panel alike (without its folder, only the thumbnails' links go nowhere). The header shows the model cards and the git/DVC revision of the results.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ nav a { margin-right: 1rem; }
 .figures { display: flex; flex-wrap: wrap; gap: 1rem; }
 figure { margin: 0; max-width: 440px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .75rem; color: #555; word-break: break-all; }
-figure.key { max-width: 680px; } .headline table td { white-space: nowrap; }
+figure.key { max-width: 680px; } figure.thumb { max-width: 240px; } .headline table td { white-space: nowrap; }
 details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 </style>
 </head>
@@ -75,16 +76,16 @@ details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 <figcaption>{{ f.caption }}</figcaption></figure>
 {% endfor %}</div>{% endif %}
 </div>{% endif %}
-<details{% if not s.headline %} open{% endif %}><summary>All results: {{ s.n_rows }} rows, {{ s.figures | length }} figures</summary>
-<p class="muted">{{ s.n_rows }} rows &middot; best method per model, task and setting in green
-(&darr; smaller is better: {{ s.lower | join(", ") or "none" }})</p>
+<details{% if not s.headline %} open{% endif %}><summary>All results: {{ s.n_rows }} rows, {{ s.figures | length }} figures (click a figure for full size)</summary>
+<p class="muted">{{ s.n_rows }} rows &middot; best method per model, task and setting in green, for graded metrics
+only (&darr; smaller is better: {{ s.lower | join(", ") or "none" }}); costs, interval bounds and baseline methods are never marked</p>
 <div class="scroll"><table>
 <tr>{% for k in keys %}<th>{{ k }}</th>{% endfor %}{% for m in s.metrics %}<th>{{ m }}{% if m in s.lower %} &darr;{% endif %}</th>{% endfor %}</tr>
 {% for row in s.rows %}<tr>{% for k in row.labels %}<td class="key">{{ k }}</td>{% endfor %}
 {% for cell in row.cells %}<td{% if cell.best %} class="best"{% endif %}>{{ cell.text }}</td>{% endfor %}</tr>
 {% endfor %}</table></div>
 {% if s.figures %}<div class="figures">
-{% for f in s.figures %}<figure><img src="{{ f.uri }}" alt="{{ f.caption }}" width="{{ f.width }}" height="{{ f.height }}">
+{% for f in s.figures %}<figure class="thumb">{% if f.href %}<a href="{{ f.href }}">{% endif %}<img src="{{ f.uri }}" alt="{{ f.caption }}">{% if f.href %}</a>{% endif %}
 <figcaption>{{ f.caption }}</figcaption></figure>
 {% endfor %}</div>{% if s.n_hidden %}<p class="muted">{{ s.n_hidden }} more figures in the output folders.</p>{% endif %}
 {% endif %}
@@ -175,8 +176,12 @@ def _table(table: dict) -> dict:
     return {"caption": table["caption"], "columns": list(frame.columns), "rows": rows}
 
 
-def _inline(figure: dict) -> dict:
-    return {**figure, "uri": "data:image/png;base64," + base64.b64encode(figure["png"]).decode()}
+def _inline(figure: dict, study: str, thumbnail: bool = False) -> dict:
+    """A figure for the template: its data URI (the thumbnail for figures outside the headline)
+    and the relative link to its full-size copy under ``figures/<study>/``."""
+    png = figure.get("thumbnail", figure["png"]) if thumbnail else figure["png"]
+    return {**figure, "uri": "data:image/png;base64," + base64.b64encode(png).decode(),
+            "href": f"figures/{study}/{figure['file']}" if figure.get("file") else ""}
 
 
 def _anchor(name: str) -> str:
@@ -246,8 +251,8 @@ def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str,
             "n_rows": len(table.frame) if table else 0,
             "headline": headline_block(headlines.get(name)),
             "key_tables": [_table(t) for t in key_tables.get(name, [])],
-            "key_figures": [_inline(f) for f in figures.get(name, []) if f.get("headline")],
-            "figures": [_inline(f) for f in figures.get(name, []) if not f.get("headline")],
+            "key_figures": [_inline(f, name) for f in figures.get(name, []) if f.get("headline")],
+            "figures": [_inline(f, name, thumbnail=True) for f in figures.get(name, []) if not f.get("headline")],
             "n_hidden": n_hidden.get(name, 0),
         })
     card_columns = [c for c in CARD_COLUMNS if any(c in card for card in cards)]

@@ -48,8 +48,27 @@ def test_comparison_table_marks_the_best(report_dir):
 
 def test_metric_directions():
     s = ReportSettings()
-    assert [lower_is_better(m, s) for m in ["ce_loss", "sufficiency", "stage_seconds", "accuracy", "sqnr_db",
-                                            "comprehensiveness", "logit_diff"]] == [True] * 3 + [False] * 4
+    assert [lower_is_better(m, s) for m in ["ce_loss", "sufficiency", "accuracy", "sqnr_db",
+                                            "comprehensiveness", "logit_diff"]] == [True] * 2 + [False] * 4
+    # costs, interval bounds and names of no declared direction are never ranked
+    assert [s.direction(m) for m in ["stage_seconds", "examples_per_second", "faithfulness_ci_low",
+                                     "ioi/accuracy_ci_high", "n_components_seen", "ioi/faithfulness"]] == \
+        [None, None, None, None, None, "higher"]
+
+
+def test_baselines_costs_and_empty_rows_are_not_marked():
+    from interpipe.report.compare import study_tables
+
+    def row(method, metric, value):
+        return dict(study="s", stage="x", model="m", method=method, task="t", setting="", metric=metric,
+                    value=value, run_dir=method, config_hash="")
+
+    rows = [row("random", "comprehensiveness", 0.9), row("ig", "comprehensiveness", 0.7),
+            row("saliency", "comprehensiveness", 0.5), row("random", "seconds", 0.1), row("ig", "seconds", 9.0),
+            row("saliency", "seconds", 1.0), row("empty", "comprehensiveness", float("nan"))]
+    table = study_tables(pd.DataFrame(rows), ReportSettings())["s"]
+    best = dict(zip(table.frame["method"], table.frame["best"]))
+    assert best == {"ig": "comprehensiveness", "random": "", "saliency": ""}  # no row for "empty"
 
 
 def test_metrics_json(report_dir):
@@ -73,6 +92,10 @@ def test_page_is_self_contained(report_dir):
     assert "<script" not in html
     images = re.findall(r'<img src="data:image/png;base64,', html)
     assert len(images) == 4  # three figures and the headline figure
+    links = re.findall(r'<a href="(figures/[^"]+\.png)">', html)
+    assert len(links) == 3  # every figure outside the headline links to its full-size copy
+    for link in links:
+        assert (report_dir / link).is_file(), link
     for heading in ["attribution", "quantization", "weights", "foundation", "Models"]:
         assert f">{heading}</h2>" in html
     assert "causal_lm" in html and "experiment bits4" in html  # model card and DVC experiment in the header
@@ -89,6 +112,8 @@ def test_key_figures_first_and_downscaled(tmp_path):
     assert key["caption"] == "outputs/attribute/toy/headline_faithfulness.png" and key["headline"]  # the study's own
     assert figure["caption"] == "outputs/attribute/toy/saliency/heatmap.png"  # "heatmap" ranks before "curve"
     assert Image.open(io.BytesIO(figure["png"])).size == (300, 75)
+    assert Image.open(io.BytesIO(figure["thumbnail"])).size == (220, 55)  # what the page inlines
+    assert key["thumbnail"] == key["png"]  # headline figures are inlined at full width
     assert report.n_hidden["attribution"] == 1
 
 
