@@ -62,20 +62,26 @@ def headline_metrics(frame: Any) -> dict[str, float]:
     return out
 
 
+def format_number(x: float) -> str:
+    """One number as every table of the report shows it: an integer as is, else 3 significant digits.
+
+    >>> format_number(3.0), format_number(0.42137), format_number(float("nan"))
+    ('3', '0.421', '')
+    """
+    if x != x:  # NaN: absent
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:.3g}"
+
+
 def format_value(value: float, low: float, high: float) -> str:
     """``0.42 [0.38, 0.47]``; just the value when there is no interval.
 
     >>> format_value(0.4213, 0.38, 0.4711), format_value(3.0, float("nan"), float("nan"))
     ('0.421 [0.38, 0.471]', '3')
     """
-    def fmt(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:.3g}"
-
-    if value != value:
-        return ""
-    if low != low or high != high:
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+    if value != value or low != low or high != high:
+        return format_number(value)
+    return f"{format_number(value)} [{format_number(low)}, {format_number(high)}]"
 
 
 def is_headline_figure(path: str | Path) -> bool:

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
+from interpipe.headline import format_number
 from interpipe.report.compare import KEYS, StudyTable
 
 TEMPLATE = """<!DOCTYPE html>
@@ -160,18 +161,10 @@ def shrink_png(path: str | Path, width: int) -> tuple[bytes, int, int]:
         return buffer.getvalue(), image.width, image.height
 
 
-def _fmt(value: float) -> str:
-    if value != value:  # NaN: metric absent for this row
-        return ""
-    if float(value).is_integer() and abs(value) < 1e12:
-        return str(int(value))
-    return f"{value:.4g}"
-
-
 def _table(table: dict) -> dict:
     """A small CSV as text cells (numbers to 3 significant digits, empty for missing)."""
     frame = table["frame"]
-    rows = [[("" if v != v else f"{v:.3g}") if isinstance(v, float) else str(v) for v in row]
+    rows = [[format_number(v) if isinstance(v, float) else str(v) for v in row]
             for row in frame.itertuples(index=False, name=None)]
     return {"caption": table["caption"], "columns": list(frame.columns), "rows": rows}
 
@@ -241,7 +234,7 @@ def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str,
             for i in table.frame.index:
                 rows.append({
                     "labels": [table.frame.at[i, k] for k in KEYS],
-                    "cells": [{"text": _fmt(table.frame.at[i, m]), "best": bool(table.best.at[i, m])}
+                    "cells": [{"text": format_number(table.frame.at[i, m]), "best": bool(table.best.at[i, m])}
                               for m in table.metrics],
                 })
         studies.append({
