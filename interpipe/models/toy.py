@@ -2,8 +2,10 @@
 
 It gets a word-level tokenizer built from the prepared corpus (every word one token, so names,
 colours and objects are single tokens as in the circuit literature) and is trained with
-next-token cross-entropy, the answer token up-weighted, on the task corpus. Training is
-deterministic on CPU for a fixed seed and thread count: same config, same weights.
+next-token cross-entropy, the answer token up-weighted, on the task corpus, several texts packed
+per row (:mod:`interpipe.models.packing`). Training runs on ``settings.threads`` CPU threads (one by
+default): float sums depend on the thread count, and the toy's IOI phase change is sensitive to
+that noise, so a fixed count gives the same weights on every machine for the same config.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from interpipe.models.packing import pack, packed_loss
 from interpipe.settings.models import ToySettings
 
 BOS = "<|endoftext|>"
@@ -63,21 +66,6 @@ def lr_at(step: int, s: ToySettings) -> float:
     return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def answer_weighted_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                         answer_weight: float) -> torch.Tensor:
-    """Next-token cross-entropy where each row's last real target (the answer) weighs more.
-
-    ``logits``: (B, T, V) predictions for ``targets`` (B, T); ``mask`` (B, T) marks real tokens.
-    Task prompts carry their signal in one token (the answer) among many unpredictable ones
-    (random names, objects), so up-weighting it speeds up learning the tasks several-fold.
-    """
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
-    weights = mask.float()
-    last = mask.sum(1) - 1  # (B,) index of each row's answer
-    weights[torch.arange(len(last)), last] = answer_weight
-    return (ce * weights).sum() / weights.sum()
-
-
 @torch.no_grad()
 def validation_loss(model, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 128) -> float:
     model.eval()
@@ -102,10 +90,20 @@ def train_toy(train_texts: list[str], val_texts: list[str], settings: ToySetting
     """
     if not train_texts:
         raise ValueError("the training corpus is empty; run the prepare stage with n_train > 0")
-    train_texts, val_texts = list(train_texts), list(val_texts)
-    tokenizer = build_tokenizer(list(vocab_texts or []) + train_texts + val_texts)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _train(list(train_texts), list(val_texts), settings, list(vocab_texts or []), on_validation)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(train_texts: list[str], val_texts: list[str], settings: ToySettings, vocab_texts: list[str],
+           on_validation):
+    tokenizer = build_tokenizer(vocab_texts + train_texts + val_texts)
     model = build_model(settings, len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id)
     ids, mask = _encode(tokenizer, train_texts, settings.n_positions)  # (N, T)
+    lengths = mask.sum(1).tolist()  # real tokens per text (right padding)
     val_ids, val_mask = _encode(tokenizer, val_texts, settings.n_positions)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(settings.seed)
@@ -116,13 +114,13 @@ def train_toy(train_texts: list[str], val_texts: list[str], settings: ToySetting
     bar = tqdm(range(settings.steps), desc="train toy GPT-2")
     for step in bar:
         batch = torch.randint(0, len(ids), (settings.batch_size,), generator=gen)
-        b_ids, b_mask = ids[batch], mask[batch]
-        width = int(b_mask.sum(1).max())
-        b_ids, b_mask = b_ids[:, :width], b_mask[:, :width]  # (B, T') trimmed to the longest row
+        packed = pack([ids[i, :lengths[i]] for i in batch.tolist()], settings.n_positions,
+                      tokenizer.pad_token_id, settings.answer_weight)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
-        logits = model(input_ids=b_ids, attention_mask=b_mask).logits[:, :-1]  # (B, T'-1, V)
-        loss = answer_weighted_loss(logits, b_ids[:, 1:], b_mask[:, 1:], settings.answer_weight)
+        logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                       attention_mask=packed.attention_mask).logits  # (R, T, V)
+        loss = packed_loss(logits, packed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -11,7 +11,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from interpipe.hub import HubUnreachableError
 from interpipe.models import ModelCard, load_model, load_pretrained, minilm_folder
-from interpipe.models.toy import answer_weighted_loss, build_tokenizer, train_toy
+from interpipe.models.packing import pack, packed_loss
+from interpipe.models.toy import build_model, build_tokenizer, train_toy
 from interpipe.settings.models import ToySettings
 
 
@@ -36,23 +37,54 @@ def test_canonical_folder_loads_with_plain_transformers(tiny_toy_folder):
 
 
 def test_toy_training_is_deterministic_and_learns():
+    """Same config, same weights, whatever thread count the caller runs with (the loop fixes its own)."""
     texts = ["a b c d e f"] * 20 + ["f e d c b a"] * 20
     s = ToySettings(n_layer=1, n_head=2, n_embd=16, steps=30, batch_size=8, log_every=10, warmup_steps=3, lr=1e-2)
-    m1, _, curve1, _ = train_toy(texts, texts[:4], s)
-    m2, _, curve2, _ = train_toy(texts, texts[:4], s)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        m1, _, curve1, _ = train_toy(texts, texts[:4], s)
+        torch.set_num_threads(2)
+        m2, _, curve2, _ = train_toy(texts, texts[:4], s)
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
     for p1, p2 in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(p1, p2)
-    assert curve1 == [{**c, } for c in curve2]
+    assert curve1 == curve2
     assert curve1[-1]["loss"] < 0.5 * curve1[0]["loss"]
+    with pytest.raises(ValueError, match="model.toy.threads=0"):
+        ToySettings(threads=0)
 
 
-def test_answer_weighted_loss_matches_hand_computation():
-    logits = torch.randn(2, 3, 5)
-    targets = torch.tensor([[1, 2, 3], [4, 0, 0]])
-    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), targets.reshape(-1), reduction="none").reshape(2, 3)
-    expected = (ce[0, 0] + ce[0, 1] + 4 * ce[0, 2] + 4 * ce[1, 0]) / (1 + 1 + 4 + 4)
-    assert torch.allclose(answer_weighted_loss(logits, targets, mask, 4.0), expected)
+def test_packed_batch_computes_each_text_as_if_alone():
+    """Packed logits and loss equal one plain forward per text (the reference), answer up-weighted."""
+    torch.manual_seed(0)
+    model = build_model(ToySettings(n_layer=2, n_head=2, n_embd=16, n_positions=16), 30, 0, 1).eval()
+    texts = [torch.randint(2, 30, (n,)) for n in (7, 5, 9, 3, 12, 1)]
+    packed = pack(texts, 16, pad_id=1, answer_weight=4.0)
+    assert packed.input_ids.shape[0] < len(texts)  # several texts share a row
+    with torch.no_grad():
+        logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                       attention_mask=packed.attention_mask).logits  # (R, T, V)
+    num, den, found = 0.0, 0.0, 0
+    for t in texts:  # find each text in the packed rows and compare with its own forward
+        with torch.no_grad():
+            alone = model(input_ids=t[None]).logits[0]  # (L, V)
+        r, start = next((r, s) for r in range(len(packed.input_ids)) for s in range(packed.input_ids.shape[1] - len(t) + 1)
+                        if torch.equal(packed.input_ids[r, s:s + len(t)], t) and packed.position_ids[r, s] == 0
+                        and (len(t) == 1 or packed.position_ids[r, s + len(t) - 1] == len(t) - 1))
+        assert torch.allclose(logits[r, start:start + len(t)], alone, atol=1e-5)
+        found += 1
+        if len(t) > 1:
+            ce = torch.nn.functional.cross_entropy(alone[:-1], t[1:], reduction="none")  # (L-1,)
+            w = torch.ones(len(t) - 1)
+            w[-1] = 4.0
+            num, den = num + float((ce * w).sum()), den + float(w.sum())
+    assert found == len(texts)
+    assert float(packed_loss(logits, packed)) == pytest.approx(num / den, rel=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack([torch.zeros(17, dtype=torch.long)], 16, 1, 1.0)
 
 
 def test_minilm_loads_offline_and_embeds():
