@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -239,15 +240,54 @@ def _rank_figure(table):
     return fig
 
 
+@dataclass
+class _Study:
+    """What every step of one model's study shares: the model, the inputs, the removal operator."""
+
+    s: AttributeSettings
+    name: str  # model name
+    tokenizer: Any
+    sm: ScoredModel
+    batch: Batch
+    rule: str  # the replacement operator in use (mask | pad | delete | mean)
+    token: Any  # its token id (or mean embedding)
+    info: dict  # recorded in every result's info
+    out_dir: Path
+    cache: dict = field(default_factory=dict)  # unperturbed probabilities and perturbed answers, shared by the methods
+
+
+@dataclass
+class _MethodRun:
+    result: Attribution
+    rows: list[int]  # the batch rows this method scored (IG may run on a subset)
+    per: dict[str, np.ndarray]  # per-example metrics
+    metrics: dict
+    curve: Any  # DataFrame: one row per removal ratio
+
+
 def run_attribute(settings: AttributeSettings, model_folder: str | Path, data_root: str | Path,
                   out_dir: str | Path, device: str = "cpu", dtype: str = "float32", info: dict | None = None) -> dict:
-    """Run the study for one model folder; write ``out_dir/<method>/...``; return summary metrics."""
-    import pandas as pd
+    """Run the study for one model folder; write ``out_dir/<method>/...``; return summary metrics.
 
-    from interpipe.io import save_figure, write_frame, write_json
+    ``info`` (the run record: model origin, seed, config hash, revision) goes into every result's info.
+    """
+    study = _prepare(settings, model_folder, data_root, Path(out_dir), device, dtype, info or {})
+    runs = {method: _run_method(study, method)
+            for method in tqdm(settings.methods, desc=f"attribute {study.name}")}
+    summary = _summarise(study, runs)
+    if settings.operators:
+        summary.update(_write_operators(study, runs))
+    _write_figures_and_headline(study, runs, summary)
+    if len(runs) > 1:
+        summary.update(_write_rank_agreement(study, runs))
+    return summary
+
+
+def _prepare(s: AttributeSettings, model_folder, data_root, out_dir: Path, device: str, dtype: str,
+             info: dict) -> _Study:
+    """Load the model and the examples; refuse what the settings cannot run on, before any work."""
     from interpipe.models import load_model
 
-    s, out_dir = settings, Path(out_dir)
     loaded = load_model(model_folder, device=device, dtype=dtype)
     kind = loaded.card.kind
     sm = ScoredModel(loaded.model, kind)  # fails here for a model without a head
@@ -261,72 +301,107 @@ def run_attribute(settings: AttributeSettings, model_folder: str | Path, data_ro
     rule, token = replacement_token(loaded.tokenizer, s.replacement, kind)
     settings_json = json.dumps(asdict(s), sort_keys=True)
     info = {"model": loaded.card.name, "kind": kind, "tasks": list(tasks), "replacement": rule,
-            "settings": asdict(s), "settings_hash": hashlib.sha256(settings_json.encode()).hexdigest()[:12],
-            **(info or {})}
-    summary: dict = {"n_examples": len(batch)}
-    results: dict[str, Attribution] = {}
-    rows: dict[str, list[int]] = {}
-    per_method: dict[str, dict[str, np.ndarray]] = {}
-    method_metrics: dict[str, dict] = {}
-    all_curves: dict = {}
-    cache: dict = {}  # unperturbed probabilities per task and perturbed answers, shared by the methods
-    for method in tqdm(s.methods, desc=f"attribute {loaded.card.name}"):
-        rows[method] = ig_rows(batch.tasks, s.ig_n_examples) if method == "integrated_gradients" else list(range(len(batch)))
-        sub = batch.select(rows[method])
-        result = attribute_all(sm, sub, method, s, loaded.tokenizer, {**info, "method": method})
-        result.check_finite()  # NaN/Inf are reported as an error naming the examples, never written
-        per, curve = evaluate_by_task(sm, batch, result.scores, result.target_ids, s, rule, token, cache=cache,
-                                      rows=rows[method])
-        metrics = summarise(per, batch.tasks)
-        metrics["n_examples_with_cues"] = int(np.isfinite(per["plausibility_map"]).sum())
-        metrics.update(seconds=result.seconds, seconds_per_example=result.seconds / len(sub),
-                       examples_per_second=len(sub) / max(result.seconds, 1e-9), n_examples=len(sub))
-        folder = out_dir / method
-        result.save(folder, overwrite=True)
-        write_frame(folder / "faithfulness_curve.csv", pd.DataFrame(curve))
-        write_frame(folder / "per_example.csv", pd.DataFrame({"example_id": batch.example_ids, "task": batch.tasks,
-                                                               **per}).iloc[rows[method]])
-        if result.diagnostics.get("relative_gap"):
-            metrics.update(relative_gap_summary(result.diagnostics, s.ig_tolerance))
-            write_frame(folder / "completeness.csv", pd.DataFrame({"example_id": sub.example_ids, "task": sub.tasks,
-                                                                    **result.diagnostics}))
-        if result.layer_scores is not None:
-            layers = pd.DataFrame(_layerwise(sm, batch, result, s, rule, token, cache))
-            write_frame(folder / "layerwise.csv", layers)
-            save_figure(_curve_figure({method: layers}, "layer", f"{method} from each layer's states (0 = embeddings)"),
-                        folder / "layerwise.png")
-        if s.n_heatmaps:
-            save_figure(result.plot(_heatmap_rows(sub.tasks, s.n_heatmaps)), folder / "heatmap.png", dpi=100)
-        results[method], per_method[method], method_metrics[method] = result, per, metrics
-        all_curves[method] = pd.DataFrame(curve)
-    _compare(per_method, method_metrics, out_dir)
-    for method, metrics in method_metrics.items():
-        write_json(out_dir / method / "metrics.json", metrics)
-        summary.update({f"{method}/{k}": v for k, v in metrics.items()
+            "settings": asdict(s), "settings_hash": hashlib.sha256(settings_json.encode()).hexdigest()[:12], **info}
+    return _Study(s, loaded.card.name, loaded.tokenizer, sm, batch, rule, token, info, out_dir)
+
+
+def _run_method(st: _Study, method: str) -> _MethodRun:
+    """Attribute with one method (timed), evaluate its scores (not timed), write its folder."""
+    import pandas as pd
+
+    from interpipe.io import save_figure, write_frame
+
+    s, batch = st.s, st.batch
+    rows = ig_rows(batch.tasks, s.ig_n_examples) if method == "integrated_gradients" else list(range(len(batch)))
+    sub = batch.select(rows)
+    result = attribute_all(st.sm, sub, method, s, st.tokenizer, {**st.info, "method": method})
+    result.check_finite()  # NaN/Inf are reported as an error naming the examples, never written
+    per, curve = evaluate_by_task(st.sm, batch, result.scores, result.target_ids, s, st.rule, st.token,
+                                  cache=st.cache, rows=rows)
+    metrics = summarise(per, batch.tasks)
+    metrics["n_examples_with_cues"] = int(np.isfinite(per["plausibility_map"]).sum())
+    metrics.update(seconds=result.seconds, seconds_per_example=result.seconds / len(sub),
+                   examples_per_second=len(sub) / max(result.seconds, 1e-9), n_examples=len(sub))
+    folder = st.out_dir / method
+    result.save(folder, overwrite=True)
+    write_frame(folder / "faithfulness_curve.csv", pd.DataFrame(curve))
+    write_frame(folder / "per_example.csv", pd.DataFrame({"example_id": batch.example_ids, "task": batch.tasks,
+                                                           **per}).iloc[rows])
+    if result.diagnostics.get("relative_gap"):
+        metrics.update(relative_gap_summary(result.diagnostics, s.ig_tolerance))
+        write_frame(folder / "completeness.csv", pd.DataFrame({"example_id": sub.example_ids, "task": sub.tasks,
+                                                                **result.diagnostics}))
+    if result.layer_scores is not None:
+        layers = pd.DataFrame(_layerwise(st.sm, batch, result, s, st.rule, st.token, st.cache))
+        write_frame(folder / "layerwise.csv", layers)
+        save_figure(_curve_figure({method: layers}, "layer", f"{method} from each layer's states (0 = embeddings)"),
+                    folder / "layerwise.png")
+    if s.n_heatmaps:
+        save_figure(result.plot(_heatmap_rows(sub.tasks, s.n_heatmaps)), folder / "heatmap.png", dpi=100)
+    return _MethodRun(result, rows, per, metrics, pd.DataFrame(curve))
+
+
+def _summarise(st: _Study, runs: dict[str, _MethodRun]) -> dict:
+    """Paired comparisons into every method's metrics.json; the flat ``<method>/<metric>`` summary."""
+    from interpipe.io import write_json
+
+    _compare({m: r.per for m, r in runs.items()}, {m: r.metrics for m, r in runs.items()}, st.out_dir)
+    summary: dict = {"n_examples": len(st.batch)}
+    for method, run in runs.items():
+        write_json(st.out_dir / method / "metrics.json", run.metrics)
+        summary.update({f"{method}/{k}": v for k, v in run.metrics.items()
                         if "/" not in k and k.removesuffix(CI_LOW).removesuffix(CI_HIGH) in SUMMARY_KEYS})
-        summary.update({f"{method}/{k}": v for k, v in metrics.items() if k.startswith(("vs_random/", "vs_ig/"))})
-    if s.operators:
-        table = pd.DataFrame(_operator_table(sm, batch, results, rows, s, loaded.tokenizer, (rule, per_method), cache))
-        write_frame(out_dir / "operators.csv", table)
-        for r in table[table["available"]].itertuples():
-            key = f"{r.method}/by_{r.operator}/{r.metric}"
-            summary.update({key: r.value, key + CI_LOW: r.ci_low, key + CI_HIGH: r.ci_high})
-    save_figure(_curve_figure(all_curves, "ratio", f"{loaded.card.name}: removal curves (AOPC = mean over ratios)"),
-                out_dir / "faithfulness.png")
-    headline = [m for m in HEADLINE_METHODS if m in per_method]
-    write_frame(out_dir / "headline.csv", pd.DataFrame(headline_rows(loaded.card.name, summary, headline, s.ig_tolerance)))
-    save_figure(_headline_figure(summary, loaded.card.name, headline), out_dir / "headline_faithfulness.png")
-    if len(results) > 1:
-        common = sorted(set.intersection(*(set(r) for r in rows.values())))  # IG may run on a subset
-        all_scores = {m: _common_scores(r, rows[m], common, batch) for m, r in results.items()}
-        table = rank_agreement(all_scores, batch.eligible[common])
-        write_frame(out_dir / "rank_agreement.csv", table.reset_index(names="method"))
-        save_figure(_rank_figure(table), out_dir / "rank_agreement.png")
-        for method in all_scores:
-            others = [m for m in all_scores if m not in (method, "random")]
-            if others:
-                summary[f"{method}/rank_agreement_mean"] = float(table.loc[method, others].mean())
+        summary.update({f"{method}/{k}": v for k, v in run.metrics.items() if k.startswith(("vs_random/", "vs_ig/"))})
     return summary
+
+
+def _write_operators(st: _Study, runs: dict[str, _MethodRun]) -> dict:
+    """``operators.csv``: the hard metrics of every method under every removal operator."""
+    import pandas as pd
+
+    from interpipe.io import write_frame
+
+    results = {m: r.result for m, r in runs.items()}
+    rows = {m: r.rows for m, r in runs.items()}
+    per_method = {m: r.per for m, r in runs.items()}
+    table = pd.DataFrame(_operator_table(st.sm, st.batch, results, rows, st.s, st.tokenizer, (st.rule, per_method),
+                                         st.cache))
+    write_frame(st.out_dir / "operators.csv", table)
+    out = {}
+    for r in table[table["available"]].itertuples():
+        key = f"{r.method}/by_{r.operator}/{r.metric}"
+        out.update({key: r.value, key + CI_LOW: r.ci_low, key + CI_HIGH: r.ci_high})
+    return out
+
+
+def _write_figures_and_headline(st: _Study, runs: dict[str, _MethodRun], summary: dict) -> None:
+    import pandas as pd
+
+    from interpipe.headline import FILE
+    from interpipe.io import save_figure, write_frame
+
+    save_figure(_curve_figure({m: r.curve for m, r in runs.items()}, "ratio",
+                              f"{st.name}: removal curves (AOPC = mean over ratios)"), st.out_dir / "faithfulness.png")
+    headline = [m for m in HEADLINE_METHODS if m in runs]
+    write_frame(st.out_dir / FILE, pd.DataFrame(headline_rows(st.name, summary, headline, st.s.ig_tolerance)))
+    save_figure(_headline_figure(summary, st.name, headline), st.out_dir / "headline_faithfulness.png")
+
+
+def _write_rank_agreement(st: _Study, runs: dict[str, _MethodRun]) -> dict:
+    """Spearman between every pair of methods on the examples all of them scored."""
+    from interpipe.io import save_figure, write_frame
+
+    common = sorted(set.intersection(*(set(r.rows) for r in runs.values())))  # IG may run on a subset
+    all_scores = {m: _common_scores(r.result, r.rows, common, st.batch) for m, r in runs.items()}
+    table = rank_agreement(all_scores, st.batch.eligible[common])
+    write_frame(st.out_dir / "rank_agreement.csv", table.reset_index(names="method"))
+    save_figure(_rank_figure(table), st.out_dir / "rank_agreement.png")
+    out = {}
+    for method in all_scores:
+        others = [m for m in all_scores if m not in (method, "random")]
+        if others:
+            out[f"{method}/rank_agreement_mean"] = float(table.loc[method, others].mean())
+    return out
 
 
 def _compare(per_method: dict, method_metrics: dict, out_dir: Path) -> None:

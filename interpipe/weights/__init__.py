@@ -17,10 +17,11 @@ __all__ = ["STUDIES", "BigramSettings", "LNFreeSettings", "TalkingHeadsSettings"
 
 
 def run_weights(settings: WeightsSettings, model_folder, data_root, out_dir, checkpoint_dir=None,
-                seed: int = 0, device: str = "cpu", dtype: str = "float32") -> dict:
+                seed: int = 0, device: str = "cpu", dtype: str = "float32", info: dict | None = None) -> dict:
     """Run ``settings.study`` on the model folder; write tables, figures (and models) into
     ``out_dir``; return the flat metrics. ``checkpoint_dir`` keeps training checkpoints between
-    interrupted runs (removed after success)."""
+    interrupted runs (removed after success). ``info`` (the run record: model origin, seed, config
+    hash, revision) is added to the result's ``info``."""
     from pathlib import Path
 
     from interpipe.models import load_model
@@ -46,5 +47,6 @@ def run_weights(settings: WeightsSettings, model_folder, data_root, out_dir, che
 
         result = run_lnfree(loaded, model_folder, data_root, settings.lnfree, seed=seed,
                             batch_size=settings.batch_size, out_dir=out_dir, checkpoint_dir=checkpoint_dir)
+    result.info = {**result.info, **(info or {})}  # the run record's model (name, source, revision) wins
     result.save(out_dir, overwrite=True)
     return {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool))}
