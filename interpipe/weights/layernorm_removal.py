@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interpipe.models.arch import UnsupportedArchitecture
+from interpipe.models.loading import LoadedModel
 from interpipe.weights.common import (StudyResult, architecture, batch_generator, fingerprint, load_checkpoint,
                                       optimizer_tensors, remove_checkpoint, restore_optimizer, save_checkpoint,
                                       token_losses)
@@ -295,54 +296,24 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
 
     Refuses unsupported architectures (naming the ``model_type``) before any work.
     """
-    import tempfile
-
     import pandas as pd
-    from transformers import AutoModelForCausalLM
 
-    from interpipe.data import load_task
-    from interpipe.models import LoadedModel, describe, save_model_folder
-    from interpipe.weights.common import encode_texts
     from interpipe.weights.lnfree_eval import evaluate_models, headline_frame, task_list
 
-    model, tok = loaded.model, loaded.tokenizer
-    spec = lnfree_architecture(model)
+    spec = lnfree_architecture(loaded.model)
     tasks = task_list(data_root, s.tasks)
-    train = load_task(data_root, "corpus", "train")["text"]
-    valid = list(load_task(data_root, "corpus", "validation")["text"])
-    train = train[: s.max_train_texts] if s.max_train_texts else train
-    valid = valid[: s.max_eval_texts] if s.max_eval_texts else valid
-    ids, mask = encode_texts(tok, list(train), model)
-    if s.max_tokens:
-        ids, mask = ids[:, : s.max_tokens], mask[:, : s.max_tokens]  # each text's first max_tokens tokens
-
-    # baseline without fine-tuning (every scale frozen at its real-token average), which also measures
-    # whether position 0's scale is an outlier (the first-token scale is then kept apart, setting "auto")
-    naive, ratio = calibrated_copy(model, tok, list(train[: s.n_calibration]), s, batch_size, split_first=True)
-    split = s.first_token_scale == "always" or (s.first_token_scale == "auto" and ratio > s.first_token_outlier)
-    if not split:
-        naive, _ = calibrated_copy(model, tok, list(train[: s.n_calibration]), s, batch_size, split_first=False)
-
+    train, valid, ids, mask = _corpus(loaded, data_root, s)
+    naive, ratio, split = _frozen_baseline(loaded, list(train[: s.n_calibration]), s, batch_size)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    tuned, wrapped, curve, schedule = finetune_lnfree(model, ids, mask, s, seed, ckpt, split_first=split)
-    control = None
-    if s.control:
-        control, _, control_curve, _ = finetune_lnfree(model, ids, mask, s, seed, ckpt / "control" if ckpt else None, freeze=False)
-        for row, other in zip(curve, control_curve):
-            row["control_loss"] = other["loss"]
+    tuned, wrapped, curve, schedule = finetune_lnfree(loaded.model, ids, mask, s, seed, ckpt, split_first=split)
+    control = _control(loaded.model, ids, mask, s, seed, ckpt, curve) if s.control else None
     unwrap_to_lnfree(tuned, wrapped, s.big_eps)
-    card = describe(tuned, f"{loaded.card.name}-lnfree", str(model_folder), loaded.card.kind,
-                    extra={"lnfree": True, "big_eps": s.big_eps, "base_model": loaded.card.name, "norm_kind": spec.norm_kind,
-                           "frozen_std": {r["layernorm"]: r["frozen_std"] for r in schedule}})
-    target = Path(out_dir) / "model_lnfree" if out_dir is not None else Path(tempfile.mkdtemp(prefix="lnfree-"))
-    save_model_folder(target, tuned, tok, card)
-    del tuned
-    stock = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()  # evaluate what was saved
-
-    models = [("original", loaded), ("lnfree", LoadedModel(stock, tok, card))]
+    lnfree, target = _save_and_reload(tuned, loaded, model_folder, spec, schedule, s, out_dir)
+    del tuned  # what is evaluated is the reloaded folder; one 135M copy fewer in memory
+    models = [("original", loaded), ("lnfree", lnfree)]
     if control is not None:
-        models.append(("control", LoadedModel(control, tok, loaded.card)))
-    models.append(("frozen_no_finetune", LoadedModel(naive, tok, loaded.card)))
+        models.append(("control", LoadedModel(control, loaded.tokenizer, loaded.card)))
+    models.append(("frozen_no_finetune", LoadedModel(naive, loaded.tokenizer, loaded.card)))
     metrics, tables = evaluate_models(models, data_root, tasks, valid, batch_size)
     metrics.update({"first_token_ratio": ratio, "first_token_scale_used": int(split)})
     info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "architecture": spec.to_dict(),
@@ -353,6 +324,60 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
     tables.update({"training_curve": pd.DataFrame(curve), "schedule": pd.DataFrame(schedule),
                    "headline": headline_frame(loaded.card.name, metrics)})
     return LNFreeResult(metrics, tables, {}, info)
+
+
+def _corpus(loaded, data_root, s):
+    """Training texts, held-out texts and the training token ids (N, T) with their mask."""
+    from interpipe.data import load_task
+    from interpipe.weights.common import encode_texts
+
+    train = load_task(data_root, "corpus", "train")["text"]
+    valid = list(load_task(data_root, "corpus", "validation")["text"])
+    train = train[: s.max_train_texts] if s.max_train_texts else train
+    valid = valid[: s.max_eval_texts] if s.max_eval_texts else valid
+    ids, mask = encode_texts(loaded.tokenizer, list(train), loaded.model)  # (N, T)
+    if s.max_tokens:
+        ids, mask = ids[:, : s.max_tokens], mask[:, : s.max_tokens]  # each text's first max_tokens tokens
+    return train, valid, ids, mask
+
+
+def _frozen_baseline(loaded, texts: list[str], s, batch_size: int):
+    """The baseline without fine-tuning (every scale frozen at its real-token average), which also
+    measures whether position 0's scale is an outlier (then kept apart under setting "auto").
+
+    Returns ``(frozen model, first-token ratio, whether the first-token scale is kept apart)``.
+    """
+    naive, ratio = calibrated_copy(loaded.model, loaded.tokenizer, texts, s, batch_size, split_first=True)
+    split = s.first_token_scale == "always" or (s.first_token_scale == "auto" and ratio > s.first_token_outlier)
+    if not split:
+        naive, _ = calibrated_copy(loaded.model, loaded.tokenizer, texts, s, batch_size, split_first=False)
+    return naive, ratio, split
+
+
+def _control(model, ids, mask, s, seed: int, ckpt: Path | None, curve: list[dict]):
+    """The LN-kept control, fine-tuned the same steps; its loss joins ``curve`` as ``control_loss``."""
+    control, _, control_curve, _ = finetune_lnfree(model, ids, mask, s, seed, ckpt / "control" if ckpt else None,
+                                                   freeze=False)
+    for row, other in zip(curve, control_curve):
+        row["control_loss"] = other["loss"]
+    return control
+
+
+def _save_and_reload(tuned, loaded, model_folder, spec, schedule: list[dict], s, out_dir):
+    """Save the LN-free folder and load it back with stock ``transformers`` (what is evaluated)."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from interpipe.models import describe, save_model_folder
+
+    card = describe(tuned, f"{loaded.card.name}-lnfree", str(model_folder), loaded.card.kind,
+                    extra={"lnfree": True, "big_eps": s.big_eps, "base_model": loaded.card.name, "norm_kind": spec.norm_kind,
+                           "frozen_std": {r["layernorm"]: r["frozen_std"] for r in schedule}})
+    target = Path(out_dir) / "model_lnfree" if out_dir is not None else Path(tempfile.mkdtemp(prefix="lnfree-"))
+    save_model_folder(target, tuned, loaded.tokenizer, card)
+    stock = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()
+    return LoadedModel(stock, loaded.tokenizer, card), target
 
 
 def calibrated_copy(model, tokenizer, texts: list[str], s, batch_size: int, split_first: bool):
