@@ -69,6 +69,7 @@ class RootConfig:
     circuits: Any = None
     weights: Any = None
     quantize: Any = None
+    quant_interp: Any = None
     report: Any = None
     experiment: Any = None
 
@@ -85,12 +86,13 @@ def _study_schemas() -> list[tuple[str, type]]:
     """(group, dataclass) of every study; imported here so the library stays free of Hydra."""
     from interpipe.settings.attribute import AttributeSettings
     from interpipe.settings.circuits import CircuitSettings
+    from interpipe.settings.quant_interp import QuantInterpSettings
     from interpipe.settings.quantize import QuantSettings
     from interpipe.settings.report import ReportSettings
     from interpipe.settings.weights import WeightsSettings
 
     return [("attribute", AttributeSettings), ("circuits", CircuitSettings), ("weights", WeightsSettings),
-            ("quantize", QuantSettings), ("report", ReportSettings)]
+            ("quantize", QuantSettings), ("quant_interp", QuantInterpSettings), ("report", ReportSettings)]
 
 
 def register() -> None:

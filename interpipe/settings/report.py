@@ -14,6 +14,7 @@ DEFAULT_STUDIES = {
     "circuits": "circuits",
     "talking_heads": "weights", "bigram": "weights", "lnfree": "weights", "weights": "weights",
     "quantize": "quantization",
+    "quant_interp": "quant_interp",  # interpretability under quantization: FP vs quantized circuits and attributions
     "aggregate": "report",
 }
 # Output folders whose name differs from the stage that writes them.
@@ -42,7 +43,7 @@ DEFAULT_NOT_COMPARED = ["^stage_seconds$", "^n_", "_bits$", "^seed$", "^skipped"
 # The metric each study's `dvc plots` bar chart shows (when the study reports it).
 DEFAULT_HEADLINE = {
     "attribution": "comprehensiveness", "circuits": "faithfulness", "quantization": "sqnr_mean_db",
-    "foundation": "accuracy",
+    "foundation": "accuracy", "quant_interp": "clean_logit_diff_retained",
 }
 # Figure names that are shown first (the key figures of each study).
 DEFAULT_KEY_FIGURES = [
@@ -60,7 +61,7 @@ class ReportSettings:
     models_dir: str = "outputs/models"  # model cards (card.json) shown in the page header
     studies: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STUDIES))  # stage -> study
     stage_dirs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGE_DIRS))  # folder -> stage
-    model_free: list[str] = field(default_factory=lambda: ["prepare", "aggregate"])  # stages of no one model
+    model_free: list[str] = field(default_factory=lambda: ["prepare", "aggregate", "quant_interp"])  # stages of no one model
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))  # recognised in paths and metric prefixes
     lower_is_better: list[str] = field(default_factory=lambda: list(DEFAULT_LOWER_IS_BETTER))  # else higher wins
     higher_is_better: list[str] = field(default_factory=lambda: list(DEFAULT_HIGHER_IS_BETTER))  # beats the above
@@ -70,7 +71,8 @@ class ReportSettings:
     baseline_methods: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINE_METHODS))  # never "best"
     headline: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADLINE))  # else the most reported metric
     key_figures: list[str] = field(default_factory=lambda: list(DEFAULT_KEY_FIGURES))  # shown first
-    key_tables: list[str] = field(default_factory=lambda: ["operators.csv", "winrate.csv", "reuse.csv", "ioi_heads.csv"])  # shown under a study's headline
+    key_tables: list[str] = field(default_factory=lambda: ["operators.csv", "winrate.csv", "reuse.csv", "ioi_heads.csv",
+                                                            "pairs.csv", "head_classes.csv"])  # shown under a study's headline
     max_figures_per_study: int = 24  # keeps the page light; the rest stay in the output folders
     figure_width_px: int = 900  # wider figures are downscaled before they are inlined
     thumbnail_width_px: int = 220  # figures outside the headline are inlined at this width, linked to full size

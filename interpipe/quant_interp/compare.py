@@ -1,0 +1,93 @@
+"""Comparing an FP model's circuit results with its quantized model's: overlap, effects, head classes.
+
+* **Overlap** of the circuit rediscovered in the quantized model (B) with the FP circuit (A), over
+  heads: Jaccard ``|A∩B| / |A∪B|`` and containment ``|A∩B| / |A|`` (the share of the FP circuit
+  the quantized model still selects), as :func:`interpipe.circuits.discovery.circuit_overlap`.
+* **Effect correlation**: Pearson's r between the per-head denoising patching effects (z_head) of
+  the two models, with a paired bootstrap interval over heads.
+* **Head classes** (Wang et al. 2022, :mod:`interpipe.circuits.heads`): for every head the FP
+  model puts in a class (name mover, S-attending, duplicate token, induction), its class in the
+  quantized model, the attention score that defines the class and its patching effect in both;
+  a class *survives* in a head that keeps it.
+
+>>> overlap(["L0H1", "L2H3"], ["L2H3", "L3H0", "L4H4"])
+{'circuit_jaccard': 0.25, 'circuit_containment': 0.5, 'circuit_shared_heads': 1.0}
+>>> round(pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0])), 4)
+0.9934
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from interpipe.circuits.discovery import circuit_containment, circuit_overlap
+from interpipe.stats import Interval, bootstrap
+
+# the attention score that defines each IOI head class (interpipe.circuits.heads.classify)
+CLASS_SCORES = {"name mover": "attn_end_io", "negative name mover": "attn_end_io",
+                "S-attending (S-inhibition candidate)": "attn_end_s", "duplicate token": "attn_s2_s1",
+                "induction": "attn_s2_s1_next"}
+
+
+def overlap(fp_heads: list[str], quantized_heads: list[str]) -> dict[str, float]:
+    """Jaccard, containment (share of the FP heads kept) and the number of heads shared."""
+    return {"circuit_jaccard": circuit_overlap(fp_heads, quantized_heads),
+            "circuit_containment": circuit_containment(fp_heads, quantized_heads),
+            "circuit_shared_heads": float(len(set(fp_heads) & set(quantized_heads)))}
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r (NaN when either side is constant)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def paired_effects(fp_effects: Any, quantized_effects: Any) -> Any:
+    """The per-head effects of both models side by side (``effect_fp``, ``effect_quantized``), by (layer, head)."""
+    merged = fp_effects.merge(quantized_effects, on=["layer", "head"], suffixes=("_fp", "_quantized"), how="inner")
+    if len(merged) != len(fp_effects) or len(merged) != len(quantized_effects):
+        raise ValueError(f"the FP and quantized models' z_head effects cover different heads ({len(fp_effects)} vs "
+                         f"{len(quantized_effects)}, {len(merged)} shared): they must have the same layers and heads")
+    return merged.sort_values(["layer", "head"]).reset_index(drop=True)
+
+
+def effect_correlation(paired: Any, n_resamples: int) -> Interval:
+    """Pearson's r of the FP vs quantized per-head effects, paired bootstrap interval over heads."""
+    return bootstrap(paired["effect_fp"].to_numpy(), paired["effect_quantized"].to_numpy(), statistic=pearson,
+                     n_resamples=n_resamples)
+
+
+def head_class_table(fp_classes: Any, quantized_classes: Any, paired: Any, fp_heads: list[str],
+                     quantized_heads: list[str]) -> Any:
+    """One row per head the FP model classes: its class, defining score and effect, FP vs quantized."""
+    import pandas as pd
+
+    q = quantized_classes.set_index("component")
+    effects = {f"L{r.layer}H{r.head}": (r.effect_fp, r.effect_quantized) for r in paired.itertuples()}
+    rows = []
+    for r in fp_classes[fp_classes["class"] != ""].to_dict("records"):
+        name, score, theirs = r["component"], CLASS_SCORES.get(r["class"]), q.loc[r["component"]]
+        rows.append({"component": name, "class_fp": r["class"], "class_quantized": theirs["class"],
+                     "survives": int(theirs["class"] == r["class"]), "score": score,
+                     "score_fp": float(r[score]), "score_quantized": float(theirs[score]),
+                     "direct_effect_fp": float(r["direct_effect"]),
+                     "direct_effect_quantized": float(theirs["direct_effect"]),
+                     "effect_fp": effects[name][0], "effect_quantized": effects[name][1],
+                     "in_fp_circuit": int(name in fp_heads), "in_quantized_circuit": int(name in quantized_heads)})
+    return pd.DataFrame(rows, columns=["component", "class_fp", "class_quantized", "survives", "score", "score_fp",
+                                       "score_quantized", "direct_effect_fp", "direct_effect_quantized", "effect_fp",
+                                       "effect_quantized", "in_fp_circuit", "in_quantized_circuit"])
+
+
+def class_key(name: str) -> str:
+    """``"S-attending (S-inhibition candidate)" -> "S_attending"`` (the circuit study's metric names)."""
+    return name.split(" (")[0].replace(" ", "_").replace("-", "_")
+
+
+def class_survival(table: Any, n_resamples: int) -> dict[str, Interval]:
+    """Per FP head class, the share of its heads that keep the class, bootstrap interval over those heads."""
+    return {class_key(name): bootstrap(group["survives"].to_numpy(dtype=float), n_resamples=n_resamples)
+            for name, group in table.groupby("class_fp", sort=True)}

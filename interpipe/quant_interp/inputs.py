@@ -1,0 +1,146 @@
+"""The inputs of the study: which (FP, quantized) pairs, where their results lie, and reading them back.
+
+Every model of a pair has a model folder (``<models>/<name>/``), the circuits stage's results
+(``<circuits>/<name>/<name>-<task>/``: ``metrics.json``, ``effects.parquet``, ``ioi_heads.csv`` and,
+for a solved task, ``circuit.json``; the run's resolved config in ``<circuits>/<name>/.hydra/``) and
+the attribute stage's (``<attribute>/<name>/<method>/attributions.parquet``, ``per_example.csv``).
+:func:`check_inputs` finds every missing folder or file before any model loads and names the DVC
+stage that makes it.
+
+>>> Pair("toy", "toy-rtn-w6a6").setting
+('rtn', 'w6a6')
+>>> Pair("toy", "toy").setting
+('fp', '')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from interpipe.io import read_json
+from interpipe.settings.circuits import CircuitSettings
+from interpipe.settings.quant_interp import QuantInterpSettings
+
+_SETTING = re.compile(r"^(?P<method>.+?)-(?P<bits>w\d+a\d+)$")
+# the DVC stage that writes each kind of input (dvc.yaml); {name}: the model's folder name, {fp}: its FP model's
+MAKERS = {"model": "model@{name}", "export": "quantize@{fp}", "circuits": "circuits@{name}",
+          "attribute": "attribute@{name}"}
+CIRCUIT_FILES = ("metrics.json", "effects.parquet", "ioi_heads.csv")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An FP model and a quantized model made from it, by their folder names under ``paths.models``."""
+
+    fp: str
+    quantized: str
+
+    @property
+    def setting(self) -> tuple[str, str]:
+        """(method, bits) read off the quantized name ``<fp>-<method>-w<b>a<b>``; ``("fp", "")`` for the FP model."""
+        if self.quantized == self.fp:
+            return "fp", ""
+        rest = self.quantized[len(self.fp) + 1:] if self.quantized.startswith(self.fp + "-") else self.quantized
+        match = _SETTING.match(rest)
+        return (match["method"], match["bits"]) if match else (rest, "")
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where the model folders and the circuits and attribute results lie."""
+
+    models: Path
+    data: Path
+    circuits: Path
+    attribute: Path
+
+    def circuit_folder(self, model: str, task: str) -> Path:
+        return self.circuits / model / f"{model}-{task}"
+
+
+def pairs_of(settings: QuantInterpSettings) -> list[Pair]:
+    return [Pair(str(p["fp"]), str(p["quantized"])) for p in settings.pairs]
+
+
+def missing_inputs(pairs: list[Pair], roots: Roots, task: str, attribution: bool) -> list[str]:
+    """One message per missing folder or file: what it is and the DVC stage that makes it."""
+    problems = []
+    fp_of = {**{p.quantized: p.fp for p in pairs}, **{p.fp: p.fp for p in pairs}}  # model -> its FP model
+    for name, fp in fp_of.items():
+        wanted = [("model" if name == fp else "export", roots.models / name),
+                  *[("circuits", roots.circuit_folder(name, task) / f) for f in CIRCUIT_FILES]]
+        if attribution:
+            wanted.append(("attribute", roots.attribute / name))
+        for kind, path in wanted:
+            if not path.exists():
+                stage = MAKERS[kind].format(name=name, fp=fp)
+                problems.append(f"{path} is missing: run `dvc repro {stage}`"
+                                + (" (the quantize stage exports it)" if kind == "export" else ""))
+    for fp in dict.fromkeys(p.fp for p in pairs):
+        config = roots.circuits / fp / ".hydra" / "config.yaml"
+        if not config.exists():
+            problems.append(f"{config} is missing: the FP circuits run's config sets the prompts the FP circuit "
+                            f"is scored on; run `dvc repro circuits@{fp}`")
+    return problems
+
+
+def check_inputs(pairs: list[Pair], roots: Roots, task: str, attribution: bool) -> None:
+    """Raise ``FileNotFoundError`` listing every missing input (cheap: nothing is loaded)."""
+    problems = missing_inputs(pairs, roots, task, attribution)
+    if problems:
+        raise FileNotFoundError("quant_interp inputs missing: " + "; ".join(problems))
+
+
+@dataclass
+class CircuitRun:
+    """One model's circuits-stage results on the task."""
+
+    model: str
+    metrics: dict[str, Any]
+    heads: list[str]  # the selected circuit's heads ([] when the task was not solved)
+    components: list[str]  # every selected component (heads, and MLPs when they were ablated)
+    effects: Any  # DataFrame: the z_head effects (layer, head, effect) of ``effect_method``, denoising
+    head_classes: Any  # DataFrame: ioi_heads.csv (per-head attention scores, direct effect, class)
+
+
+def read_circuit_run(roots: Roots, model: str, task: str, effect_method: str) -> CircuitRun:
+    """Read ``<circuits>/<model>/<model>-<task>/``; an unsolved task has an empty circuit."""
+    import pandas as pd
+
+    folder = roots.circuit_folder(model, task)
+    circuit = read_json(folder / "circuit.json") if (folder / "circuit.json").exists() else {"components": []}
+    effects = pd.read_parquet(folder / "effects.parquet")
+    chosen = effects[(effects["analysis"] == "z_head") & (effects["method"] == effect_method)
+                     & (effects["direction"] == "denoising")]
+    if chosen.empty:
+        found = sorted(set(effects.loc[effects["analysis"] == "z_head", "method"]))
+        raise ValueError(f"{folder / 'effects.parquet'} has no z_head {effect_method} denoising effects "
+                         f"(it has z_head methods {found}); set quant_interp.effect_method to one of them")
+    components = list(circuit["components"])
+    return CircuitRun(model, read_json(folder / "metrics.json"), [c for c in components if "H" in c], components,
+                      chosen[["layer", "head", "effect"]].astype({"layer": int, "head": int}),
+                      pd.read_csv(folder / "ioi_heads.csv", keep_default_na=False))
+
+
+def circuit_settings(roots: Roots, model: str) -> CircuitSettings:
+    """The circuit settings the circuits stage ran ``model`` with (its saved Hydra config)."""
+    config = yaml.safe_load((roots.circuits / model / ".hydra" / "config.yaml").read_text())
+    if not isinstance(config, dict) or "circuits" not in config:
+        raise ValueError(f"{roots.circuits / model / '.hydra' / 'config.yaml'} has no circuits block: "
+                         f"it is not a circuits run's config; rerun `dvc repro circuits@{model}`")
+    return CircuitSettings(**config["circuits"])
+
+
+def attribution_methods(roots: Roots, fp: str, quantized: str) -> list[str]:
+    """The methods the attribute stage ran on both models (folders with ``attributions.parquet``)."""
+    def methods(model: str) -> list[str]:
+        folder = roots.attribute / model
+        return sorted(p.parent.name for p in folder.glob("*/attributions.parquet"))
+
+    theirs = set(methods(quantized))
+    return [m for m in methods(fp) if m in theirs]

@@ -1,0 +1,119 @@
+"""The interpretability-under-quantization study as one call: does the FP model's mechanism survive quantization?
+
+For every (FP model, quantized model) pair, :func:`run_quant_interp` reads both models' circuits and
+attribute results, loads each model once into a ``TransformerBridge`` and measures, on the FP
+circuits run's own held-out prompts (:mod:`.transfer`): the clean logit difference the quantized model
+retains and the FP circuit's held-out faithfulness inside the quantized model beside same-size
+random circuits; from the saved results (:mod:`.compare`, :mod:`.drift`): the overlap of the circuit
+rediscovered in the quantized model with the FP one, the correlation of the per-head patching
+effects, whether each named IOI head keeps its class, and each attribution method's drift. Every
+number from prompts or examples has a bootstrap interval. It writes ``headline.csv`` (the shared
+contract of :mod:`interpipe.headline`), ``pairs.csv``, ``head_effects.csv``, ``head_classes.csv``, ``attribution_drift.csv``,
+``drift_per_example.csv`` and ``headline_*.png`` into ``out_dir`` and returns the flat metrics.
+Inputs are checked before any model loads (:func:`interpipe.quant_interp.inputs.check_inputs`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interpipe.quant_interp import compare, drift, transfer
+from interpipe.quant_interp.inputs import (CircuitRun, Pair, Roots, attribution_methods, check_inputs, circuit_settings,
+                                           pairs_of, read_circuit_run)
+from interpipe.settings.circuits import CircuitSettings
+from interpipe.settings.quant_interp import QuantInterpSettings
+from interpipe.stats import Interval
+
+SCORED = ("faithfulness", "faithfulness_per_prompt", "random_faithfulness", "excess_over_random", "circuit_accuracy")
+
+
+@dataclass
+class PairResult:
+    """Everything measured on one (FP, quantized) pair."""
+
+    pair: Pair
+    intervals: dict[str, Interval]  # model- and circuit-level numbers with their intervals
+    numbers: dict[str, float]  # numbers without a sampling interval (overlap of two sets, sizes, FP values)
+    effects: Any  # DataFrame: per-head z_head effects, layer, head, effect_fp, effect_quantized
+    classes: Any  # DataFrame: compare.head_class_table
+    survival: dict[str, Interval]  # per FP head class: share of its heads that keep the class
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> drift.method_drift summary
+    drift_examples: list[Any] = field(default_factory=list)  # per-method per-example DataFrames
+
+
+def _interval(metrics: dict[str, float], key: str, n: int) -> Interval:
+    return Interval(metrics[key], metrics.get(key + "_ci_low", metrics[key]), metrics.get(key + "_ci_high", metrics[key]), n)
+
+
+def _circuit_numbers(fp_run: CircuitRun, q_run: CircuitRun) -> dict[str, float]:
+    """The FP run's own held-out numbers and both circuits' sizes (no interval: read from the runs)."""
+    numbers = {"fp_faithfulness": fp_run.metrics.get("faithfulness", float("nan")),
+               "fp_circuit_heads": float(len(fp_run.heads)), "quantized_circuit_heads": float(len(q_run.heads)),
+               "quantized_solved": float(q_run.metrics.get("solved", 0))}
+    return {**numbers, **compare.overlap(fp_run.heads, q_run.heads)}
+
+
+def compare_pair(pair: Pair, fp_run: CircuitRun, fp_model: Any, circuits: CircuitSettings,
+                 roots: Roots, settings: QuantInterpSettings, device: str, dtype: str) -> PairResult:
+    """Load the quantized model, score the FP circuit in it and compare both models' saved results."""
+    from interpipe.circuits.bridge import load_bridge
+
+    q_run = read_circuit_run(roots, pair.quantized, settings.task, settings.effect_method)
+    bridge = load_bridge(roots.models / pair.quantized, device=device, dtype=dtype)
+    batch = transfer.circuit_batch(bridge, circuits, roots.data, settings.task)
+    transfer.check_same_tokenizer(roots.models / pair.fp, roots.models / pair.quantized, batch.prompts)
+    fp_ld = transfer.heldout_clean_ld(fp_model, batch)  # (heldout,) the same prompts in the FP model
+    scorer = transfer.heldout_scorer(bridge, batch, circuits, settings.memory_mb)
+    scored = transfer.score_fp_circuit(scorer, fp_run.components, settings.random_circuits)
+    del bridge
+    n_heldout = int(scored["heldout_prompts"])
+    intervals = {f"fp_circuit_{k}": _interval(scored, k, n_heldout) for k in SCORED if k in scored}
+    intervals["clean_logit_diff_retained"] = transfer.retained_logit_diff(fp_ld, scorer.clean_ld,
+                                                                          settings.bootstrap_resamples)
+    paired = compare.paired_effects(fp_run.effects, q_run.effects)
+    intervals["effect_correlation"] = compare.effect_correlation(paired, settings.bootstrap_resamples)
+    classes = compare.head_class_table(fp_run.head_classes, q_run.head_classes, paired, fp_run.heads, q_run.heads)
+    result = PairResult(pair, intervals, _circuit_numbers(fp_run, q_run), paired, classes,
+                        compare.class_survival(classes, settings.bootstrap_resamples))
+    if settings.attribution:
+        for method in attribution_methods(roots, pair.fp, pair.quantized):
+            summary, per_example = drift.method_drift(roots.attribute / pair.fp / method,
+                                                      roots.attribute / pair.quantized / method,
+                                                      settings.bootstrap_resamples)
+            result.drift[method] = summary
+            result.drift_examples.append(per_example.assign(fp_model=pair.fp, model=pair.quantized, method=method))
+    return result
+
+
+def compare_fp_model(fp: str, pairs: list[Pair], roots: Roots, settings: QuantInterpSettings, device: str,
+                     dtype: str) -> list[PairResult]:
+    """Every pair of one FP model: the FP model loads once (no bridge) for its held-out clean logit differences."""
+    fp_run = read_circuit_run(roots, fp, settings.task, settings.effect_method)
+    circuits = circuit_settings(roots, fp)
+    fp_model = transfer.load_fp_model(roots.models / fp, device, dtype)
+    return [compare_pair(p, fp_run, fp_model, circuits, roots, settings, device, dtype) for p in pairs]
+
+
+def run_quant_interp(settings: QuantInterpSettings, out_dir: str | Path, models_root: str | Path,
+                     data_root: str | Path, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
+    """Run the study on every pair of ``settings``; returns the flat metrics of the run."""
+    from interpipe.quant_interp import figures, tables
+    from interpipe.runtime import resolve_device
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    roots = Roots(Path(models_root), Path(data_root), Path(settings.circuits_root), Path(settings.attribute_root))
+    pairs = pairs_of(settings)
+    check_inputs(pairs, roots, settings.task, settings.attribution)  # before any model loads
+    device = str(resolve_device(device))
+    results: list[PairResult] = []
+    for fp in dict.fromkeys(p.fp for p in pairs):
+        results += compare_fp_model(fp, [p for p in pairs if p.fp == fp], roots, settings, device, dtype)
+    tables.write_tables(results, settings.task, out_dir)
+    figures.write_figures(results, out_dir)
+    metrics = tables.flat_metrics(results)
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics
