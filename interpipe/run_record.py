@@ -64,21 +64,33 @@ def model_origin(models_root: str | Path, name: str) -> dict:
             "weights_origin": extra.get("weights_origin")}
 
 
-def build_run_record(*, stage: str, study: str, model: dict, config: dict, seed: int, device: str, dtype: str,
-                     tasks: list[str] | None = None, method: str | None = None, setting: str | None = None,
-                     overrides: list[str] | None = None, multirun: bool = False) -> dict:
-    """Everything ``run.json`` holds; call at the end of the stage so the costs are complete."""
-    wall, cpu = process_seconds()
+def run_identity(*, stage: str, study: str, model: dict, config: dict, seed: int, device: str, dtype: str,
+                 tasks: list[str] | None = None, method: str | None = None, setting: str | None = None,
+                 overrides: list[str] | None = None, multirun: bool = False) -> dict:
+    """What ran and on what: the run record without its costs, known before the work starts.
+
+    Stages hand it to the library, whose results keep it as their ``info``.
+    """
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "stage": stage, "study": study, "model": model, "tasks": list(tasks or []), "method": method,
         "setting": setting, "overrides": list(overrides or []), "multirun": multirun,
         "seed": seed, "config_hash": config_hash(config),
         "git_revision": git_revision(), "git_dirty": None if dirty is None else bool(dirty),
-        "libraries": library_versions(), "device": device, "dtype": dtype,
-        "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1),
-        "argv": sys.argv[1:],
+        "libraries": library_versions(), "device": device, "dtype": dtype, "argv": sys.argv[1:],
     }
 
 
-__all__ = ["build_run_record", "config_hash", "library_versions", "model_origin", "peak_memory_mb"]
+def run_costs() -> dict:
+    """What the execution cost so far: process wall and CPU seconds, peak resident memory."""
+    wall, cpu = process_seconds()
+    return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
+
+
+def build_run_record(identity: dict) -> dict:
+    """Everything ``run.json`` holds: ``identity`` plus the costs; call at the end of the stage."""
+    return {**identity, **run_costs()}
+
+
+__all__ = ["build_run_record", "config_hash", "library_versions", "model_origin", "peak_memory_mb", "run_costs",
+           "run_identity"]

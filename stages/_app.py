@@ -51,17 +51,21 @@ def _sweep_dir() -> str | None:
     return str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
-def _run_record(cfg: DictConfig, settings: Any, job_type: str, study: str, method: str | None) -> dict:
-    """``run.json``: the execution's record (see :mod:`interpipe.run_record`)."""
-    from interpipe.run_record import build_run_record, model_origin
+def _run_identity(cfg: DictConfig, settings: Any, job_type: str, study: str, method: str | None) -> dict:
+    """What this execution is (see :func:`interpipe.run_record.run_identity`), before its work starts."""
+    from interpipe.run_record import model_origin, run_identity
 
     group = getattr(settings, job_type, None)  # the study group of a study stage (attribute, circuits, ...)
     tasks = getattr(group, "tasks", None) or getattr(group, "causal_tasks", None)
     setting = getattr(group, "study", None)
-    return build_run_record(stage=job_type, study=study, model=model_origin(settings.paths.models, settings.model.name),
-                            config=OmegaConf.to_container(cfg, resolve=True), seed=settings.seed,
-                            device=settings.device, dtype=settings.dtype, tasks=tasks, method=method, setting=setting,
-                            overrides=_task_overrides(), multirun=_sweep_dir() is not None)
+    model = {} if job_type in _model_free(settings) else model_origin(settings.paths.models, settings.model.name)
+    return run_identity(stage=job_type, study=study, model=model, config=OmegaConf.to_container(cfg, resolve=True),
+                        seed=settings.seed, device=settings.device, dtype=settings.dtype, tasks=tasks, method=method,
+                        setting=setting, overrides=_task_overrides(), multirun=_sweep_dir() is not None)
+
+
+def _model_free(settings: Any) -> tuple[str, ...]:
+    return tuple(getattr(getattr(settings, "report", None), "model_free", ()))
 
 
 def _task_overrides() -> list[str]:
@@ -82,6 +86,7 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     (``tracking.default_group``) and tagged with stage, study, model and method.
     """
     from interpipe.io import DIR_MODE, write_json
+    from interpipe.run_record import build_run_record
     from interpipe.runtime import seed_everything
     from interpipe.tracking import log_execution, log_in_background, name_run
 
@@ -101,10 +106,11 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     logger = settings.logger
     report = getattr(settings, "report", None)
     study = study or (report.study_of(job_type) if hasattr(report, "study_of") else job_type)
+    identity = _run_identity(cfg, settings, job_type, study, method)
     try:
         metrics = work(settings, tmp)
         metrics = {**metrics, "stage_seconds": time.perf_counter() - start}
-        write_json(tmp / "run.json", _run_record(cfg, settings, job_type, study, method))
+        write_json(tmp / "run.json", build_run_record(identity))
         from interpipe.headline import FILE, headline_metrics, read_headline
 
         if (tmp / FILE).exists():  # the study's quoted numbers, small enough for `dvc metrics show`
@@ -114,7 +120,7 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.name = logger.name or name
-    model = "" if job_type in getattr(report, "model_free", ()) else settings.model.name
+    model = "" if job_type in _model_free(settings) else settings.model.name
     name_run(logger, job_type, model, method, study, tags, _sweep_dir(), os.environ)
     config = OmegaConf.to_container(cfg, resolve=True)
     if logger.background and logger.mode != "disabled":
