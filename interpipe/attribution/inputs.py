@@ -88,6 +88,24 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target:
         raise ValueError(f"attribution needs a model with a head (causal_lm or sequence_classifier), got kind={kind!r}")
     if not rows:
         raise ValueError("no examples to attribute: the task split is empty or attribute.n_examples selects none")
+    encoded, tokens = _tokenize(tokenizer, rows, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids, attention, eligible, cue = _padded(rows, encoded, pad_id)
+    attributable = eligible.clone()
+    score_pos, gold, targets = _targets(tokenizer, rows, kind, target, attention.sum(1))
+    if kind == "causal_lm" and scored_position == "exclude":
+        eligible[torch.arange(len(rows)), score_pos] = False
+        if not eligible.any(1).all():
+            bad = [rows[b]["example_id"] for b in torch.nonzero(~eligible.any(1)).flatten().tolist()]
+            raise ValueError(f"examples {bad} have no token besides the scored position; "
+                             f"use longer prompts or attribute.scored_position=rank")
+    return Batch(example_ids=[str(r["example_id"]) for r in rows], tasks=[str(r.get("task", "")) for r in rows],
+                 input_ids=input_ids, attention_mask=attention, eligible=eligible, cue_mask=cue,
+                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens, attributable=attributable)
+
+
+def _tokenize(tokenizer, rows: list[dict], max_length: int) -> tuple[list, list[list[str]]]:
+    """Each prompt's encoding (with offsets and the special-token mask) and its token strings."""
     encoded, tokens = [], []
     for row in rows:
         if not str(row["prompt"]).strip():
@@ -98,8 +116,12 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target:
                              f"attribute.max_length={max_length}; raise it (up to the model's context) or shorten it")
         encoded.append(enc)
         tokens.append(tokenizer.convert_ids_to_tokens(enc["input_ids"]))
+    return encoded, tokens
+
+
+def _padded(rows: list[dict], encoded: list, pad_id: int):
+    """Right-padded (batch, pos) ids, attention mask, attributable (non-special) tokens and cue tokens."""
     n, width = len(rows), max(len(e["input_ids"]) for e in encoded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
     eligible = torch.zeros((n, width), dtype=torch.bool)
@@ -115,24 +137,18 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target:
                 cue[b, i] = True
         if not eligible[b].any():
             raise ValueError(f"example {row['example_id']} has no non-special tokens to attribute")
-    lengths = attention.sum(1)
-    attributable = eligible.clone()
+    return input_ids, attention, eligible, cue
+
+
+def _targets(tokenizer, rows: list[dict], kind: str, target: str, lengths: torch.Tensor):
+    """(batch,) scored position, gold id and attribution target (-1: the model's own prediction)."""
+    n = len(rows)
     if kind == "causal_lm":
         score_pos = lengths - 1  # (batch,) last prompt token predicts the answer
-        if scored_position == "exclude":
-            eligible[torch.arange(n), score_pos] = False
-            if not eligible.any(1).all():
-                bad = [rows[b]["example_id"] for b in torch.nonzero(~eligible.any(1)).flatten().tolist()]
-                raise ValueError(f"examples {bad} have no token besides the scored position; "
-                                 f"use longer prompts or attribute.scored_position=rank")
         gold = torch.tensor([answer_token(tokenizer, row["answer"]) for row in rows])
-        targets = gold.clone()
-    else:
-        score_pos = torch.zeros(n, dtype=torch.long)  # the pooled [CLS] position
-        gold = torch.tensor([int(row["label"]) for row in rows])
-        if target == "label" and (gold < 0).any():
-            raise ValueError("attribute.target=label needs labelled rows (label >= 0); use a classification task")
-        targets = gold.clone() if target == "label" else torch.full((n,), -1, dtype=torch.long)
-    return Batch(example_ids=[str(r["example_id"]) for r in rows], tasks=[str(r.get("task", "")) for r in rows],
-                 input_ids=input_ids, attention_mask=attention, eligible=eligible, cue_mask=cue,
-                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens, attributable=attributable)
+        return score_pos, gold, gold.clone()
+    score_pos = torch.zeros(n, dtype=torch.long)  # the pooled [CLS] position
+    gold = torch.tensor([int(row["label"]) for row in rows])
+    if target == "label" and (gold < 0).any():
+        raise ValueError("attribute.target=label needs labelled rows (label >= 0); use a classification task")
+    return score_pos, gold, gold.clone() if target == "label" else torch.full((n,), -1, dtype=torch.long)
