@@ -6,18 +6,19 @@
     python -m stages.quantize model=minilm quantize=grid     # every method x bits x seed
     python -m stages.quantize experiment=quantize_paper model=smollm2   # paper scale
     python -m stages.quantize -m experiment=quantize_ablations model=minilm   # alpha x calibration size
+    python -m stages.quantize model=toy quantize.export=[osplus-w6a6]   # also writes outputs/models/toy-osplus-w6a6
 """
 
 import hydra
 
-from interpipe.quant import run_quantize
+from interpipe.quant.study import run_quantize
 from interpipe.runtime import resolve_device
 from stages._app import run_stage
 
 
 def _quantize(s, out):
     study = run_quantize(s.quantize, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
-                         device=str(resolve_device(s.device)), dtype=s.dtype, seed=s.seed)
+                         device=str(resolve_device(s.device)), dtype=s.dtype, seed=s.seed, export_root=s.paths.models)
     return study.metrics
 
 

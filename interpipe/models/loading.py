@@ -3,6 +3,11 @@
 A *canonical model folder* (written by the ``model`` stage under ``outputs/models/<name>/``)
 holds ``model.safetensors``, ``config.json``, the tokenizer files and ``card.json``; plain
 ``AutoModel*.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load it as it is.
+
+A folder exported by the quantize stage also holds ``quantization.json`` (weights already
+fake-quantized, static activation ranges and shifts beside them): :func:`load_pretrained` re-applies
+it after loading (:func:`interpipe.quant.recipe.apply_recipe`), so every study runs on the quantized
+model without knowing it is one.
 """
 
 from __future__ import annotations
@@ -94,7 +99,17 @@ def load_pretrained(source: str, kind: str, revision: str | None = None, device:
     if not device_map:
         model = model.to(resolve_device(device))
     model.eval()
+    if is_local:
+        _apply_quantization(model, Path(name))
     return model, tokenizer, time.perf_counter() - start
+
+
+def _apply_quantization(model, folder: Path) -> None:
+    """Re-apply the quantization recipe of an exported quantized folder (nothing without one)."""
+    from interpipe.quant.recipe import Recipe, apply_recipe, is_quantized_folder
+
+    if is_quantized_folder(folder):
+        apply_recipe(model, Recipe.load(folder))
 
 
 def save_model_folder(folder: str | Path, model, tokenizer, card: ModelCard) -> Path:
@@ -113,17 +128,30 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: str = "float32") 
     Traceback (most recent call last):
     FileNotFoundError: /no/such/folder has no card.json ...
     """
+    from interpipe.quant.recipe import BrokenRecipe
+
     card = ModelCard.load(folder)
     try:
         model, tokenizer, _ = load_pretrained(str(folder), card.kind, device=device, dtype=dtype)
+    except BrokenRecipe:
+        raise  # names the recipe file and how to re-export it
     except Exception as exc:  # noqa: BLE001 - a damaged folder fails naming the file and the fix
         broken = _damaged_file(Path(folder))
         if broken is None:
             raise
         raise BrokenModelFolder(f"{broken} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                                f"rebuild the folder with the model stage: `dvc repro -f model@{card.name}` "
-                                f"(or `python -m stages.model model={card.name} hydra.run.dir={folder}`)") from exc
+                                f"{_rebuild_hint(card, Path(folder))}") from exc
     return LoadedModel(model=model, tokenizer=tokenizer, card=card)
+
+
+def _rebuild_hint(card: ModelCard, folder: Path) -> str:
+    """How to write ``folder`` again: the model stage, or the quantize stage that exported it."""
+    if "quantization" in card.extra:
+        base, q = card.extra.get("base_model", "<base model>"), card.extra["quantization"]
+        return (f"export it again with the quantize stage: `dvc repro -f quantize@{base}` (or "
+                f"`python -m stages.quantize model={base} quantize.export=[{q.get('method')}-{q.get('bits')}]`)")
+    return (f"rebuild the folder with the model stage: `dvc repro -f model@{card.name}` "
+            f"(or `python -m stages.model model={card.name} hydra.run.dir={folder}`)")
 
 
 class BrokenModelFolder(RuntimeError):

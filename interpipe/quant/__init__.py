@@ -7,19 +7,31 @@ Fake quantization (:mod:`~interpipe.quant.fake`) of the target linears
 pre-LN (GPT-2) and with a shortcut restore for post-LN (BERT) blocks
 (:mod:`~interpipe.quant.migrate`, :mod:`~interpipe.quant.arch`), end metrics
 (:mod:`~interpipe.quant.metrics`) and results over calibration seeds (:mod:`~interpipe.quant.results`).
-:func:`run_quantize` runs a whole grid on one model.
+:func:`run_quantize` runs a whole grid on one model; :mod:`~interpipe.quant.recipe` re-applies an
+exported setting when a model folder is loaded.
+
+The names below load their module on first use (PEP 562), so the model loader can import
+:mod:`interpipe.quant.recipe` without the study's heavy dependencies.
 """
 
-from interpipe.quant.arch import Arch, describe_arch, install_shortcut
-from interpipe.quant.fake import ActSpec, WeightSpec, fake_quantize, quantize_activation, quantize_weight
-from interpipe.quant.migrate import fold, migrate, smoothquant_scales
-from interpipe.quant.observers import Observer, static_range
-from interpipe.settings.quantize import METHODS, QuantSettings, parse_bits
-from interpipe.quant.export import load_migrated, save_migrated
-from interpipe.quant.results import QuantStudyResult, SettingResult
-from interpipe.quant.study import run_quantize
+from importlib import import_module
 
-__all__ = ["ActSpec", "Arch", "METHODS", "Observer", "QuantSettings", "QuantStudyResult", "SettingResult", "WeightSpec",
-           "describe_arch", "fake_quantize", "fold", "install_shortcut", "load_migrated", "migrate",
-           "parse_bits", "quantize_activation", "quantize_weight", "run_quantize", "save_migrated", "smoothquant_scales",
-           "static_range"]
+_HOME = {
+    "Arch": "arch", "describe_arch": "arch", "install_shortcut": "arch",
+    "ActSpec": "fake", "WeightSpec": "fake", "fake_quantize": "fake", "quantize_activation": "fake",
+    "quantize_weight": "fake",
+    "fold": "migrate", "migrate": "migrate", "smoothquant_scales": "migrate",
+    "Observer": "observers", "static_range": "observers",
+    "METHODS": "settings", "QuantSettings": "settings", "parse_bits": "settings",
+    "load_migrated": "export", "save_migrated": "export",
+    "QuantStudyResult": "results", "SettingResult": "results",
+    "run_quantize": "study",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'interpipe.quant' has no attribute {name!r}")
+    home = "interpipe.settings.quantize" if _HOME[name] == "settings" else f"interpipe.quant.{_HOME[name]}"
+    return getattr(import_module(home), name)

@@ -1,19 +1,28 @@
-"""Migrated full-precision model folders: written by the study, read back by any study.
+"""Model folders written by the study: migrated full precision, and quantized (a model like any other).
 
 Pre-LN and parallel blocks (GPT-2, GPT-NeoX, Llama, Qwen2, OPT): stock ``from_pretrained`` loads the
 folder and matches the original in full precision. Post-LN (BERT, MiniLM): the vanilla class would
 miss the shortcut restore (``shortcuts.safetensors``); load it with :func:`load_migrated`. OS+ input
 shifts of linears behind bias-free norms (``input_shifts.safetensors``) cancel at full precision and
 matter only to the quantizer, which :func:`load_migrated` re-arms.
+
+:func:`save_quantized` writes one quantized setting as a model folder: the migrated weights already
+fake-quantized, and the recipe (:mod:`interpipe.quant.recipe`) that
+:func:`interpipe.models.load_model` re-applies on load, so every study runs on it unchanged.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from interpipe.io import write_json
-from interpipe.quant.arch import input_shifts_of, install_shortcut, set_input_shift, shortcuts_of
+import torch
+
+from interpipe.io import atomic_dir, write_json
+from interpipe.quant.arch import (input_shifts_of, install_shortcut, is_conv1d, set_input_shift,
+                                  set_module, shortcuts_of)
+from interpipe.quant.recipe import Recipe
 
 
 def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str) -> Path:
@@ -52,3 +61,50 @@ def load_migrated(folder: str | Path, device: str = "cpu"):
         for key, delta in load_file(str(folder / "input_shifts.safetensors")).items():
             set_input_shift(loaded.model.get_submodule(key[: -len(".input_shift")]), delta)
     return loaded
+
+
+def _recipe_tensors(model, layers: dict) -> dict:
+    """Static ranges, input shifts with their offsets ``W delta`` and post-LN shortcut restores."""
+    tensors = {}
+    for path, layer in layers.items():
+        for key in ("x_min", "x_max", "input_shift"):
+            if getattr(layer, key) is not None:
+                tensors[f"{path}.{key}"] = getattr(layer, key)
+        if layer.input_shift is not None:
+            tensors[f"{path}.shift_bias"] = layer.weight.detach() @ layer.input_shift  # (d_out,) as QuantLinear adds it
+    for key, value in shortcuts_of(model).items():  # "<module>.scale" / ".shift"
+        module, _, which = key.rpartition(".")
+        tensors[f"{module}.shortcut_{which}"] = value
+    return tensors
+
+
+@torch.no_grad()
+def _unwrap_quantized(model, layers: dict) -> None:
+    """Put every wrapped linear back in place holding its fake-quantized weight (in place)."""
+    shared = Counter(p.data_ptr() for _, p in model.named_parameters(remove_duplicate=False))
+    for path, layer in layers.items():
+        if shared[layer.inner.weight.data_ptr()] > 1:
+            raise ValueError(f"cannot export {path}: its weight is tied to another (the input embeddings), which "
+                             "would be quantized with it; drop 'head' from quantize.layers to export this model")
+        qweight = layer.qweight()  # (d_out, d_in)
+        layer.inner.weight.copy_(qweight.t() if is_conv1d(layer.inner) else qweight)
+        set_module(model, path, layer.inner)
+
+
+def save_quantized(folder: Path, model, layers: dict, tokenizer, card, recipe: Recipe) -> Path:
+    """Write a quantized setting as a model folder (atomically); ``model`` is unwrapped in place.
+
+    ``model`` holds the :class:`~interpipe.quant.layers.QuantLinear` ``layers`` (calibrated); ``recipe``
+    its method, bits and grids (its tensors are filled here).
+    """
+    from interpipe.models import save_model_folder
+
+    recipe = replace(recipe, layers=list(layers), tensors=_recipe_tensors(model, layers))
+    _unwrap_quantized(model, layers)
+    quant = {k: getattr(recipe, k) for k in ("method", "bits", "protocol", "weight", "activation", "calib_seed")}
+    card = replace(card, name=folder.name, extra={**card.extra, "base_model": card.name, "base_source": card.source,
+                                                  "quantization": {**quant, "recipe": "quantization.json"}})
+    with atomic_dir(folder) as tmp:
+        save_model_folder(tmp, model, tokenizer, card)
+        recipe.save(tmp)
+    return folder

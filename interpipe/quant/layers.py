@@ -113,19 +113,14 @@ class QuantLinear(nn.Module):
             raise ValueError(f"mode={mode!r} is not one of {MODES}")
         self.mode = mode
 
-    def shifted_bias(self) -> Tensor | None:
-        """``b + W delta`` (d_out,) with the input shift, else the layer's own bias."""
-        if self.input_shift is None:
-            return self.bias
-        extra = self.weight.detach() @ self.input_shift  # (d_out,)
-        return extra if self.bias is None else self.bias + extra
-
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         if self.mode == "fp":
             return self.inner(x)
         shifted = x if self.input_shift is None else x - self.input_shift  # (..., d_in) what the quantizer sees
         xq = quantize_activation(shifted, self.a_spec, self.x_min, self.x_max)
-        out = F.linear(xq, self.qweight(), self.shifted_bias())
+        out = F.linear(xq, self.qweight(), self.bias)  # (..., d_out)
+        if self.input_shift is not None:
+            out = out + self.weight.detach() @ self.input_shift  # + W delta (d_out,): what the shift took out
         if self.track_error:
             ref = self.inner(x)
             self.local.add(self.tokens.select(ref.detach()), self.tokens.select(out.detach()))

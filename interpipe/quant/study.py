@@ -10,7 +10,9 @@ in fake quantizers whose static ranges the observer derives from the same calibr
 measures end metrics against the FP model. The first seed also checks that the migrated FP model
 equals the original and measures per-layer errors. Protocol: fake quantization of the weights
 and inputs of the target linears only (embeddings, norms, softmax and the residual stream stay FP);
-the grid per bit width comes from ``QuantSettings.protocol`` (OS+'s by default).
+the grid per bit width comes from ``QuantSettings.protocol`` (OS+'s by default). Each setting named
+in ``QuantSettings.export`` is also written, at the first seed, as a model folder
+``<export_root>/<model>-<method>-<bits>`` that every study loads like any model (:mod:`~interpipe.quant.recipe`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from interpipe.io import save_figure
 from interpipe.quant import figures
 from interpipe.quant.arch import describe_arch
 from interpipe.quant.calibrate import Calibration, calibrate, make_batches, run_batches, token_rows
-from interpipe.quant.export import load_migrated, save_migrated
+from interpipe.quant.export import load_migrated, save_migrated, save_quantized
 from interpipe.quant.fake import specs
 from interpipe.quant.layers import TokenMask, check_targets, wrap_layers
 from interpipe.quant.metrics import EndMetrics, capture_outputs, layer_errors
 from interpipe.quant.migrate import SearchGrid, migrate
 from interpipe.quant.observers import static_range
 from interpipe.quant.outliers import channel_table, delimiter_ids, summary_table, token_summary
+from interpipe.quant.recipe import Recipe
 from interpipe.quant.results import QuantStudyResult, SettingResult, aggregate_seeds
 from interpipe.runtime import git_revision
 from interpipe.settings.quantize import MIGRATIONS, QuantSettings, parse_bits
@@ -91,6 +94,7 @@ class _Context:
     fp_layers: dict
     fp_main: list
     device: object
+    export_root: Path | None = None  # where exported quantized model folders go
 
 
 def _set_ranges(layers: dict, ctx: _Context, calib: Calibration, settings: QuantSettings, done: list) -> None:
@@ -138,6 +142,10 @@ def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, met
         metrics["sqnr_mean_db"] = float(layer_frame["sqnr_db"].mean())
         metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
         metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
+    if first and f"{method}-{tag}" in settings.export:  # last: unwraps qmodel in place
+        recipe = Recipe(method, tag, settings.protocol, asdict(w_spec), asdict(a_spec), [], ctx.card.name, seed)
+        save_quantized(ctx.export_root / f"{ctx.card.name}-{method}-{tag}", qmodel, layers, ctx.tokenizer, ctx.card,
+                       recipe)
     return metrics, layer_frame, pd.DataFrame([m.row() for m in done])
 
 
@@ -165,10 +173,15 @@ def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtyp
 
 
 def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: str | Path, out_dir: str | Path,
-                 device: str = "cpu", dtype: str = "float32", seed: int = 0) -> QuantStudyResult:
-    """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``."""
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                 export_root: str | Path | None = None) -> QuantStudyResult:
+    """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``.
+
+    The ``settings.export`` model folders go under ``export_root`` (default ``out_dir/models``).
+    """
     out_dir = Path(out_dir)
     ctx = _prepare(settings, model_folder, data_root, device, dtype)
+    ctx.export_root = Path(export_root) if export_root is not None else out_dir / "models"
     card, arch = ctx.card, ctx.arch
     keep = any(m.startswith("osplus") for m in settings.methods)
     runs: dict[tuple[str, str], list] = {key: [] for key in settings.grid()}

@@ -104,6 +104,7 @@ class QuantSettings:
     osplus_samples: int = 16  # calibration examples the search's loss is measured on (0 = all, the official)
     top_k: int = 5  # outlier channels reported per input
     save_migrated: bool = True  # write the migrated FP model of every migration setting (first seed)
+    export: list[str] = field(default_factory=list)  # <method>-<bits> settings written as model folders <model>-<method>-<bits>
 
     def __post_init__(self) -> None:
         from interpipe.data.prepare import ALL_TASKS
@@ -138,6 +139,11 @@ class QuantSettings:
                 raise ValueError(f"quantize.{key}={getattr(self, key)} must be >= 1")
         if self.osplus_samples < 0 or self.osplus_step < 0 or self.osplus_t_min < 0:
             raise ValueError("quantize.osplus_samples, osplus_step and osplus_t_min must be >= 0")
+        run = [f"{m}-{b}" for m, b in self.grid()]
+        for name in self.export:
+            if name not in run:
+                raise ValueError(f"quantize.export entry {name!r} is not a setting this run measures; "
+                                 f"use <method>-<bits> from quantize.methods x quantize.bits: {run} (or [] for none)")
 
     def grid_of(self, tag: str) -> Grid:
         """The grid of bits setting ``tag`` under this protocol."""
