@@ -2,6 +2,7 @@
 
     python benchmarks/patching.py                      # toy GPT-2 + GPT-2-small-shaped random model
     python benchmarks/patching.py --toy outputs/models/toy --n 16 --out bench.json
+    python benchmarks/patching.py --models smollm2 --n 8   # SmolLM2-135M (outputs/models/smollm2), all 270 heads
 
 For each model, the same IOI prompts (one token length, as TransformerLens needs) are patched
 clean → corrupted with ``interpipe.circuits`` and with ``transformer_lens.patching``'s
@@ -22,8 +23,12 @@ full forward (with autograd bookkeeping) per cell.
 
 The "toy" model is the trained toy GPT-2 when ``--toy`` names its folder, else a random model of
 the toy's shape; "gpt2-small-shape" is a random GPT-2 with 12 layers, 12 heads, d_model 768 and
-GPT-2's vocabulary size (speed does not depend on the weights). Without CUDA the clock is the
-process's CPU time, so other jobs on a shared machine do not distort the ratios.
+GPT-2's vocabulary size (speed does not depend on the weights); "smollm2" is the real
+SmolLM2-135M folder written by the ``model`` stage (``--smollm2``; Llama architecture, 30 layers x
+9 query / 3 KV heads = 270 heads), patched on the layer x head grid only, with the IOI prompts
+whose clean and corrupted prompts tokenize to the most common length. Both sides run under
+``torch.inference_mode()``, so neither pays for autograd it does not use. Without CUDA the clock
+is the process's CPU time, so other jobs on a shared machine do not distort the ratios.
 """
 
 from __future__ import annotations
@@ -77,18 +82,34 @@ def ioi_prompts(n: int) -> list[dict]:
     return [r for r in rows if len(r["prompt"].split()) == length][:n]
 
 
-def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device: str, tl_cells: int) -> list[dict]:
+def one_length_batch(bridge, rows: list[dict]):
+    """The prompts whose clean and corrupted token lengths match, cut to the most common length."""
+    from collections import Counter
+
+    from interpipe.circuits import make_batch
+
+    fields = lambda rs: ([r["prompt"] for r in rs], [r["corrupted_prompt"] for r in rs],  # noqa: E731
+                         [r["answer"] for r in rs], [r["foil"] for r in rs])
+    kept = [r for r in rows if make_batch(bridge, *fields([r]), on_mismatch="skip").size == 1]
+    lengths = [make_batch(bridge, *fields([r])).n_pos for r in kept]
+    if not lengths:
+        raise SystemExit("no IOI prompt tokenizes to equal clean and corrupted lengths: raise --n")
+    common = Counter(lengths).most_common(1)[0][0]
+    return make_batch(bridge, *fields([r for r, n in zip(kept, lengths) if n == common]))
+
+
+def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device: str, tl_cells: int,
+                heads_only: bool = False) -> list[dict]:
     import itertools
 
     import numpy as np
     import pandas as pd
     from transformer_lens import patching as tlp
 
-    from interpipe.circuits import load_bridge, make_batch, patch_head_out_all_pos, patch_resid_pre, task_metric
+    from interpipe.circuits import load_bridge, patch_head_out_all_pos, patch_resid_pre, task_metric
 
     bridge = load_bridge(folder, device=device)
-    batch = make_batch(bridge, [r["prompt"] for r in rows], [r["corrupted_prompt"] for r in rows],
-                       [r["answer"] for r in rows], [r["foil"] for r in rows])
+    batch = one_length_batch(bridge, rows)
     metric = task_metric(bridge, batch)
     rows_idx = torch.arange(batch.size, device=batch.answer_pos.device)
 
@@ -98,11 +119,12 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
     memory = 8192.0 if device.startswith("cuda") else 1024.0
     grids = [("resid_pre (layer x pos)", patch_resid_pre, tlp.get_act_patch_resid_pre, ("layer", "pos")),
              ("head out, all pos (layer x head)", patch_head_out_all_pos, tlp.get_act_patch_attn_head_out_all_pos,
-              ("layer", "head"))]
+              ("layer", "head"))][1 if heads_only else 0:]
     out = []
     for label, ours, theirs, axes in grids:
         def run_ours():
-            return ours(bridge, batch, metric=metric, memory_mb=memory).values
+            with torch.inference_mode():
+                return ours(bridge, batch, metric=metric, memory_mb=memory).values
 
         t_ours, v_ours = timed(run_ours, repeats)
         sizes = tuple(v_ours.shape)
@@ -114,9 +136,10 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
             index = index.iloc[np.linspace(0, cells - 1, tl_cells).round().astype(int)].reset_index(drop=True)
 
         def run_theirs():
-            _, cache = bridge.run_with_cache(batch.clean_tokens)  # TransformerLens needs the clean cache
-            return theirs(bridge, batch.corrupted_tokens, cache, tl_metric,
-                          index_axis_names=None, index_df=index)
+            with torch.inference_mode():
+                _, cache = bridge.run_with_cache(batch.clean_tokens)  # TransformerLens needs the clean cache
+                return theirs(bridge, batch.corrupted_tokens, cache, tl_metric,
+                              index_axis_names=None, index_df=index)
 
         t_tl, v_tl = timed(run_theirs, 1)
         picked = v_ours[tuple(torch.tensor(index[a].values) for a in axes)]
@@ -124,7 +147,8 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
         row = {"model": name, "grid": label, "cells": cells, "tl_cells": len(index), "prompts": batch.size,
                "pos": batch.n_pos, "shared_prefix": batch.shared_prefix(), "ours_s": t_ours,
                "transformer_lens_s": t_tl, "ours_examples_per_s": cells * batch.size / t_ours,
-               "tl_examples_per_s": len(index) * batch.size / t_tl, "max_abs_diff": diff, "agree": diff < 1e-4}
+               "tl_examples_per_s": len(index) * batch.size / t_tl, "max_abs_diff": diff, "agree": diff < 1e-4,
+               "max_abs_value": float(picked.abs().max())}  # the compared values are not all zero
         row["speedup"] = row["ours_examples_per_s"] / row["tl_examples_per_s"]
         print(f"{name:18s} {label:34s} cells={cells:4d} (TL {len(index):4d}) ours {row['ours_examples_per_s']:9.1f} ex/s  "
               f"TL {row['tl_examples_per_s']:8.1f} ex/s  speedup {row['speedup']:5.1f}x  max|diff| {diff:.1e}",
@@ -140,8 +164,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="prompts per batch")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of ours (best is kept)")
     parser.add_argument("--models", default="toy,gpt2-small-shape")
+    parser.add_argument("--smollm2", default="outputs/models/smollm2", help="SmolLM2 model folder (models=smollm2)")
     parser.add_argument("--tl-cells", type=int, default=24,
-                        help="cells TransformerLens runs on the GPT-2-small-shaped model (0: all; the toy always runs all)")
+                        help="cells TransformerLens runs on the larger models (0: all; the toy always runs all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -163,9 +188,15 @@ def main() -> None:
                 folder = Path(args.toy) if args.toy else random_model(Path(tmp) / "toy", tokenizer, 4, 4, 128, 0)
             elif name == "gpt2-small-shape":
                 folder = random_model(Path(tmp) / "gpt2s", tokenizer, 12, 12, 768, 50257)
+            elif name == "smollm2":
+                folder = Path(args.smollm2)
+                if not (folder / "config.json").exists():
+                    raise SystemExit(f"no SmolLM2 model folder at {folder}: run `python -m stages.model model=smollm2 "
+                                     f"hydra.run.dir={folder}` or pass --smollm2 <folder>")
             else:
-                raise SystemExit(f"unknown model {name!r}: use toy or gpt2-small-shape")
-            results += bench_model(name, folder, rows, args.repeats, args.device, 0 if name == "toy" else args.tl_cells)
+                raise SystemExit(f"unknown model {name!r}: use toy, gpt2-small-shape or smollm2")
+            results += bench_model(name, folder, rows, args.repeats, args.device, 0 if name == "toy" else args.tl_cells,
+                                   heads_only=name == "smollm2")
     print(f"clock: {'wall' if CLOCK is time.perf_counter else 'process CPU'} time; torch threads: {torch.get_num_threads()}")
     for r in results:
         print(f"  {r['model']:18s} {r['grid']:34s} speedup {r['speedup']:.1f}x (target >= 5x)  agree={r['agree']}")

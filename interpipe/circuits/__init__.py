@@ -2,7 +2,8 @@
 
 Direct logit attribution and the logit lens (:mod:`.dla`), batched activation patching
 (:mod:`.engine`, :mod:`.patching`), attribution patching (:mod:`.attribution`), path patching
-(:mod:`.paths`), ablations (:mod:`.ablation`), circuit scoring with intervals and random baselines
+(:mod:`.paths`), IOI head classes with OV copy scores (:mod:`.copying`) and S-inhibition path
+patching (:mod:`.inhibition`, put together in :mod:`.head_classes`), ablations (:mod:`.ablation`), circuit scoring with intervals and random baselines
 (:mod:`.scoring`), circuit discovery and overlap (:mod:`.discovery`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
 References: Wang et al. 2022 (IOI), Merullo et al. 2024 (circuit component reuse), Lieberum et
 al. 2023 (Chinchilla), Nanda 2023 (attribution patching).
@@ -10,12 +11,14 @@ al. 2023 (Chinchilla), Nanda 2023 (attribution patching).
 
 from interpipe.circuits.ablation import Component, ablate, ablate_heads, ablate_mlps, ablate_neurons
 from interpipe.circuits.attribution import attribution_patch, correlation
+from interpipe.circuits.copying import copy_scores
 from interpipe.circuits.bridge import PromptBatch, batch_from_task, check_head, check_hook, load_bridge, make_batch
 from interpipe.circuits.discovery import (Circuit, circuit_containment, circuit_overlap, faithfulness_curve, rank_components,
                                           select_circuit)
 from interpipe.circuits.dla import direct_logit_attribution, logit_lens
 from interpipe.circuits.engine import Patch, capture, run_variants
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, kl_divergence, logit_diff
+from interpipe.circuits.inhibition import s_inhibition_patch
 from interpipe.circuits.paths import path_patch
 from interpipe.circuits.patching import (activation_patch, patch_attn_out, patch_head_out_all_pos,
                                          patch_head_out_by_pos, patch_head_pattern_all_pos, patch_head_pattern_by_pos,
@@ -34,5 +37,5 @@ __all__ = [
     "logit_diff", "path_patch", "activation_patch", "patch_attn_out", "patch_head_out_all_pos",
     "patch_head_out_by_pos", "patch_head_pattern_all_pos", "patch_head_pattern_by_pos", "patch_head_qkv_all_pos",
     "patch_head_qkv_by_pos", "patch_mlp_out", "patch_resid_pre", "task_metric", "CircuitResult", "CircuitSettings",
-    "run_circuits", "Scorer", "random_circuits", "score_heldout", "smallest_above",
+    "run_circuits", "Scorer", "random_circuits", "score_heldout", "smallest_above", "copy_scores", "s_inhibition_patch",
 ]

@@ -12,7 +12,8 @@ head gets, averaged over prompts:
   to the token after S1 (*induction* heads).
 
 :func:`classify` names a head by these numbers; the rules are stated next to it. The OV copy score
-and path patching into the name movers' queries (S-inhibition) are not computed here.
+is in :mod:`.copying`, path patching into the name movers' queries (S-inhibition) in
+:mod:`.inhibition`; :mod:`.head_classes` puts them together.
 
 >>> classify({"attn_end_io": 0.5, "attn_end_s": 0.05, "direct_effect": 0.4, "attn_s2_s1": 0.0, "attn_s2_s1_next": 0.0})
 'name mover'
@@ -48,12 +49,17 @@ def ioi_positions(batch: PromptBatch) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def head_evidence(bridge: Any, batch: PromptBatch, direct: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per head: the attention scores above and its direct effect (``direct``: ``[layer, head]``)."""
+def head_evidence(bridge: Any, batch: PromptBatch, direct: torch.Tensor,
+                  acts: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """One row per head: the attention scores above and its direct effect (``direct``: ``[layer, head]``).
+
+    ``acts``: a clean-run capture holding every ``blocks.{L}.attn.hook_pattern`` (captured here when None).
+    """
     pos = ioi_positions(batch)
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     hooks = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
-    acts, _ = capture(bridge, batch.clean_tokens, batch.answer_pos, hooks)
+    if acts is None or any(h not in acts for h in hooks):
+        acts, _ = capture(bridge, batch.clean_tokens, batch.answer_pos, hooks)
     rows = torch.arange(batch.size, device=batch.answer_pos.device)
     out = []
     for layer in range(n_layers):

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interpipe.circuits import ablation, attribution, dla, discovery, figures, paths, patching, scoring
-from interpipe.circuits.heads import head_evidence
+from interpipe.circuits.head_classes import HEAD_CLASS_TASKS, capture_hooks, head_classes
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
@@ -60,14 +60,19 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
                  model_name: str) -> tuple[dict[str, Any], TaskCircuit | None]:
     """All analyses of one task, written into ``out``; returns (metrics, circuit or None when unsolved)."""
     start = time.perf_counter()
-    batch = batch_from_task(bridge, data_root, task, settings.n_prompts, settings.split, settings.on_mismatch,
+    batch = batch_from_task(bridge, data_root, task, settings.prompts_for(task), settings.split, settings.on_mismatch,
                             settings.reference_prompts)
-    clean = capture(bridge, batch.clean_tokens, batch.answer_pos, dla.dla_hooks(bridge))  # (acts, logits)
+    classed = task in HEAD_CLASS_TASKS
+    hooks = dla.dla_hooks(bridge) + (capture_hooks(bridge) if classed else [])
+    clean = capture(bridge, batch.clean_tokens, batch.answer_pos, hooks)  # (acts, logits)
     metric, gaps = _metric(bridge, batch, clean[1])
     title = f"{model_name} {task}"
     metrics = _baselines(batch, metric, clean[1], gaps, settings.min_logit_gap)
     tables = _direct(bridge, batch, clean, metrics, out, title)
-    classes = _head_classes(bridge, batch, tables[0], metrics, out, title) if task in HEAD_CLASS_TASKS else None
+    classes = None
+    if classed:
+        classes, paths_in = head_classes(bridge, batch, tables[0], clean[0], gaps, settings, metrics, out, title)
+        tables += paths_in
     found = None
     if metrics["solved"]:
         halves = _halves(bridge, batch, settings)
@@ -81,29 +86,6 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
     metrics["seconds"] = time.perf_counter() - start
     write_json(out / "metrics.json", metrics)
     return metrics, found
-
-
-HEAD_CLASS_TASKS = ("ioi",)  # tasks whose prompts have IO once and S twice (interpipe.circuits.heads)
-
-
-def _head_classes(bridge: Any, batch: Any, direct: Any, metrics: dict, out: Path, title: str) -> Any:
-    """IOI head evidence and classes of every head (``ioi_heads.csv``, ``headline_ioi_heads.png``)."""
-    import pandas as pd
-
-    from interpipe.circuits.results import CircuitResult
-
-    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
-    frame = pd.DataFrame(head_evidence(bridge, batch, dla.dla_head_grid(direct, n_layers, n_heads).values))
-    for name, count in frame["class"].value_counts().items():
-        if name:
-            metrics[f"heads_{name.split(' (')[0].replace(' ', '_').replace('-', '_')}"] = int(count)
-    grid = lambda column: torch.tensor(frame[column].to_numpy()).reshape(n_layers, n_heads)  # noqa: E731
-    maps = [CircuitResult("direct effect on IO − S", grid("direct_effect"), ("layer", "head")),
-            CircuitResult("attention end→IO minus end→S", grid("attn_end_io") - grid("attn_end_s"), ("layer", "head")),
-            CircuitResult("attention S2→S1 (duplicate)", grid("attn_s2_s1"), ("layer", "head")),
-            CircuitResult("attention S2→S1+1 (induction)", grid("attn_s2_s1_next"), ("layer", "head"))]
-    save_figure(figures.heatmaps(maps, f"{title}: IOI head evidence"), out / "headline_ioi_heads.png")
-    return frame
 
 
 def _halves(bridge: Any, batch: Any, settings: CircuitSettings) -> list[tuple[Any, dict]]:

@@ -30,6 +30,7 @@ class CircuitSettings:
 
     tasks: list[str] = field(default_factory=lambda: ["ioi", "colored_objects", "laundry_list", "sva", "induction"])  # the embedded tasks with same-length corrupted prompts
     n_prompts: int = 32  # prompts per task, half to select the circuit, half to report it: small keeps the pipeline in budget
+    task_prompts: dict[str, int] = field(default_factory=dict)  # per-task prompt counts overriding n_prompts (e.g. {ioi: 64})
     split: str = "test"  # held-out prompts the model never trained on
     on_mismatch: str = "error"  # error | skip prompts whose clean/corrupted token lengths differ
     grids: list[str] = field(default_factory=lambda: ["resid_pre", "z", "q", "k", "v", "pattern"])  # exact patching grids
@@ -51,6 +52,10 @@ class CircuitSettings:
     sender_positions: str = "all"  # all | answer: positions of the sender's write (Merullo et al. use the last)
     neuron_ablation: int = 32  # ablate this many neurons of the top-ranked MLP (picked by attribution), one at a time
     figure_heads: int = 4  # attention-pattern panels for the top heads
+    copy_heads: int = 20  # IOI: OV copy scores of the heads with the largest |direct effect| (one vocabulary projection each)
+    name_movers: int = 3  # IOI: name-mover receivers of the S-inhibition path patching
+    inhibition_senders: int = 12  # IOI: candidate S-inhibition heads, one path-patched run each
+    inhibition_prompts: int = 16  # IOI: the first this many selection-half prompts run the S-inhibition path patching
     overlap: list[str] = field(default_factory=list)  # tasks whose solved pairs are compared (reuse); empty: every task run
     min_logit_gap: float = 0.5  # solved: the 95 % interval of the clean-corrupted logit-difference gap lies above this
     memory_mb: float = 512.0  # activation memory per batched forward; sets the chunk size
@@ -71,12 +76,28 @@ class CircuitSettings:
                 raise ValueError(f"circuits.{key}={value!r} is not one of {allowed}")
         if self.n_prompts < 1:
             raise ValueError(f"circuits.n_prompts={self.n_prompts} must be >= 1")
+        self._check_task_prompts()
         if not 0 < self.target_faithfulness <= 2:
             raise ValueError(f"circuits.target_faithfulness={self.target_faithfulness} must be in (0, 2]")
-        for key in ("reference_prompts", "random_circuits", "completeness_heads"):
+        for key in ("reference_prompts", "random_circuits", "completeness_heads", "copy_heads", "name_movers",
+                    "inhibition_senders"):
             if getattr(self, key) < 0:
                 raise ValueError(f"circuits.{key}={getattr(self, key)} must be >= 0")
+        if self.inhibition_prompts < 1:
+            raise ValueError(f"circuits.inhibition_prompts={self.inhibition_prompts} must be >= 1")
         if self.curve_points < 0:
             raise ValueError(f"circuits.curve_points={self.curve_points} must be >= 0 (0: every circuit size)")
         if self.memory_mb <= 0:
             raise ValueError(f"circuits.memory_mb={self.memory_mb} must be > 0")
+
+    def _check_task_prompts(self) -> None:
+        unknown = [t for t in self.task_prompts if t not in CIRCUIT_TASKS]
+        if unknown:
+            raise ValueError(f"circuits.task_prompts names unknown tasks {unknown}: use {list(CIRCUIT_TASKS)}")
+        bad = {t: n for t, n in self.task_prompts.items() if not isinstance(n, int) or n < 1}
+        if bad:
+            raise ValueError(f"circuits.task_prompts has prompt counts below 1 {bad}: each must be an integer >= 1")
+
+    def prompts_for(self, task: str) -> int:
+        """Prompts of ``task``: its ``task_prompts`` entry, else ``n_prompts``."""
+        return int(self.task_prompts.get(task, self.n_prompts))

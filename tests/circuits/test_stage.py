@@ -69,4 +69,10 @@ def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     assert read_json(tmp_path / "overlap.json")["tasks"] == ["sva", "ioi"]
     classes = pd.read_csv(tmp_path / "tiny-ioi" / "ioi_heads.csv")  # IOI head evidence, one row per head
     assert len(classes) == 8 and classes["in_circuit"].sum() == metrics["ioi/circuit_heads"]
+    assert {"copy_score", "negative_copy_score", "name_mover_receiver", "s_inhibition_effect"} <= set(classes.columns)
+    assert classes["copy_score"].notna().sum() == min(settings.copy_heads, 8)
+    senders = classes["s_inhibition_effect"].notna().sum()
+    effects = pd.read_parquet(tmp_path / "tiny-ioi" / "effects.parquet")
+    assert (effects["analysis"] == "s_inhibition_path").any() == (senders > 0)
+    assert classes["copy_score"].dropna().between(0, 1).all()
     assert (tmp_path / "tiny-ioi" / "headline_ioi_heads.png").exists()

@@ -1,0 +1,138 @@
+"""The IOI head-class step of the circuit study: evidence per head, ``ioi_heads.csv`` and its figure.
+
+Per head (Wang et al. 2022, §3): the attention scores and direct effect of
+:func:`interpipe.circuits.heads.head_evidence`; the OV copy score and negative copy score
+(:mod:`.copying`) of the ``copy_heads`` heads with the largest |direct effect|; and the
+S-inhibition path-patching effect (:mod:`.inhibition`): corrupted (ABC) output of each of
+``inhibition_senders`` candidate heads patched into the queries of the ``name_movers`` receivers
+only, on the first ``inhibition_prompts`` prompts of the selection half. Columns of heads that were not scored are empty (NaN).
+
+Receivers ("name movers" for the path): the heads with the largest positive direct effect among
+those that put at least :data:`~interpipe.circuits.heads.ATTENTION` of the final position's
+attention on the two names. Senders: the heads of earlier layers that attend most from the final
+position to S (Wang et al.'s S-inhibition heads attend to S2 from END). A sender is marked
+``s_inhibition = 1`` when removing its path to the receivers lowers the normalised logit
+difference by at least :data:`INHIBITION_EFFECT`. The ``class`` column keeps the attention/DLA
+rules of :func:`~interpipe.circuits.heads.classify` (other studies read those classes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from interpipe.circuits import dla, figures
+from interpipe.circuits.copying import copy_scores, name_rows
+from interpipe.circuits.heads import ATTENTION, head_evidence, ioi_positions
+from interpipe.circuits.inhibition import s_inhibition_patch
+from interpipe.circuits.metrics import NormalizedLogitDiff
+from interpipe.circuits.paths import path_patching_support
+from interpipe.io import save_figure
+
+HEAD_CLASS_TASKS = ("ioi",)  # tasks whose prompts have IO once and S twice (interpipe.circuits.heads)
+INHIBITION_EFFECT = 0.05  # an S-inhibition head's path to the name movers carries >= 5 % of the clean - corrupted gap
+COPYING = 0.5  # a head "copies" when the name is in its OV circuit's top 5 for at least half the name positions
+
+
+def resid_after_first_block(bridge: Any) -> str:
+    """The hook holding the residual stream after block 0 (a hook :func:`dla.dla_hooks` already captures)."""
+    return "blocks.1.hook_resid_pre" if bridge.cfg.n_layers > 1 else "ln_final.hook_in"
+
+
+def capture_hooks(bridge: Any) -> list[str]:
+    """Hooks the head-class step reads beyond :func:`dla.dla_hooks` (attention patterns of every layer)."""
+    return [f"blocks.{layer}.attn.hook_pattern" for layer in range(bridge.cfg.n_layers)]
+
+
+def receivers(frame: Any, n: int) -> list[tuple[int, int]]:
+    """The ``n`` name-mover receivers: largest positive direct effect among heads attending to the names."""
+    names = frame[(frame["attn_end_io"] + frame["attn_end_s"] >= ATTENTION) & (frame["direct_effect"] > 0)]
+    top = names.sort_values("direct_effect", ascending=False).head(n)
+    return [(int(r.layer), int(r.head)) for r in top.itertuples()]
+
+
+def senders(frame: Any, targets: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The ``n`` heads before the last receiver's layer that attend most from the end to S."""
+    if not targets:
+        return []
+    last = max(layer for layer, _ in targets)
+    early = frame[(frame["layer"] < last) & ~frame["component"].isin([f"L{l}H{h}" for l, h in targets])]
+    top = early.sort_values("attn_end_s", ascending=False).head(n)
+    return [(int(r.layer), int(r.head)) for r in top.itertuples()]
+
+
+def _copy_columns(bridge: Any, batch: Any, acts: dict, frame: Any, n: int, positions: dict) -> None:
+    frame["copy_score"] = np.nan
+    frame["negative_copy_score"] = np.nan
+    if n <= 0:
+        return
+    chosen = frame.reindex(frame["direct_effect"].abs().sort_values(ascending=False).index).head(n)
+    resid, names = name_rows(batch, acts[resid_after_first_block(bridge)], positions)
+    scores = copy_scores(bridge, resid, names, [(int(r.layer), int(r.head)) for r in chosen.itertuples()])
+    for (layer, head), (pos, neg) in scores.items():
+        at = (frame["layer"] == layer) & (frame["head"] == head)
+        frame.loc[at, ["copy_score", "negative_copy_score"]] = [pos, neg]
+
+
+def _inhibition_columns(bridge: Any, batch: Any, gaps: Any, frame: Any, settings: Any) -> Any:
+    """S-inhibition path effects on the selection half (columns); returns the result, or None when not run."""
+    frame["name_mover_receiver"] = 0
+    frame["s_inhibition_effect"] = np.nan
+    frame["s_inhibition"] = 0
+    targets = receivers(frame, settings.name_movers)
+    sources = senders(frame, targets, settings.inhibition_senders)
+    if not sources or path_patching_support(bridge) is not None:
+        return None
+    rows = batch.half_rows()[0][: settings.inhibition_prompts]
+    half = batch.subset(rows)
+    lds = gaps[:, rows]  # (2, half): clean and corrupted logit differences of the half
+    metric = NormalizedLogitDiff(half.answer_ids, half.foil_ids, clean=float(lds[0].mean()), corrupted=float(lds[1].mean()))
+    result = s_inhibition_patch(bridge, half, sources, targets, "noise", metric, settings.memory_mb)
+    effect = result.effect()  # (layer, head)
+    for layer, head in targets:
+        frame.loc[(frame["layer"] == layer) & (frame["head"] == head), "name_mover_receiver"] = 1
+    for layer, head in sources:
+        frame.loc[(frame["layer"] == layer) & (frame["head"] == head), "s_inhibition_effect"] = float(effect[layer, head])
+    frame["s_inhibition"] = (frame["s_inhibition_effect"] <= -INHIBITION_EFFECT).astype(int)
+    return result
+
+
+def head_classes(bridge: Any, batch: Any, direct: Any, acts: dict, gaps: Any, settings: Any, metrics: dict,
+                 out: Path, title: str) -> tuple[Any, list]:
+    """IOI head evidence and classes of every head (the ``ioi_heads.csv`` frame, ``headline_ioi_heads.png``).
+
+    Args:
+        direct: the DLA result of the clean run; ``acts``: the clean capture at :func:`dla.dla_hooks`
+            and :func:`capture_hooks`; ``gaps``: per-prompt clean and corrupted logit differences ``(2, batch)``.
+
+    Returns:
+        (the frame, the S-inhibition result in a list, empty when it did not run).
+    """
+    import pandas as pd
+
+    from interpipe.circuits.results import CircuitResult
+
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    positions = ioi_positions(batch)
+    frame = pd.DataFrame(head_evidence(bridge, batch, dla.dla_head_grid(direct, n_layers, n_heads).values, acts))
+    _copy_columns(bridge, batch, acts, frame, settings.copy_heads, positions)
+    inhibition = _inhibition_columns(bridge, batch, gaps, frame, settings)
+    for name, count in frame["class"].value_counts().items():
+        if name:
+            metrics[f"heads_{name.split(' (')[0].replace(' ', '_').replace('-', '_')}"] = int(count)
+    metrics["heads_S_inhibition_path"] = int(frame["s_inhibition"].sum())
+    metrics["heads_copying"] = int((frame["copy_score"] >= COPYING).sum())
+    grid = lambda column: torch.tensor(frame[column].to_numpy(dtype=float)).reshape(n_layers, n_heads)  # noqa: E731
+    maps = [CircuitResult("direct effect on IO − S", grid("direct_effect"), ("layer", "head")),
+            CircuitResult("attention end→IO minus end→S", grid("attn_end_io") - grid("attn_end_s"), ("layer", "head")),
+            CircuitResult("attention S2→S1 (duplicate)", grid("attn_s2_s1"), ("layer", "head")),
+            CircuitResult("attention S2→S1+1 (induction)", grid("attn_s2_s1_next"), ("layer", "head")),
+            CircuitResult("OV copy − negative copy score (0: not scored)",
+                          torch.nan_to_num(grid("copy_score") - grid("negative_copy_score")), ("layer", "head")),
+            CircuitResult("S-inhibition: path into name movers' q (0: not a sender)",
+                          torch.nan_to_num(grid("s_inhibition_effect")), ("layer", "head"))]
+    save_figure(figures.heatmaps(maps, f"{title}: IOI head evidence"), out / "headline_ioi_heads.png")
+    return frame, [inhibition] if inhibition is not None else []
