@@ -4,7 +4,7 @@ A stage module is::
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
     def main(cfg):
-        run_stage(cfg, "attribute", lambda settings, out: run_attribute(..., out_dir=out))
+        run_stage(cfg, "attribute", lambda settings, out, record: run_attribute(..., out_dir=out, info=record))
 
 ``run_stage`` validates the whole config first (bad values fail before any model loads),
 seeds everything, lets the library write into a temporary folder beside the output folder,
@@ -75,11 +75,13 @@ def _task_overrides() -> list[str]:
     return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
 
 
-def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict], name: str | None = None,
+def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path, dict], dict], name: str | None = None,
               tags: list[str] | None = None, method: str | None = None, study: str | None = None) -> dict:
-    """Run one stage execution: ``work(settings, tmp_out) -> metrics``.
+    """Run one stage execution: ``work(settings, tmp_out, record) -> metrics``.
 
-    ``settings`` is the validated config object (dataclasses). The returned metrics are
+    ``settings`` is the validated config object (dataclasses); ``record`` is what this execution is
+    (:func:`interpipe.run_record.run_identity`: model origin, seed, config hash, revision), which the
+    library keeps as its results' ``info`` and ``run.json`` repeats with the costs added. The returned metrics are
     written to ``<out>/metrics.json``; everything ``work`` wrote into ``tmp_out`` appears in
     the output folder only if it returns normally. The W&B run is named
     ``<job_type>-<model>[-<method>]``, grouped by pipeline run or sweep
@@ -108,7 +110,7 @@ def run_stage(cfg: DictConfig, job_type: str, work: Callable[[Any, Path], dict],
     study = study or (report.study_of(job_type) if hasattr(report, "study_of") else job_type)
     identity = _run_identity(cfg, settings, job_type, study, method)
     try:
-        metrics = work(settings, tmp)
+        metrics = work(settings, tmp, identity)
         metrics = {**metrics, "stage_seconds": time.perf_counter() - start}
         write_json(tmp / "run.json", build_run_record(identity))
         from interpipe.headline import FILE, headline_metrics, read_headline

@@ -17,7 +17,7 @@ from stages._app import run_stage
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> None:
-    run_stage(cfg, "aggregate", lambda s, out: run_aggregate(s.report, out_dir=out, repo=".", env=os.environ))
+    run_stage(cfg, "aggregate", lambda s, out, _record: run_aggregate(s.report, out_dir=out, repo=".", env=os.environ))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@
 import hydra
 
 from interpipe.attribution import run_attribute
-from interpipe.runtime import git_revision, resolve_device
+from interpipe.runtime import resolve_device
 from stages._app import run_stage
 
 
-def _attribute(s, out):
-    info = {"seed": s.seed, "device": s.device, "dtype": s.dtype, "git_revision": git_revision()}
+def _attribute(s, out, record):
     return run_attribute(s.attribute, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
-                         device=str(resolve_device(s.device)), dtype=s.dtype, info=info)
+                         device=str(resolve_device(s.device)), dtype=s.dtype, info=record)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

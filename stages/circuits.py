@@ -11,9 +11,9 @@ from interpipe.circuits import run_circuits
 from stages._app import run_stage
 
 
-def _circuits(s, out):
+def _circuits(s, out, record):
     return run_circuits(s.circuits, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
-                        model_name=s.model.name, device=s.device, dtype=s.dtype)
+                        model_name=s.model.name, device=s.device, dtype=s.dtype, info=record)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -11,7 +11,7 @@ from interpipe.runtime import resolve_device
 from stages._app import run_stage
 
 
-def _evaluate(s, out):
+def _evaluate(s, out, _record):
     folder = f"{s.paths.models}/{s.model.name}"
     return evaluate_model(folder, s.paths.data, device=str(resolve_device(s.device)), dtype=s.dtype)
 

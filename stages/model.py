@@ -10,7 +10,7 @@ from interpipe.models.build import BuildRequest, build_model
 from stages._app import run_stage
 
 
-def _build(s, out):
+def _build(s, out, _record):
     m = s.model
     request = BuildRequest(name=m.name, source=m.source, kind=m.kind, revision=m.revision,
                            trust_remote_code=m.trust_remote_code, device_map=m.device_map,

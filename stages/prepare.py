@@ -11,7 +11,7 @@ from stages._app import run_stage
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> None:
-    run_stage(cfg, "prepare", lambda s, out: prepare_all(out, s.data), name="prepare")
+    run_stage(cfg, "prepare", lambda s, out, _record: prepare_all(out, s.data), name="prepare")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from interpipe.quant_interp import run_quant_interp
 from stages._app import run_stage
 
 
-def _quant_interp(s, out):
+def _quant_interp(s, out, _record):
     return run_quant_interp(s.quant_interp, out, s.paths.models, s.paths.data, device=s.device, dtype=s.dtype)
 
 

@@ -16,9 +16,10 @@ from interpipe.runtime import resolve_device
 from stages._app import run_stage
 
 
-def _quantize(s, out):
+def _quantize(s, out, record):
     study = run_quantize(s.quantize, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
-                         device=str(resolve_device(s.device)), dtype=s.dtype, seed=s.seed, export_root=s.paths.models)
+                         device=str(resolve_device(s.device)), dtype=s.dtype, seed=s.seed, export_root=s.paths.models,
+                         info=record)
     return study.metrics
 
 

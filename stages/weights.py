@@ -18,10 +18,10 @@ from interpipe.weights import run_weights
 from stages._app import run_stage
 
 
-def _weights(s, out):
+def _weights(s, out, record):
     return run_weights(s.weights, f"{s.paths.models}/{s.model.name}", s.paths.data, out,
                        checkpoint_dir=Path(s.paths.out) / "checkpoint", seed=s.seed,
-                       device=str(resolve_device(s.device)), dtype=s.dtype)
+                       device=str(resolve_device(s.device)), dtype=s.dtype, info=record)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

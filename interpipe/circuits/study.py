@@ -19,7 +19,7 @@ per-head q/k/v inputs) is skipped with a note in ``circuit.json``. It writes
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,14 @@ class TaskCircuit:
 
 
 def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, task: str, out: Path,
-                 model_name: str) -> tuple[dict[str, Any], TaskCircuit | None]:
-    """All analyses of one task, written into ``out``; returns (metrics, circuit or None when unsolved)."""
+                 model_name: str, info: dict | None = None) -> tuple[dict[str, Any], TaskCircuit | None]:
+    """All analyses of one task, written into ``out``; returns (metrics, circuit or None when unsolved).
+
+    ``info.json`` records what produced the folder: ``info`` (the run record: model origin, seed,
+    config hash, revision), the task and the circuit settings.
+    """
     start = time.perf_counter()
+    write_json(out / "info.json", {**(info or {}), "task": task, "model_name": model_name, "settings": asdict(settings)})
     batch = batch_from_task(bridge, data_root, task, settings.prompts_for(task), settings.split, settings.on_mismatch,
                             settings.reference_prompts)
     classed = task in HEAD_CLASS_TASKS
@@ -291,8 +296,12 @@ def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact
 
 
 def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root: str | Path, out_dir: str | Path,
-                 model_name: str = "model", device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
-    """Run the circuit study on every task of ``settings``; returns the flat metrics of the run."""
+                 model_name: str = "model", device: str = "cpu", dtype: str = "float32",
+                 info: dict | None = None) -> dict[str, Any]:
+    """Run the circuit study on every task of ``settings``; returns the flat metrics of the run.
+
+    ``info`` (the run record) is written into every task folder's ``info.json``.
+    """
     from interpipe.runtime import resolve_device
 
     start = time.perf_counter()
@@ -304,7 +313,7 @@ def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root:
     for task in tqdm(settings.tasks, desc="circuits", disable=not settings.progress):
         folder = out_dir / f"{model_name}-{task}"
         folder.mkdir(parents=True, exist_ok=True)
-        task_metrics, circuit = analyse_task(bridge, settings, data_root, task, folder, model_name)
+        task_metrics, circuit = analyse_task(bridge, settings, data_root, task, folder, model_name, info)
         if circuit is not None:
             found[task] = circuit
         for key in SUMMARY:

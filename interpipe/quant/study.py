@@ -174,10 +174,11 @@ def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtyp
 
 def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: str | Path, out_dir: str | Path,
                  device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                 export_root: str | Path | None = None) -> QuantStudyResult:
+                 export_root: str | Path | None = None, info: dict | None = None) -> QuantStudyResult:
     """Run the whole grid of ``settings`` on one model folder and write it under ``out_dir``.
 
     The ``settings.export`` model folders go under ``export_root`` (default ``out_dir/models``).
+    ``info`` (the run record: model origin, seed, config hash, revision) joins every result's info.
     """
     out_dir = Path(out_dir)
     ctx = _prepare(settings, model_folder, data_root, device, dtype)
@@ -199,14 +200,15 @@ def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: s
             bar.update()
         del calib
     bar.close()
-    config_hash = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    settings_hash = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    record = info or {}
     info = {"model": card.name, "source": card.source, "kind": card.kind, "architecture": card.architecture,
             "model_type": arch.spec.model_type, "block_style": arch.style, "norm_kind": arch.spec.norm_kind,
-            "weights_origin": card.extra.get("weights_origin"), "seed": seed, "config_hash": config_hash,
+            "weights_origin": card.extra.get("weights_origin"), "seed": seed, "settings_hash": settings_hash,
             "git_revision": git_revision(),
             "calibration": {"source": settings.calib_source, "examples": first_calib.n_examples,
                             "seeds": list(settings.calib_seeds)},
-            "protocol": _protocol(settings), "skipped_tasks": ctx.end.skipped, "settings": asdict(settings)}
+            "protocol": _protocol(settings), "skipped_tasks": ctx.end.skipped, "settings": asdict(settings), **record}
     results = []
     for (method, tag), per_seed in runs.items():
         metrics = [m for m, _, _ in per_seed]

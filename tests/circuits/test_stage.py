@@ -45,8 +45,11 @@ def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     settings = CircuitSettings(tasks=["sva", "ioi"], n_prompts=8, grids=["resid_pre", "z"], min_logit_gap=-1e9,
                                neuron_ablation=4, overlap=["sva", "ioi"], reference_prompts=8, random_circuits=3,
                                completeness_heads=2)
-    metrics = run_circuits(settings, tiny_folder, data_root, tmp_path, model_name="tiny")
+    record = {"model": {"name": "tiny", "source": str(tiny_folder)}, "seed": 5, "config_hash": "abc123"}
+    metrics = run_circuits(settings, tiny_folder, data_root, tmp_path, model_name="tiny", info=record)
     task = tmp_path / "tiny-sva"
+    info = read_json(task / "info.json")  # what produced the folder: the run record, the task, the settings
+    assert {k: info[k] for k in record} == record and info["task"] == "sva" and info["settings"]["n_prompts"] == 8
     for name in ("metrics.json", "effects.parquet", "circuit.json", "dla.png", "patching.png", "attribution.png",
                  "headline_faithfulness.png", "attention_top_heads.png"):
         assert (task / name).exists(), name

@@ -126,3 +126,27 @@ def test_minilm_embeddings_separate_sentiment(data_root, tmp_path):
     assert metrics["accuracy"] >= 0.75 and metrics["logit_diff"] > 0
     with pytest.raises(ValueError, match="needs a causal LM"):
         evaluate_task(loaded, data_root, "ioi")
+
+
+def test_results_carry_the_run_record(pipeline):
+    """Every result's info holds the run.json fields that say what ran (model origin, seed, config hash, revision)."""
+    paths = [f"paths.data={pipeline}/data", f"paths.models={pipeline}/models", "logger=none"]
+    runs = {
+        "attribute": ["attribute.methods=[saliency,random]", "attribute.n_examples=4", "attribute.operators=[]",
+                      "attribute.layerwise=false", "attribute.n_heatmaps=0"],
+        "quantize": ["quantize.methods=[rtn]", "quantize.bits=[w8a8]", "quantize.calib_seeds=[0]",
+                     "quantize.calib_samples=4", "quantize.eval_samples=4", "quantize.probe_samples=2",
+                     "quantize.save_migrated=false"],
+    }
+    for stage, args in runs.items():
+        proc = run_module(f"stages.{stage}", "model=toy", *args, *paths, "seed=3", f"hydra.run.dir={pipeline}/{stage}/toy")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    infos = {
+        "attribute": json.loads((pipeline / "attribute" / "toy" / "saliency" / "attribution.json").read_text())["info"],
+        "quantize": json.loads((pipeline / "quantize" / "toy" / "toy-rtn-w8a8-paper" / "info.json").read_text()),
+    }
+    for stage, info in infos.items():
+        record = json.loads((pipeline / stage / "toy" / "run.json").read_text())
+        for key in ("stage", "study", "model", "seed", "config_hash", "git_revision", "libraries", "device", "dtype"):
+            assert info[key] == record[key], (stage, key)
+        assert info["seed"] == 3 and info["model"]["name"] == "toy" and info["model"]["source"] == "toy"

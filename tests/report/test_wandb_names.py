@@ -18,7 +18,7 @@ from tests.report.wandb_readback import offline_runs, read_run
 def test_run_stage_names_groups_and_tags_offline_run(tmp_path, monkeypatch):
     monkeypatch.setenv("INTERPIPE_GROUP", "repro-test")
     cfg = compose([f"paths.out={tmp_path / 'out'}", f"logger.dir={tmp_path / 'wandb'}", "logger.mode=offline"])
-    run_stage(cfg, "attribute", lambda s, out: {"ioi/aopc": 0.5}, method="saliency")
+    run_stage(cfg, "attribute", lambda s, out, record: {"ioi/aopc": 0.5}, method="saliency")
     (run_dir,) = offline_runs(tmp_path / "wandb")
     run = read_run(run_dir)
     assert run["name"] == "attribute-toy-saliency"
@@ -36,7 +36,7 @@ def test_background_logging_writes_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setenv("INTERPIPE_WANDB_BACKGROUND", "true")  # what make run sets; conf/logger/wandb.yaml reads it
     cfg = compose([f"paths.out={tmp_path / 'out'}", f"logger.dir={tmp_path / 'wandb'}", "logger.mode=offline"])
     assert cfg.logger.background is True
-    run_stage(cfg, "attribute", lambda s, out: {"ioi/aopc": 0.25}, method="saliency")
+    run_stage(cfg, "attribute", lambda s, out, record: {"ioi/aopc": 0.25}, method="saliency")
     assert list((tmp_path / "wandb" / "wandb" / PENDING).glob("*.json"))  # handed off, not yet written
     assert wait_for_pending(tmp_path / "wandb", timeout=120) == []
     (run_dir,) = offline_runs(tmp_path / "wandb")
