@@ -55,7 +55,10 @@ def paired_effects(fp_effects: Any, quantized_effects: Any) -> Any:
 
 
 def effect_correlation(paired: Any, n_resamples: int) -> Interval:
-    """Pearson's r of the FP vs quantized per-head effects, paired bootstrap interval over heads."""
+    """Pearson's r of the FP vs quantized per-head effects, paired bootstrap interval over heads
+    (NaN when either model's task was unsolved, so its effects were never patched)."""
+    if paired[["effect_fp", "effect_quantized"]].isna().any().any():
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
     return bootstrap(paired["effect_fp"].to_numpy(), paired["effect_quantized"].to_numpy(), statistic=pearson,
                      n_resamples=n_resamples)
 

@@ -117,14 +117,18 @@ def read_circuit_run(roots: Roots, model: str, task: str, effect_method: str) ->
     effects = pd.read_parquet(folder / "effects.parquet")
     chosen = effects[(effects["analysis"] == "z_head") & (effects["method"] == effect_method)
                      & (effects["direction"] == "denoising")]
-    if chosen.empty:
+    metrics = read_json(folder / "metrics.json")
+    classes = pd.read_csv(folder / "ioi_heads.csv", keep_default_na=False)
+    if chosen.empty and not metrics.get("solved", 1):
+        # an unsolved task gets DLA and the logit lens only (no patching): its per-head effects are unknown
+        chosen = classes[["layer", "head"]].assign(effect=float("nan"))
+    elif chosen.empty:
         found = sorted(set(effects.loc[effects["analysis"] == "z_head", "method"]))
         raise ValueError(f"{folder / 'effects.parquet'} has no z_head {effect_method} denoising effects "
                          f"(it has z_head methods {found}); set quant_interp.effect_method to one of them")
     components = list(circuit["components"])
-    return CircuitRun(model, read_json(folder / "metrics.json"), [c for c in components if "H" in c], components,
-                      chosen[["layer", "head", "effect"]].astype({"layer": int, "head": int}),
-                      pd.read_csv(folder / "ioi_heads.csv", keep_default_na=False))
+    return CircuitRun(model, metrics, [c for c in components if "H" in c], components,
+                      chosen[["layer", "head", "effect"]].astype({"layer": int, "head": int}), classes)
 
 
 def circuit_settings(roots: Roots, model: str) -> CircuitSettings:

@@ -146,3 +146,18 @@ def test_tokenizers_must_match(tmp_path):
     check_same_tokenizer(tmp_path / "fp", tmp_path / "same", prompts)
     with pytest.raises(ValueError, match="must keep its FP model's tokenizer"):
         check_same_tokenizer(tmp_path / "fp", tmp_path / "other", prompts)
+
+
+def test_unsolved_quantized_task_has_no_effect_correlation():
+    """A task the quantized model fails gets no patching: its effects are unknown, not zero."""
+    import math
+
+    import pandas as pd
+
+    from interpipe.quant_interp.compare import effect_correlation, paired_effects
+
+    fp = pd.DataFrame({"layer": [0, 0, 1], "head": [0, 1, 0], "effect": [0.5, 0.1, -0.2]})
+    unsolved = fp.assign(effect=float("nan"))
+    r = effect_correlation(paired_effects(fp, unsolved), 200)
+    assert math.isnan(r.estimate) and r.n == 0
+    assert effect_correlation(paired_effects(fp, fp), 200).estimate == 1.0
