@@ -39,6 +39,7 @@ class Pair:
 
     fp: str
     quantized: str
+    attribution: bool = True  # compare the attribute stage's results too (both models need them)
 
     @property
     def setting(self) -> tuple[str, str]:
@@ -64,17 +65,18 @@ class Roots:
 
 
 def pairs_of(settings: QuantInterpSettings) -> list[Pair]:
-    return [Pair(str(p["fp"]), str(p["quantized"])) for p in settings.pairs]
+    return [Pair(str(p["fp"]), str(p["quantized"]), bool(p.get("attribution", True))) for p in settings.pairs]
 
 
 def missing_inputs(pairs: list[Pair], roots: Roots, task: str, attribution: bool) -> list[str]:
     """One message per missing folder or file: what it is and the DVC stage that makes it."""
     problems = []
     fp_of = {**{p.quantized: p.fp for p in pairs}, **{p.fp: p.fp for p in pairs}}  # model -> its FP model
+    attributed = {m for p in pairs if p.attribution for m in (p.fp, p.quantized)}
     for name, fp in fp_of.items():
         wanted = [("model" if name == fp else "export", roots.models / name),
                   *[("circuits", roots.circuit_folder(name, task) / f) for f in CIRCUIT_FILES]]
-        if attribution:
+        if attribution and name in attributed:
             wanted.append(("attribute", roots.attribute / name))
         for kind, path in wanted:
             if not path.exists():

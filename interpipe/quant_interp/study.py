@@ -78,7 +78,7 @@ def compare_pair(pair: Pair, fp_run: CircuitRun, fp_model: Any, circuits: Circui
     classes = compare.head_class_table(fp_run.head_classes, q_run.head_classes, paired, fp_run.heads, q_run.heads)
     result = PairResult(pair, intervals, _circuit_numbers(fp_run, q_run), paired, classes,
                         compare.class_survival(classes, settings.bootstrap_resamples))
-    if settings.attribution:
+    if settings.attribution and pair.attribution:
         for method in attribution_methods(roots, pair.fp, pair.quantized):
             summary, per_example = drift.method_drift(roots.attribute / pair.fp / method,
                                                       roots.attribute / pair.quantized / method,

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 TASKS = ("ioi",)  # the head classes (interpipe.circuits.heads) exist for IOI only
 EFFECT_METHODS = ("attribution", "exact")  # which z_head patching effects are correlated (exact: models that ran it)
 
 
-def _default_pairs() -> list[dict[str, str]]:
-    return [{"fp": fp, "quantized": f"{fp}-{setting}"} for fp in ("toy", "smollm2")
-            for setting in ("rtn-w6a6", "osplus-w6a6")]
+def _default_pairs() -> list[dict[str, Any]]:
+    """RTN and OS+ W6A6 of toy and smollm2; the toy's without attribution drift (time budget)."""
+    return [{"fp": fp, "quantized": f"{fp}-{setting}", **({"attribution": False} if fp == "toy" else {})}
+            for fp in ("toy", "smollm2") for setting in ("rtn-w6a6", "osplus-w6a6")]
 
 
 @dataclass
 class QuantInterpSettings:
     """Settings of the study that compares FP and quantized models' circuits and attributions."""
 
-    pairs: list[dict[str, str]] = field(default_factory=_default_pairs)  # {fp: <model>, quantized: <model>} each
+    pairs: list[dict[str, Any]] = field(default_factory=_default_pairs)  # {fp, quantized[, attribution: false]} each
     task: str = "ioi"  # the circuit task compared
     circuits_root: str = "outputs/circuits"  # <root>/<model>/<model>-<task>/: the circuits stage's outputs
     attribute_root: str = "outputs/attribute"  # <root>/<model>/<method>/: the attribute stage's outputs
@@ -32,9 +34,9 @@ class QuantInterpSettings:
             raise ValueError("quant_interp.pairs is empty: list at least one {fp: <model>, quantized: <model>}")
         for i, pair in enumerate(self.pairs):
             keys = set(dict(pair))
-            if keys != {"fp", "quantized"}:
-                raise ValueError(f"quant_interp.pairs[{i}]={dict(pair)} must have exactly the keys fp and quantized "
-                                 f"(e.g. {{fp: toy, quantized: toy-rtn-w6a6}})")
+            if not {"fp", "quantized"} <= keys <= {"fp", "quantized", "attribution"}:
+                raise ValueError(f"quant_interp.pairs[{i}]={dict(pair)} must have the keys fp and quantized and "
+                                 f"optionally attribution (e.g. {{fp: toy, quantized: toy-rtn-w6a6, attribution: false}})")
             empty = [k for k in ("fp", "quantized") if not str(pair[k] or "").strip()]
             if empty:
                 raise ValueError(f"quant_interp.pairs[{i}].{empty[0]} is empty: name a folder under paths.models")

@@ -101,7 +101,7 @@ def test_pair_setting_and_settings_validation():
 
     assert Pair("smollm2", "smollm2-osplus-w6a6").setting == ("osplus", "w6a6")
     assert Pair("toy", "toy-rtn-w4a8").setting == ("rtn", "w4a8")
-    with pytest.raises(ValueError, match="exactly the keys fp and quantized"):
+    with pytest.raises(ValueError, match="must have the keys fp and quantized"):
         QuantInterpSettings(pairs=[{"fp": "toy", "q": "toy-rtn-w6a6"}])
     with pytest.raises(ValueError, match="pairs is empty"):
         QuantInterpSettings(pairs=[])
