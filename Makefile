@@ -17,8 +17,10 @@ PIP_INDEXES := $(sort $(PIP_EXTRA_INDEX_URL) $(shell $(PYTHON) -m pip config get
 INSTALLER ?= uv
 ifeq ($(INSTALLER),uv)
 GET_INSTALLER = $(BIN)/pip install -q uv==0.13.8
+# (a find-links folder that does not exist is skipped, as pip does; uv would stop on it)
 INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
-	$(foreach l,$(PIP_LINKS),--find-links $(l)) $(foreach i,$(PIP_INDEXES),--extra-index-url $(i))
+	$(foreach l,$(PIP_LINKS),$(if $(or $(findstring ://,$(l)),$(wildcard $(l))),--find-links $(l))) \
+	$(foreach i,$(PIP_INDEXES),--extra-index-url $(i))
 else
 GET_INSTALLER = $(BIN)/pip install -q --upgrade pip
 INSTALL = $(BIN)/pip install -q
