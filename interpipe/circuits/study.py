@@ -80,7 +80,7 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
         tables += paths_in
     found = None
     if metrics["solved"]:
-        halves = _halves(bridge, batch, settings)
+        halves = ablation_halves(bridge, batch, settings)
         kw = {"metric": _metric(bridge, halves[0][0])[0], "memory_mb": settings.memory_mb}
         exact, estimates = _patching(bridge, halves[0][0], settings, kw, metrics, tables, out, title)
         found = _discover(bridge, halves, settings, kw, exact, estimates, metrics, tables, out, title)
@@ -93,7 +93,7 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
     return metrics, found
 
 
-def _halves(bridge: Any, batch: Any, settings: CircuitSettings) -> list[tuple[Any, dict]]:
+def ablation_halves(bridge: Any, batch: Any, settings: CircuitSettings) -> list[tuple[Any, dict]]:
     """[(selection half, its ablation values), (held-out half, its ablation values)]: the reference
     distribution is captured once for the whole batch and cut to each half."""
     hooks = sorted({c.hook for c in scoring.pool(bridge, settings.ablate_mlps)})

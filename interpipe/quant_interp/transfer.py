@@ -1,6 +1,6 @@
 """The FP circuit inside the quantized model, and the clean logit difference the quantized model keeps.
 
-The prompts are the FP circuits run's own (its ``n_prompts`` first test examples, the same
+The prompts are the FP circuits run's own (its first test examples, as many as it ran on the task, the same
 reference distribution for the template-aligned mean ablation); the FP circuit is scored on their
 held-out half exactly as the circuit study scores a circuit (:func:`interpipe.circuits.scoring.score_heldout`:
 every pool head outside the circuit mean-ablated, ratio-of-means and per-prompt faithfulness with
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpipe.circuits import ablation, scoring
+from interpipe.circuits import scoring
 from interpipe.circuits.bridge import PromptBatch, batch_from_task
 from interpipe.circuits.metrics import logit_diff
 from interpipe.settings.circuits import CircuitSettings
@@ -28,8 +28,8 @@ from interpipe.stats import Interval, bootstrap
 
 
 def circuit_batch(bridge: Any, settings: CircuitSettings, data_root: Any, task: str) -> PromptBatch:
-    """The circuits run's batch of ``task`` (its ``n_prompts``, split and mean-ablation reference) in ``bridge``."""
-    return batch_from_task(bridge, data_root, task, settings.n_prompts, settings.split, settings.on_mismatch,
+    """The circuits run's batch of ``task`` (its prompt count for the task, split and mean-ablation reference) in ``bridge``."""
+    return batch_from_task(bridge, data_root, task, settings.prompts_for(task), settings.split, settings.on_mismatch,
                            settings.reference_prompts)
 
 
@@ -56,12 +56,11 @@ def heldout_clean_ld(model: Any, batch: PromptBatch) -> np.ndarray:
 
 def heldout_scorer(bridge: Any, batch: PromptBatch, settings: CircuitSettings, memory_mb: float) -> scoring.Scorer:
     """The scorer of the held-out half, its ablation means taken over the whole batch's reference (as the study)."""
-    components = scoring.pool(bridge, settings.ablate_mlps)
-    sources = ablation.ablation_sources(bridge, batch, sorted({c.hook for c in components}), settings.ablation)
-    rows = batch.half_rows()[1]
-    half = batch.subset(rows)
-    return scoring.Scorer(bridge, half, components, settings.ablation, memory_mb,
-                          sources=ablation.subset_sources(sources, rows, half.n_pos))
+    from interpipe.circuits.study import ablation_halves
+
+    half, sources = ablation_halves(bridge, batch, settings)[1]
+    return scoring.Scorer(bridge, half, scoring.pool(bridge, settings.ablate_mlps), settings.ablation, memory_mb,
+                          sources=sources)
 
 
 def score_fp_circuit(scorer: scoring.Scorer, circuit: list[str], n_random: int) -> dict[str, float]:

@@ -161,3 +161,15 @@ def test_unsolved_quantized_task_has_no_effect_correlation():
     r = effect_correlation(paired_effects(fp, unsolved), 200)
     assert math.isnan(r.estimate) and r.n == 0
     assert effect_correlation(paired_effects(fp, fp), 200).estimate == 1.0
+
+
+def test_fp_circuit_is_scored_on_the_fp_runs_own_prompt_count(monkeypatch):
+    """A per-task prompt count (circuits.task_prompts) is what the FP run used, so it is what is scored."""
+    from interpipe.quant_interp import transfer
+    from interpipe.settings.circuits import CircuitSettings
+
+    seen = {}
+    monkeypatch.setattr(transfer, "batch_from_task", lambda bridge, root, task, n, *rest: seen.setdefault(task, n))
+    transfer.circuit_batch(None, CircuitSettings(tasks=["ioi"], n_prompts=6, task_prompts={"ioi": 64}), "data", "ioi")
+    transfer.circuit_batch(None, CircuitSettings(tasks=["sva"], n_prompts=6), "data", "sva")
+    assert seen == {"ioi": 64, "sva": 6}
