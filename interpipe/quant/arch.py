@@ -209,12 +209,10 @@ def input_shifts_of(model: nn.Module) -> dict[str, Tensor]:
 # --- post-LN shortcut restore (gamma migration) -------------------------------------------------
 
 def _shortcut_hook(module: nn.Module, args: tuple, kwargs: dict):
+    from interpipe.quant.recipe import restore_residual
+
     scale, shift = getattr(module, SHORTCUT_ATTR)  # (d_model,), (d_model,)
-    if "input_tensor" in kwargs:
-        residual = kwargs["input_tensor"]
-        return args, {**kwargs, "input_tensor": residual * scale.to(residual) + shift.to(residual)}
-    hidden, residual, *rest = args
-    return (hidden, residual * scale.to(residual) + shift.to(residual), *rest), kwargs
+    return restore_residual(args, kwargs, scale, shift)
 
 
 def install_shortcut(module: nn.Module, scale: Tensor, shift: Tensor) -> None:

@@ -142,6 +142,16 @@ class OutputOffset:
         return out + self.offset.to(out)
 
 
+def restore_residual(args: tuple, kwargs: dict, scale: Tensor, shift: Tensor) -> tuple[tuple, dict]:
+    """A post-LN residual module's ``(args, kwargs)`` with its residual input ``h~`` made ``h~ * s + z``
+    (``BertSelfOutput``/``BertOutput``: ``input_tensor``, by keyword or second positional)."""
+    if "input_tensor" in kwargs:
+        r = kwargs["input_tensor"]
+        return args, {**kwargs, "input_tensor": r * scale.to(r) + shift.to(r)}
+    hidden, r, *rest = args
+    return (hidden, r * scale.to(r) + shift.to(r), *rest), kwargs
+
+
 class ShortcutRestore:
     """Forward pre-hook of a post-LN residual module: its residual input ``h~`` becomes ``h~ * s + z``."""
 
@@ -149,11 +159,7 @@ class ShortcutRestore:
         self.scale, self.shift = scale, shift
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
-        if "input_tensor" in kwargs:
-            r = kwargs["input_tensor"]
-            return args, {**kwargs, "input_tensor": r * self.scale.to(r) + self.shift.to(r)}
-        hidden, r, *rest = args
-        return (hidden, r * self.scale.to(r) + self.shift.to(r), *rest), kwargs
+        return restore_residual(args, kwargs, self.scale, self.shift)
 
 
 @dataclass
