@@ -33,6 +33,7 @@ from interpipe.models.tokens import answer_token_id
 from interpipe.quant.arch import get_module
 from interpipe.quant.calibrate import Batch, make_batches, token_rows
 from interpipe.quant.layers import ErrorStats, QuantLinear, TokenMask
+from interpipe.typing import Float, Int, Tensor
 
 
 def _spread(n_total: int, n: int) -> list[int]:
@@ -143,7 +144,8 @@ class EndMetrics:
                 embs.append(F.normalize(pooled.float(), dim=-1).cpu())
             raw["emb"] = torch.cat(embs)
         else:
-            raw["pred"] = torch.cat([self._forward(model, b, tokens)[1].logits.argmax(-1).cpu() for b in self.text_batches])
+            raw["logits"] = torch.cat([self._forward(model, b, tokens)[1].logits.float().cpu()
+                                       for b in self.text_batches])  # (n, classes)
         return raw
 
     def compare(self, fp: dict[str, torch.Tensor], q: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -184,11 +186,24 @@ class EndMetrics:
             m["nn_agreement"] = float((nn_fp == nn_q).float().mean())
             m["self_retrieval"] = float(((e_q @ e_fp.T).argmax(-1) == torch.arange(len(e_fp))).float().mean())
         else:
-            m["fp_acc"] = float((fp["pred"] == self.labels).float().mean())
-            m["acc"] = float((q["pred"] == self.labels).float().mean())
+            fp_pred, q_pred = fp["logits"].argmax(-1), q["logits"].argmax(-1)  # (n,)
+            m["fp_acc"] = float((fp_pred == self.labels).float().mean())
+            m["acc"] = float((q_pred == self.labels).float().mean())
             m["acc_drop"] = m["fp_acc"] - m["acc"]
-            m["pred_agreement"] = float((q["pred"] == fp["pred"]).float().mean())
+            m["pred_agreement"] = float((q_pred == fp_pred).float().mean())
+            # accuracy saturates on an easy task; the margin moves before any prediction flips
+            m["fp_margin"], m["margin"] = _margin(fp["logits"], self.labels), _margin(q["logits"], self.labels)
+            m["margin_drop"] = m["fp_margin"] - m["margin"]
         return m
+
+
+def _margin(logits: Float[Tensor, "n classes"], labels: Int[Tensor, " n"]) -> float:
+    """Mean logit margin of the gold class over the best other class."""
+    rows = torch.arange(len(labels))
+    gold = logits[rows, labels]  # (n,)
+    other = logits.clone()
+    other[rows, labels] = float("-inf")
+    return float((gold - other.max(-1).values).mean())
 
 
 @torch.no_grad()

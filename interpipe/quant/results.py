@@ -20,15 +20,15 @@ from interpipe.quant import figures
 from interpipe.stats import seed_interval, to_metrics
 
 HEADLINE_METRICS = {  # what a results section quotes per model kind (lower is better for every one)
-    "causal_lm": ["loss_delta", "ppl_delta", "task_acc_drop", "logit_diff_drop"],  # loss: ppl explodes at low bits
+    "causal_lm": ["loss_delta", "task_acc_drop", "logit_diff_drop"],  # loss, not ppl: ppl explodes at low bits
     "encoder": ["cos_drop"],
-    "sequence_classifier": ["acc_drop"],
+    "sequence_classifier": ["acc_drop", "margin_drop"],  # margin: moves before a prediction on an easy task flips
 }
 EVAL_SET = {"ppl_delta": "corpus", "loss_delta": "corpus", "task_acc_drop": "tasks", "logit_diff_drop": "tasks",
-            "cos_drop": "sentiment+corpus", "acc_drop": "sentiment", "fp_ppl": "corpus", "fp_loss": "corpus",
-            "fp_task_acc": "tasks", "fp_logit_diff": "tasks", "fp_acc": "sentiment"}  # the held-out set a metric is on
+            "cos_drop": "sentiment+corpus", "acc_drop": "sentiment", "margin_drop": "sentiment", "fp_ppl": "corpus", "fp_loss": "corpus",
+            "fp_task_acc": "tasks", "fp_logit_diff": "tasks", "fp_acc": "sentiment", "fp_margin": "sentiment"}  # the held-out set a metric is on
 FP_METRICS = {"causal_lm": ["fp_ppl", "fp_loss", "fp_task_acc", "fp_logit_diff"], "encoder": [],
-              "sequence_classifier": ["fp_acc"]}
+              "sequence_classifier": ["fp_acc", "fp_margin"]}
 
 
 def headline(kind: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 MIGRATIONS = ("smoothquant", "osplus", "osplus_shift", "osplus_scale")  # osplus_shift/_scale: OS+ ablations
 METHODS = ("rtn",) + MIGRATIONS
+ABLATIONS = ("osplus_shift", "osplus_scale")  # OS+ with only its shift / only its scale
 LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")  # quantizable linears: q/k/v, attention output, MLP in/out, heads
 MIN_BITS, MAX_BITS = 2, 16  # 16 bits means "not quantized" (the papers' W16 / A16: FP16)
 W_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
@@ -94,6 +95,7 @@ class QuantSettings:
     calib_samples: int = 32  # small for the embedded pipeline; the papers use 128-512
     calib_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each seed draws its own calibration texts
     spread_bits: list[str] = field(default_factory=lambda: ["w6a6"])  # bits that run every calib seed ([] = all); others the first
+    ablation_bits: list[str] = field(default_factory=list)  # bits the OS+ ablations (osplus_shift/_scale) run at ([] = all)
     eval_samples: int = 64  # per task / corpus split for the end metrics
     probe_samples: int = 32  # held-out texts for per-layer errors and the equivalence check
     max_length: int = 64  # tokens per example
@@ -118,7 +120,7 @@ class QuantSettings:
             raise ValueError("quantize.methods and quantize.bits must not be empty")
         for tag in self.bits:
             parse_bits(tag)
-        for tag in self.spread_bits:
+        for tag in (*self.spread_bits, *self.ablation_bits):  # entries outside quantize.bits select nothing
             parse_bits(tag)
         for key, value, allowed in (("protocol", self.protocol, PROTOCOLS), ("observer", self.observer, OBSERVERS),
                                     ("w_granularity", self.w_granularity, W_GRANULARITIES),
@@ -162,5 +164,6 @@ class QuantSettings:
         return list(self.calib_seeds) if not self.spread_bits or tag in self.spread_bits else list(self.calib_seeds[:1])
 
     def grid(self) -> list[tuple[str, str]]:
-        """Every ``(method, bits)`` setting, methods outermost."""
-        return [(m, b) for m in self.methods for b in self.bits]
+        """Every ``(method, bits)`` setting, methods outermost; the OS+ ablations only at ``ablation_bits``."""
+        return [(m, b) for m in self.methods for b in self.bits
+                if m not in ABLATIONS or not self.ablation_bits or b in self.ablation_bits]

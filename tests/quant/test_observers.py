@@ -109,5 +109,17 @@ def test_protocols_and_folder_tags():
     assert custom.tag_of("w6a6") == "wperchannel-asym-apertensor"
     assert QuantSettings(spread_bits=["w6a6"]).seeds_of("w8a8") == [0]
     assert QuantSettings(spread_bits=[]).seeds_of("w8a8") == [0, 1, 2]
+
+
+def test_ablations_run_only_at_their_bits():
+    methods = ["rtn", "osplus", "osplus_shift", "osplus_scale"]
+    grid = QuantSettings(methods=methods, bits=["w8a8", "w6a6", "w4a4"], ablation_bits=["w6a6"]).grid()
+    assert grid == [("rtn", "w8a8"), ("rtn", "w6a6"), ("rtn", "w4a4"), ("osplus", "w8a8"), ("osplus", "w6a6"),
+                    ("osplus", "w4a4"), ("osplus_shift", "w6a6"), ("osplus_scale", "w6a6")]
+    assert len(QuantSettings(methods=methods, bits=["w8a8", "w6a6"]).grid()) == 8  # [] = every bits setting
+    with pytest.raises(ValueError, match="quantize.export entry 'osplus_shift-w8a8'"):
+        QuantSettings(methods=methods, bits=["w8a8", "w6a6"], ablation_bits=["w6a6"], export=["osplus_shift-w8a8"])
+    with pytest.raises(ValueError, match="w6"):
+        QuantSettings(ablation_bits=["w6"])
     with pytest.raises(ValueError, match="quantize.protocol='opt'"):
         QuantSettings(protocol="opt")

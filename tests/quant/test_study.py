@@ -100,6 +100,20 @@ def test_classifier_accuracy_on_random_head(tmp_path, data_root):
     assert study.settings[1].metrics["equiv_rel_diff"] < 1e-4
 
 
+def test_classifier_margin_by_hand():
+    from interpipe.quant.metrics import EndMetrics
+
+    end = EndMetrics.__new__(EndMetrics)
+    end.kind, end.labels = "sequence_classifier", torch.tensor([0, 1, 2])
+    fp = {"logits": torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 3.0], [0.0, 0.0, 5.0]])}
+    q = {"logits": torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 3.0], [0.0, 1.0, 2.0]])}
+    m = end.compare(fp, q)
+    # gold minus best other: fp (2, -2, 5) -> 5/3; q (0.5, -2, 1) -> -0.5/3
+    assert m["fp_margin"] == pytest.approx(5 / 3) and m["margin"] == pytest.approx(-0.5 / 3)
+    assert m["margin_drop"] == pytest.approx(5.5 / 3)
+    assert m["fp_acc"] == pytest.approx(2 / 3) and m["acc"] == pytest.approx(2 / 3) and m["pred_agreement"] == 1.0
+
+
 @pytest.mark.parametrize("bits", ["w1a8", "w8a17", "w0a0", "8bit"])
 def test_bad_bits_fail_in_settings(bits):
     with pytest.raises(ValueError, match="quantize.bits"):
