@@ -107,3 +107,42 @@ def make_repo(root: Path) -> Path:
     (out / "broken" / "metrics.json").write_text("{not json")
     write_metrics(out / "report", {"n_runs": 99})  # the previous report
     return root
+
+
+def write_noisy_png(path: Path, width: int, height: int, seed: int) -> None:
+    """A figure-sized PNG that compresses about as badly as a dense matplotlib figure."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+    band = slice(height // 4, height // 4 + max(height // 6, 1))  # a noisy band: dots, lines, heatmap cells
+    pixels[band] = rng.integers(0, 256, size=pixels[band].shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+HEADLINE_STAGES = {"attribute": "attribution", "circuits": "circuits", "talking_heads": "weights",
+                   "quantize": "quantization", "quant_interp": "quant_interp"}  # stage -> study of its headline block
+
+
+def make_full_size_repo(root: Path, n_figures: int = 80) -> Path:
+    """:func:`make_repo` at the default pipeline's scale: a headline block for every study of
+    :data:`HEADLINE_STAGES` with a full-size key figure, and ``n_figures`` more figures (thumbnails)."""
+    make_repo(root)
+    out = root / "outputs"
+    header = "model,task,method,metric,value,ci_low,ci_high,baseline,baseline_value\n"
+    for i, stage in enumerate(s for s in HEADLINE_STAGES if s != "attribute"):
+        folder = out / stage / ("toy" if stage != "quant_interp" else "")
+        write_run(folder, stage, "toy", {"model": {"name": "toy"}, "stage": stage})
+        write_metrics(folder, {"headline_value": 0.5 + i})
+        rows = "".join(f"{model},ioi,m{j},score,{0.5 + j / 10},{0.4 + j / 10},{0.6 + j / 10},random,0.1\n"
+                       for j in range(8) for model in ("toy", "smollm2"))
+        (folder / "headline.csv").write_text(header + rows)
+        write_noisy_png(folder / "headline_key.png", 1200, 600, seed=i)
+    per_stage = -(-n_figures // len(HEADLINE_STAGES))
+    for i in range(n_figures):
+        stage = list(HEADLINE_STAGES)[i // per_stage]
+        folder = out / stage / ("toy" if stage != "quant_interp" else "")
+        write_noisy_png(folder / f"figure_{i:03d}.png", 1000, 500, seed=100 + i)
+    return root

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from interpipe.report import ReportSettings, run_aggregate
-from tests.report.synthetic import make_repo
+from tests.report.synthetic import HEADLINE_STAGES, make_full_size_repo, make_repo
 
 CHROMIUM = os.environ.get("INTERPIPE_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -49,6 +49,7 @@ def check_page(page_path: Path, screenshot: Path) -> dict:
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
             page.goto(page_path.resolve().as_uri(), wait_until="load")
+            load_ms = page.evaluate("() => performance.getEntriesByType('navigation')[0].loadEventEnd")
             headlines = page.evaluate(
                 "() => Array.from(document.querySelectorAll('.headline')).map(h => ({study: h.dataset.study, "
                 "rows: h.querySelector('table').querySelectorAll('tr').length, images: h.querySelectorAll('img').length, "
@@ -60,7 +61,7 @@ def check_page(page_path: Path, screenshot: Path) -> dict:
         finally:
             browser.close()
     return {"errors": errors, "images": images, "broken": [i["src"] for i in images if not i["ok"]],
-            "headlines": headlines}
+            "headlines": headlines, "load_ms": load_ms}
 
 
 def test_report_page_in_chromium(tmp_path):
@@ -77,3 +78,20 @@ def test_report_page_in_chromium(tmp_path):
     assert result["headlines"] == [{"study": "attribution", "rows": 4, "images": 1, "tables": 1}]  # + operators.csv
     assert result["broken"] == []
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def test_full_size_report_loads_within_two_seconds(tmp_path):
+    """The page at the default pipeline's scale (a headline block per study, ~80 more figures; the
+    real page is ~4.7 MB) opens in under 2 s, with every headline block and every image."""
+    _require_browser()
+    root = make_full_size_repo(tmp_path / "repo", n_figures=80)
+    out = root / "outputs" / "report"
+    run_aggregate(ReportSettings(), out_dir=out, repo=root, env={})
+    page = out / "index.html"
+    assert page.stat().st_size > 2_000_000  # at scale: a page this size would fail a slower rendering
+    result = check_page(page, tmp_path / "full-page.png")
+    assert result["errors"] == [] and result["broken"] == []
+    assert len(result["images"]) >= 80 + len(HEADLINE_STAGES)
+    assert sorted(h["study"] for h in result["headlines"]) == sorted(HEADLINE_STAGES.values())
+    assert all(h["images"] >= 1 and h["rows"] > 1 for h in result["headlines"]), result["headlines"]
+    assert 0 < result["load_ms"] < 2000, f"the report page took {result['load_ms']:.0f} ms to load"
