@@ -292,16 +292,10 @@ def run_variants(bridge: Any, tokens: TokenIds, answer_pos: Int[Tensor, "batch"]
     prefix = max(0, min(int(prefix), int(answer_pos.min())))
     if prefix:
         variants = [[q for q in (_shift(p, prefix) for p in v) if q is not None] for v in variants]
-    for variant in variants:
-        for patch in variant:
-            check_hook(bridge, patch.hook)
-            if patch.hook not in sources and source_tokens is None:
-                raise KeyError(f"no source values for hook {patch.hook!r}")
-    first_layer = [min((hook_layer(p.hook) if hook_layer(p.hook) is not None else -1 for p in v), default=bridge.cfg.n_layers - 1)
-                   for v in variants]
+    _check_sources(bridge, variants, sources, source_tokens is not None)
+    first_layer = [_first_layer(bridge, v) for v in variants]
     order = sorted(range(len(variants)), key=lambda i: first_layer[i])
-    split = bool(getattr(bridge.cfg, "use_split_qkv_input", False))
-    size = chunk_size(bridge, batch, n_pos, memory_mb, split)
+    size = chunk_size(bridge, batch, n_pos, memory_mb, bool(getattr(bridge.cfg, "use_split_qkv_input", False)))
     chunks = _chunks(bridge, order, first_layer, size, batch * (n_pos - prefix))
     lead = 0
     if source_tokens is not None:
@@ -314,40 +308,82 @@ def run_variants(bridge: Any, tokens: TokenIds, answer_pos: Int[Tensor, "batch"]
             prefix_cache = source_cache if prefix_cache is None else prefix_cache
     cache = None
     if prefix:
-        cache = prefix_cache
-        if cache is None:
-            with torch.no_grad():
-                _, cache = bridge(tokens[:, :prefix], return_type="logits_and_cache")  # K/V of the shared prefix
+        cache = prefix_cache if prefix_cache is not None else _prefix_cache(bridge, tokens, prefix)
         tokens, answer_pos = tokens[:, prefix:], answer_pos - prefix
         source_tokens = None if source_tokens is None else source_tokens[:, prefix:]
+    run = _PatchedRun(bridge, tokens, answer_pos, source_tokens if lead else None, sources, variants, first_layer,
+                      metric, prefix, n_pos, cache)
     results: list[Tensor | None] = [None] * len(variants)
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        n = len(chunk)
+        for i, value in zip(chunk, run.evaluate(chunk)):
+            results[i] = value
+    return torch.stack(results)  # type: ignore[arg-type]
+
+
+def _check_sources(bridge: Any, variants: Sequence[Variant], sources: Mapping[str, Tensor], live_source: bool) -> None:
+    """Every patched hook exists and has source values (given, or live from the source run)."""
+    for variant in variants:
+        for patch in variant:
+            check_hook(bridge, patch.hook)
+            if patch.hook not in sources and not live_source:
+                raise KeyError(f"no source values for hook {patch.hook!r}")
+
+
+def _first_layer(bridge: Any, variant: Variant) -> int:
+    """The earliest block a variant patches (-1: before the first block; no patch: the last block)."""
+    layers = (hook_layer(p.hook) if hook_layer(p.hook) is not None else -1 for p in variant)
+    return min(layers, default=bridge.cfg.n_layers - 1)
+
+
+def _prefix_cache(bridge: Any, tokens: TokenIds, prefix: int) -> Any:
+    """Keys/values of the shared prefix ``tokens[:, :prefix]``."""
+    with torch.no_grad():
+        _, cache = bridge(tokens[:, :prefix], return_type="logits_and_cache")
+    return cache
+
+
+@dataclass
+class _PatchedRun:
+    """One :func:`run_variants` call's shared inputs; :meth:`evaluate` runs one chunk of variants in one forward."""
+
+    bridge: Any
+    tokens: TokenIds  # (batch, pos after the prefix) the run being patched
+    answer_pos: Int[Tensor, "batch"]  # counted after the prefix
+    source_tokens: TokenIds | None  # (batch, pos after the prefix) riding along in front, or None
+    sources: Mapping[str, Tensor]
+    variants: Sequence[Variant]
+    first_layer: list[int]
+    metric: Metric
+    prefix: int
+    n_pos: int  # positions including the prefix
+    cache: Any  # the prefix's keys/values, or None
+
+    def evaluate(self, chunk: list[int]) -> Tensor:
+        """``metric`` of each variant in ``chunk`` (``[len(chunk), ...]``)."""
+        n, batch = len(chunk), int(self.tokens.shape[0])
+        lead = batch if self.source_tokens is not None else 0
         per_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
         for v, i in enumerate(chunk):
-            for patch in variants[i]:
+            for patch in self.variants[i]:
                 per_hook[patch.hook].append((v, patch))
-        start = min(first_layer[i] for i in chunk)
-        hooks = [(name, _patch_hook(name, items, n, batch,
-                                    _suffix(name, sources[name], prefix, n_pos) if name in sources else None, lead))
+        start = min(self.first_layer[i] for i in chunk)
+        hooks = [(name, _patch_hook(name, items, n, batch, _suffix(name, self.sources[name], self.prefix, self.n_pos)
+                                    if name in self.sources else None, lead))
                  for name, items in per_hook.items()]
         handles = []
         if start < 0:  # a patch before the first block: expand the tokens themselves
-            run_tokens = tokens.repeat(n, 1)  # (n*batch, pos)
+            run_tokens = self.tokens.repeat(n, 1)  # (n*batch, pos)
         else:
-            run_tokens = tokens
-            handles = [bridge.blocks[layer].register_forward_pre_hook(_expander(batch, n, lead), with_kwargs=True)
-                       for layer in range(start, bridge.cfg.n_layers)] if n > 1 else []
+            run_tokens = self.tokens
+            handles = [self.bridge.blocks[layer].register_forward_pre_hook(_expander(batch, n, lead), with_kwargs=True)
+                       for layer in range(start, self.bridge.cfg.n_layers)] if n > 1 else []
         if lead:
-            run_tokens = torch.cat([source_tokens, run_tokens])  # (lead + batch or lead + n*batch, pos)
-        past = None if cache is None else _expanded_cache(cache, prefix, start, n, bool(lead))
+            run_tokens = torch.cat([self.source_tokens, run_tokens])  # (lead + batch or lead + n*batch, pos)
+        past = None if self.cache is None else _expanded_cache(self.cache, self.prefix, start, n, bool(lead))
         try:
             with torch.inference_mode():
-                logits = run_to_final(bridge, run_tokens, hooks, answer_pos, past)  # (rows, d_vocab)
+                logits = run_to_final(self.bridge, run_tokens, hooks, self.answer_pos, past)  # (rows, d_vocab)
         finally:
             for handle in handles:
                 handle.remove()
-        values = metric(logits[lead:].reshape(n, batch, -1))  # (n, ...)
-        for v, i in enumerate(chunk):
-            results[i] = values[v]
-    return torch.stack(results)  # type: ignore[arg-type]
+        return self.metric(logits[lead:].reshape(n, batch, -1))  # (n, ...)
