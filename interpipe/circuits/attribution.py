@@ -20,6 +20,7 @@ from interpipe.circuits.engine import capture, run_to_final
 from interpipe.circuits.metrics import NormalizedLogitDiff
 from interpipe.circuits.patching import ACTIVATIONS, axis_labels, grid_name, result_axes, runs, task_metric
 from interpipe.circuits.results import CircuitResult
+from interpipe.typing import Tensor, TokenIds
 
 DEFAULT_GRIDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("resid_pre", ("layer", "pos")), ("attn_out", ("layer", "pos")), ("mlp_out", ("layer", "pos")),
@@ -60,36 +61,12 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
         sources = {h: ablation_values[h] for h in hooks} if ablation_values else ablation_sources(bridge, batch, hooks, ablation)
     else:
         sources, _ = capture(bridge, source, batch.answer_pos, hooks)
-    kept: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            kept[name] = act
-            return act
-        return hook
-
-    with torch.enable_grad():
-        logits = run_to_final(bridge, target, [(n, keep(n)) for n in hooks], batch.answer_pos)
-        value = metric(logits[None])[0]
-        grads = dict(zip(hooks, torch.autograd.grad(value, [kept[n] for n in hooks], allow_unused=True)))
+    kept, grads = _gradients(bridge, target, batch.answer_pos, metric, hooks)
     results = {}
     for activation, axes in grids:
-        act_axes = ACTIVATIONS[activation][1]
         axes = tuple("head" if a == "kv_head" else a for a in axes)  # k/v: the head axis holds KV heads
-        layers = []
-        for layer in range(n_layers):
-            name = names[(activation, layer)]
-            grad = grads[name]
-            if grad is None:
-                grad = torch.zeros_like(kept[name])
-            prod = ((sources[name] - kept[name].detach()) * grad).sum(0)  # (*rest): summed over the batch (broadcast)
-            prod = prod.reshape(*prod.shape[:len(act_axes)], -1).sum(-1)  # (*act_axes)
-            drop = [i for i, a in enumerate(act_axes) if a not in axes[1:]]
-            if drop:
-                prod = prod.sum(dim=drop)
-            left = [a for a in act_axes if a in axes[1:]]
-            prod = prod.permute([left.index(a) for a in axes[1:]]) if left else prod
-            layers.append(prod)
+        layers = [_cell_estimates(sources[name], kept[name], grads[name], ACTIVATIONS[activation][1], axes)
+                  for name in (names[(activation, layer)] for layer in range(n_layers))]
         values = baseline + torch.stack(layers, 0).detach()  # (layer, ...)
         named = result_axes(bridge, activation, axes)
         name = grid_name(activation, named)
@@ -97,6 +74,37 @@ def attribution_patch(bridge: Any, batch: PromptBatch,
                                       {"activation": activation, "direction": ablation or direction, "method": "attribution",
                                        "n_prompts": batch.size})
     return results
+
+
+def _gradients(bridge: Any, target: TokenIds, answer_pos: Tensor, metric: NormalizedLogitDiff,
+               hooks: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The target run's activation at every hook and the metric's gradient there (zeros where unused)."""
+    kept: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            kept[name] = act
+            return act
+        return hook
+
+    with torch.enable_grad():
+        logits = run_to_final(bridge, target, [(n, keep(n)) for n in hooks], answer_pos)
+        value = metric(logits[None])[0]
+        grads = torch.autograd.grad(value, [kept[n] for n in hooks], allow_unused=True)
+    return kept, {n: torch.zeros_like(kept[n]) if g is None else g for n, g in zip(hooks, grads)}
+
+
+def _cell_estimates(source: Tensor, target: Tensor, grad: Tensor, act_axes: tuple[str, ...],
+                    axes: tuple[str, ...]) -> Tensor:
+    """``Σ (source − target) · gradient`` of one layer's activation, summed over the batch and every
+    axis not in ``axes[1:]`` (the grid's axes after ``layer``), in the grid's axis order."""
+    prod = ((source - target.detach()) * grad).sum(0)  # (*rest): summed over the batch (broadcast)
+    prod = prod.reshape(*prod.shape[:len(act_axes)], -1).sum(-1)  # (*act_axes)
+    drop = [i for i, a in enumerate(act_axes) if a not in axes[1:]]
+    if drop:
+        prod = prod.sum(dim=drop)
+    left = [a for a in act_axes if a in axes[1:]]
+    return prod.permute([left.index(a) for a in axes[1:]]) if left else prod
 
 
 def correlation(estimate: CircuitResult, exact: CircuitResult) -> float:
