@@ -20,7 +20,9 @@ output is ``Q(W) Q(x - delta) + b + W delta``, equal to the layer's at full prec
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +36,29 @@ from interpipe.typing import Float, Tensor
 MODES = ("fp", "quant")
 
 
+def covering(tokens: "TokenMask | None", mask: torch.Tensor | None):
+    """``tokens.covering(mask)``, or a no-op context when there is no token mask (FP runs)."""
+    return nullcontext() if tokens is None else tokens.covering(mask)
+
+
 @dataclass
 class TokenMask:
-    """The current batch's non-padding mask, shared by every wrapper (set by the runner)."""
+    """The current batch's non-padding mask, shared by every wrapper of one quantized model.
+
+    Set only inside :meth:`covering` (``with tokens.covering(batch.mask): model(...)``), so no
+    forward outside it counts padding as a token and no exception leaves a stale mask behind.
+    """
 
     mask: torch.Tensor | None = None  # (batch, pos) bool
+
+    @contextmanager
+    def covering(self, mask: torch.Tensor | None) -> Iterator[None]:
+        """The wrappers see ``mask`` (``(batch, pos)`` bool) for the forwards inside the block."""
+        previous, self.mask = self.mask, mask
+        try:
+            yield
+        finally:
+            self.mask = previous
 
     def select(self, x: Tensor) -> Tensor:
         """Rows of ``x`` (``[batch, pos, d]``) at non-padding tokens, flattened to ``[n, d]``."""

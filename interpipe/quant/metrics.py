@@ -32,7 +32,7 @@ from torch import nn
 from interpipe.models.tokens import answer_token_id
 from interpipe.quant.arch import get_module
 from interpipe.quant.calibrate import Batch, make_batches, token_rows
-from interpipe.quant.layers import ErrorStats, QuantLinear, TokenMask
+from interpipe.quant.layers import ErrorStats, QuantLinear, TokenMask, covering
 from interpipe.typing import Float, Int, Tensor
 
 
@@ -96,11 +96,8 @@ class EndMetrics:
     @torch.no_grad()
     def _forward(self, model: nn.Module, batch: Batch, tokens: TokenMask | None):
         batch = batch.to(self.device)
-        if tokens is not None:
-            tokens.mask = batch.mask
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        if tokens is not None:
-            tokens.mask = None
+        with covering(tokens, batch.mask):
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return batch, out
 
     @torch.no_grad()
@@ -226,16 +223,13 @@ def capture_outputs(model: nn.Module, modules: list[str], batches: list[Batch], 
         for batch in batches:
             batch = batch.to(device)
             current["mask"] = batch.mask
-            if tokens is not None:
-                tokens.mask = batch.mask
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            with covering(tokens, batch.mask):
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             if outputs is not None:
                 outputs.append(out)
     finally:
         for h in handles:
             h.remove()
-        if tokens is not None:
-            tokens.mask = None
     return store
 
 

@@ -95,3 +95,17 @@ def test_fake_quantization_on_cuda_matches_cpu():
         assert torch.equal(quantize_weight(w.cuda(), spec).cpu(), quantize_weight(w, spec))
     spec = ActSpec(6, symmetric=False, granularity="per_token_dynamic")
     assert torch.allclose(quantize_activation(w.cuda(), spec).cpu(), quantize_activation(w, spec), atol=1e-6)
+
+
+def test_token_mask_is_set_only_inside_its_block():
+    from interpipe.quant.layers import TokenMask
+
+    tokens, mask = TokenMask(), torch.tensor([[True, False]])
+    x = torch.arange(4.0).reshape(1, 2, 2)  # (batch, pos, d)
+    with tokens.covering(mask):
+        assert torch.equal(tokens.select(x), torch.tensor([[0.0, 1.0]]))  # the padding row left out
+    assert tokens.mask is None and tokens.select(x).shape == (2, 2)
+    with pytest.raises(RuntimeError):
+        with tokens.covering(mask):
+            raise RuntimeError("a failed forward")
+    assert tokens.mask is None  # no stale mask for the next forward
