@@ -13,14 +13,14 @@ Typical use (a causal LM or a sequence classifier from ``interpipe.models``)::
     result.save("out/normxlogit"); result.plot()
 """
 
-from interpipe.attribution.inputs import Batch, answer_token, encode_rows
+from interpipe.attribution.inputs import Batch, encode_rows
 from interpipe.attribution.methods import REGISTRY, attribute, input_gradients, quadrature
 from interpipe.attribution.model import ScoredModel, eager_attention
 from interpipe.attribution.result import Attribution
 from interpipe.attribution.sequence import attribute_positions
 from interpipe.settings.attribute import METHODS, AttributeSettings
 
-__all__ = ["METHODS", "REGISTRY", "AttributeSettings", "Attribution", "Batch", "ScoredModel", "answer_token",
+__all__ = ["METHODS", "REGISTRY", "AttributeSettings", "Attribution", "Batch", "ScoredModel",
            "attribute", "attribute_positions", "eager_attention", "encode_rows", "input_gradients", "quadrature",
            "run_attribute"]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from interpipe.models.tokens import answer_token_id
 from interpipe.typing import Int, Tensor
 
 from jaxtyping import Bool
@@ -63,14 +64,6 @@ class Batch:
         move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "eligible", "cue_mask",
                                                           "score_pos", "target_ids", "gold_ids", "attributable")}
         return replace(self, **move)
-
-
-def answer_token(tokenizer, answer: str) -> int:
-    """First token of ``" " + answer`` (GPT-2 style: the answer follows the prompt after a space)."""
-    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"the tokenizer encodes the answer {answer!r} to no tokens")
-    return int(ids[0])
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target: str = "predicted",
@@ -145,7 +138,7 @@ def _targets(tokenizer, rows: list[dict], kind: str, target: str, lengths: torch
     n = len(rows)
     if kind == "causal_lm":
         score_pos = lengths - 1  # (batch,) last prompt token predicts the answer
-        gold = torch.tensor([answer_token(tokenizer, row["answer"]) for row in rows])
+        gold = torch.tensor([answer_token_id(tokenizer, row["answer"], first_of_many=True) for row in rows])
         return score_pos, gold, gold.clone()
     score_pos = torch.zeros(n, dtype=torch.long)  # the pooled [CLS] position
     gold = torch.tensor([int(row["label"]) for row in rows])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def answer_token_id(tokenizer, word: str) -> int:
-    """The id of the single token that continues a prompt with ``word``.
+def answer_token_id(tokenizer, word: str, first_of_many: bool = False) -> int:
+    """The id of the single token that continues a prompt with ``word``: the one answer rule of every study.
 
     GPT-2-style BPE tokenizers get a leading space (``" Mary"``); word-level tokenizers split on
-    whitespace and see ``"Mary"``. Words that are several tokens raise ``ValueError`` naming them.
+    whitespace and see ``"Mary"``. Words that are several tokens raise ``ValueError`` naming them,
+    unless ``first_of_many`` (token attribution, whose answer only scores first-token accuracy)
+    takes their first token.
 
     >>> class WordTok:
     ...     def encode(self, text, add_special_tokens=False):
@@ -18,6 +20,8 @@ def answer_token_id(tokenizer, word: str) -> int:
     7
     """
     ids = tokenizer.encode(" " + word, add_special_tokens=False)
+    if first_of_many and ids:
+        return int(ids[0])
     if len(ids) != 1:
         raise ValueError(f"answer {word!r} is {len(ids)} tokens for this tokenizer ({ids}); "
                          f"single-token answers are required — choose tasks/words that tokenize to one token")
