@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from interpipe.typing import Int, Tensor
+
 
 def answer_token_id(tokenizer, word: str, first_of_many: bool = False) -> int:
     """The id of the single token that continues a prompt with ``word``: the one answer rule of every study.
@@ -48,6 +50,30 @@ def adds_bos(tokenizer) -> bool:
     return bool(ids) and int(ids[0]) == int(bos)
 
 
+def pad_encode(tokenizer, texts: list[str], padding_side: str = "right",
+               max_length: int | None = None) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Tokenize ``texts`` (truncated to ``max_length`` when given) and pad them to the longest,
+    leaving the tokenizer as it was (HF padding needs ``pad_token`` / ``padding_side`` set on it).
+
+    Pads with the tokenizer's pad token, or its EOS token when it has none (as GPT-2-style causal
+    LMs are run). Returns ``(input_ids, attention_mask)``.
+    """
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side={padding_side!r} is not 'right' or 'left'")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token to pad a batch with; set tokenizer.pad_token")
+    rows = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)["input_ids"]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)  # (batch, pos)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (batch, pos)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
 def encode_prompts(tokenizer, prompts: list[str], max_len: int | None, padding_side: str = "right"):
     """Tokenize prompts into a padded batch; raise naming the first prompt that is too long.
 
@@ -56,11 +82,7 @@ def encode_prompts(tokenizer, prompts: list[str], max_len: int | None, padding_s
     """
     if not prompts:
         raise ValueError("no prompts to encode: the dataset is empty")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = padding_side
-    enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]  # (batch, pos)
+    ids, mask = pad_encode(tokenizer, list(prompts), padding_side)  # (batch, pos) each
     lengths = mask.sum(1)
     if max_len is not None and int(lengths.max()) > max_len:
         worst = int(lengths.argmax())

@@ -56,15 +56,10 @@ class Batch:
 
 def make_batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[Batch]:
     """Tokenize ``texts`` (right padding, truncation at ``max_length``) into batches."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], padding="longest", truncation=True,
-                        max_length=max_length, return_tensors="pt")
-        batches.append(Batch(enc["input_ids"], enc["attention_mask"]))
-    return batches
+    from interpipe.models.tokens import pad_encode
+
+    return [Batch(*pad_encode(tokenizer, texts[start:start + batch_size], "right", max_length))
+            for start in range(0, len(texts), batch_size)]
 
 
 @torch.no_grad()

@@ -24,3 +24,21 @@ def test_multi_token_answer_is_refused_naming_it():
 
 def test_first_of_many_takes_the_first_token():
     assert answer_token_id(SplitTok(), "Emma", first_of_many=True) == ord("E")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_equals_the_tokenizers_own_and_leaves_it_unchanged(side):
+    from transformers import AutoTokenizer
+
+    from interpipe.models import minilm_folder
+    from interpipe.models.tokens import encode_prompts
+
+    tok = AutoTokenizer.from_pretrained(minilm_folder())
+    before = (tok.pad_token, tok.padding_side)
+    prompts = ["a short one", "a much longer prompt than the first one", "mid length text"]
+    ids, mask, last = encode_prompts(tok, prompts, None, padding_side=side)
+    assert (tok.pad_token, tok.padding_side) == before  # the caller's tokenizer is not changed
+    reference = AutoTokenizer.from_pretrained(minilm_folder(), padding_side=side)
+    enc = reference(prompts, padding=True, return_tensors="pt")
+    assert ids.tolist() == enc["input_ids"].tolist() and mask.tolist() == enc["attention_mask"].tolist()
+    assert last.tolist() == ([int(n) - 1 for n in enc["attention_mask"].sum(1)] if side == "right" else [ids.shape[1] - 1] * 3)
