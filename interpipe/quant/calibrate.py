@@ -40,30 +40,31 @@ def token_rows(x: Tensor, mask: Tensor) -> Tensor:
 
 
 @dataclass
-class Batch:
-    """One padded batch: token ids and the non-padding mask."""
+class TextBatch:
+    """One padded batch of texts for calibration and end metrics: token ids and the non-padding mask
+    (token attribution has its own ``attribution.Batch``, with targets and cue masks; circuits ``PromptBatch``)."""
 
     input_ids: Tensor  # (batch, pos)
     attention_mask: Tensor  # (batch, pos)
 
-    def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+    def to(self, device) -> "TextBatch":
+        return TextBatch(self.input_ids.to(device), self.attention_mask.to(device))
 
     @property
     def mask(self) -> Tensor:
         return self.attention_mask.bool()
 
 
-def make_batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[Batch]:
+def make_batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[TextBatch]:
     """Tokenize ``texts`` (right padding, truncation at ``max_length``) into batches."""
     from interpipe.models.tokens import pad_encode
 
-    return [Batch(*pad_encode(tokenizer, texts[start:start + batch_size], "right", max_length))
+    return [TextBatch(*pad_encode(tokenizer, texts[start:start + batch_size], "right", max_length))
             for start in range(0, len(texts), batch_size)]
 
 
 @torch.no_grad()
-def run_batches(model: nn.Module, batches: list[Batch], device, tokens=None, desc: str | None = None) -> list:
+def run_batches(model: nn.Module, batches: list[TextBatch], device, tokens=None, desc: str | None = None) -> list:
     """Run the model on every batch; returns the raw outputs (kept on CPU)."""
     from interpipe.quant.layers import covering
 
@@ -158,11 +159,11 @@ class Calibration:
     pair_inputs: dict[str, list[tuple[Tensor, Tensor]]]  # pair hook -> [(x (batch,pos,d), mask)]
     n_examples: int
     n_tokens: int
-    batches: list[Batch] = field(default_factory=list)  # the calibration batches (token ids for the token statistics)
+    batches: list[TextBatch] = field(default_factory=list)  # the calibration batches (token ids for the token statistics)
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, arch: Arch, batches: list[Batch], device, top_k: int = 5,
+def calibrate(model: nn.Module, arch: Arch, batches: list[TextBatch], device, top_k: int = 5,
               keep_pair_inputs: bool = False) -> Calibration:
     """One full-precision pass over ``batches`` recording :class:`ChannelStats` at every input."""
     inputs: dict[str, list[str]] = {}

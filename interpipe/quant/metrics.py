@@ -31,7 +31,7 @@ from torch import nn
 
 from interpipe.models.tokens import answer_token_id
 from interpipe.quant.arch import get_module
-from interpipe.quant.calibrate import Batch, make_batches, token_rows
+from interpipe.quant.calibrate import TextBatch, make_batches, token_rows
 from interpipe.quant.layers import ErrorStats, QuantLinear, TokenMask, covering
 from interpipe.typing import Float, Int, Tensor
 
@@ -51,7 +51,7 @@ class EndMetrics:
         from interpipe.data import CAUSAL_TASKS, load_task
 
         self.kind, self.device = kind, device
-        self.tasks: dict[str, tuple[list[Batch], torch.Tensor, torch.Tensor | None]] = {}  # batches, answers, foils
+        self.tasks: dict[str, tuple[list[TextBatch], torch.Tensor, torch.Tensor | None]] = {}  # batches, answers, foils
         self.skipped: dict[str, str] = {}  # task -> why it has no accuracy (recorded in the run's info)
         if kind == "causal_lm":
             corpus = load_task(data_root, "corpus", "validation")
@@ -88,20 +88,20 @@ class EndMetrics:
         self.texts = texts  # the text set (for the causal LM: held-out corpus text for the loss)
         self.text_batches = make_batches(tokenizer, texts, max_length, batch_size)
 
-    def probe_batches(self, n: int) -> list[Batch]:
+    def probe_batches(self, n: int) -> list[TextBatch]:
         """``n`` of the evaluation texts, spread over the set (per-layer errors, equivalence)."""
         texts = [self.texts[i] for i in _spread(len(self.texts), n)]
         return make_batches(self.tokenizer, texts, self.max_length, self.batch_size)
 
     @torch.no_grad()
-    def _forward(self, model: nn.Module, batch: Batch, tokens: TokenMask | None):
+    def _forward(self, model: nn.Module, batch: TextBatch, tokens: TokenMask | None):
         batch = batch.to(self.device)
         with covering(tokens, batch.mask):
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return batch, out
 
     @torch.no_grad()
-    def _hidden(self, model: nn.Module, batch: Batch, tokens: TokenMask | None):
+    def _hidden(self, model: nn.Module, batch: TextBatch, tokens: TokenMask | None):
         """The causal LM's final hidden states ``(batch, pos, d)`` (after its final norm) and its head."""
         base = getattr(model, model.base_model_prefix)
         batch, out = self._forward(base, batch, tokens)
@@ -204,7 +204,7 @@ def _margin(logits: Float[Tensor, "n classes"], labels: Int[Tensor, " n"]) -> fl
 
 
 @torch.no_grad()
-def capture_outputs(model: nn.Module, modules: list[str], batches: list[Batch], device,
+def capture_outputs(model: nn.Module, modules: list[str], batches: list[TextBatch], device,
                     tokens: TokenMask | None = None, outputs: list | None = None) -> dict[str, list[torch.Tensor]]:
     """Outputs of ``modules`` (non-padding tokens, ``[n, d_out]``) for every batch.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interpipe.quant.calibrate import Batch
+from interpipe.quant.calibrate import TextBatch
 
 
 def plant_outliers(model) -> None:
@@ -46,7 +46,7 @@ def tiny_bert():
 
 
 @pytest.fixture
-def batches() -> list[Batch]:
+def batches() -> list[TextBatch]:
     """Two padded batches of random token ids (right padding)."""
     g = torch.Generator().manual_seed(0)
     out = []
@@ -55,5 +55,5 @@ def batches() -> list[Batch]:
         mask = torch.zeros_like(ids)
         for i, n in enumerate(lengths):
             mask[i, :n] = 1
-        out.append(Batch(ids, mask))
+        out.append(TextBatch(ids, mask))
     return out

@@ -162,14 +162,14 @@ def test_grid_runs_on_cuda(toy_folder, data_root, tmp_path):
 
 
 def test_massive_activation_summary_by_hand():
-    from interpipe.quant.calibrate import Batch, Calibration, ChannelStats
+    from interpipe.quant.calibrate import TextBatch, Calibration, ChannelStats
     from interpipe.quant.outliers import token_summary
 
     ids = torch.tensor([[5, 7, 9], [5, 9, 0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     st = ChannelStats(d=2, top_k=1)
     st.token_absmax = [torch.tensor([[50.0, 2.0, 10.0], [40.0, 12.0, 0.0]])]
-    calib = Calibration({"blocks.0.hook_mlp_in": st}, {"blocks.0.hook_mlp_in": ["mlp"]}, {}, 2, 5, [Batch(ids, mask)])
+    calib = Calibration({"blocks.0.hook_mlp_in": st}, {"blocks.0.hook_mlp_in": ["mlp"]}, {}, 2, 5, [TextBatch(ids, mask)])
     row = token_summary(calib, {9}).iloc[0]
     # first tokens 50, 40 -> 45; delimiters (id 9) 10, 12 -> 11; the one other token 2
     assert (row.first_token_absmax, row.delimiter_absmax, row.other_absmax_median) == (45.0, 11.0, 2.0)
