@@ -315,7 +315,7 @@ def run_variants(bridge: Any, tokens: TokenIds, answer_pos: Int[Tensor, "batch"]
                       metric, prefix, n_pos, cache)
     results: list[Tensor | None] = [None] * len(variants)
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        for i, value in zip(chunk, run.evaluate(chunk)):
+        for i, value in zip(chunk, run.run_chunk(chunk)):
             results[i] = value
     return torch.stack(results)  # type: ignore[arg-type]
 
@@ -344,7 +344,7 @@ def _prefix_cache(bridge: Any, tokens: TokenIds, prefix: int) -> Any:
 
 @dataclass
 class _PatchedRun:
-    """One :func:`run_variants` call's shared inputs; :meth:`evaluate` runs one chunk of variants in one forward."""
+    """One :func:`run_variants` call's shared inputs; :meth:`run_chunk` runs one chunk of variants in one forward."""
 
     bridge: Any
     tokens: TokenIds  # (batch, pos after the prefix) the run being patched
@@ -358,7 +358,7 @@ class _PatchedRun:
     n_pos: int  # positions including the prefix
     cache: Any  # the prefix's keys/values, or None
 
-    def evaluate(self, chunk: list[int]) -> Tensor:
+    def run_chunk(self, chunk: list[int]) -> Tensor:
         """``metric`` of each variant in ``chunk`` (``[len(chunk), ...]``)."""
         n, batch = len(chunk), int(self.tokens.shape[0])
         lead = batch if self.source_tokens is not None else 0
