@@ -64,15 +64,12 @@ def make_batches(tokenizer, texts: list[str], max_length: int, batch_size: int) 
 
 
 @torch.no_grad()
-def run_batches(model: nn.Module, batches: list[TextBatch], device, tokens=None, desc: str | None = None) -> list:
-    """Run the model on every batch; returns the raw outputs (kept on CPU)."""
-    from interpipe.quant.layers import covering
-
+def run_batches(model: nn.Module, batches: list[TextBatch], device, desc: str | None = None) -> list:
+    """Run a full-precision model on every batch; returns the raw outputs (kept on CPU)."""
     outs = []
     for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
         batch = batch.to(device)
-        with covering(tokens, batch.mask):
-            outs.append(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask))
+        outs.append(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask))
     return outs
 
 
