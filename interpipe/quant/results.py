@@ -24,9 +24,12 @@ HEADLINE_METRICS = {  # what a results section quotes per model kind (lower is b
     "encoder": ["cos_drop"],
     "sequence_classifier": ["acc_drop", "margin_drop"],  # margin: moves before a prediction on an easy task flips
 }
-EVAL_SET = {"ppl_delta": "corpus", "loss_delta": "corpus", "task_acc_drop": "tasks", "logit_diff_drop": "tasks",
-            "cos_drop": "sentiment+corpus", "acc_drop": "sentiment", "margin_drop": "sentiment", "fp_ppl": "corpus", "fp_loss": "corpus",
-            "fp_task_acc": "tasks", "fp_logit_diff": "tasks", "fp_acc": "sentiment", "fp_margin": "sentiment"}  # the held-out set a metric is on
+EVAL_SET = {  # the held-out set a metric is on
+    "ppl_delta": "corpus", "loss_delta": "corpus", "fp_ppl": "corpus", "fp_loss": "corpus",
+    "task_acc_drop": "tasks", "logit_diff_drop": "tasks", "fp_task_acc": "tasks", "fp_logit_diff": "tasks",
+    "cos_drop": "sentiment+corpus",
+    "acc_drop": "sentiment", "margin_drop": "sentiment", "fp_acc": "sentiment", "fp_margin": "sentiment",
+}
 FP_METRICS = {"causal_lm": ["fp_ppl", "fp_loss", "fp_task_acc", "fp_logit_diff"], "encoder": [],
               "sequence_classifier": ["fp_acc", "fp_margin"]}
 
