@@ -44,8 +44,8 @@ install: $(DEV_STAMP)
 
 run: $(STAMP)
 	@test -d .dvc || $(BIN)/dvc init -q --no-scm
-	# dvc repro, as two processes on disjoint branches of the DAG (pipelines/repro.sh says why and how)
-	PATH="$(CURDIR)/$(BIN):$$PATH" INTERPIPE_GROUP=repro-$$(date -u +%Y%m%d-%H%M%S) INTERPIPE_WANDB_BACKGROUND=true pipelines/repro.sh
+	# dvc repro, as two processes on disjoint branches of the DAG (pipelines/repro.py says why and how)
+	PATH="$(CURDIR)/$(BIN):$$PATH" INTERPIPE_GROUP=repro-$$(date -u +%Y%m%d-%H%M%S) INTERPIPE_WANDB_BACKGROUND=true $(BIN)/python pipelines/repro.py
 	# each stage handed its W&B run to a background logger: wait until all are written
 	$(BIN)/python -m interpipe.tracking --wait .
 	$(BIN)/python -m interpipe.report.summary outputs/report
