@@ -69,8 +69,11 @@ def plan(order: list[str], upstream: dict[str, set[str]]) -> dict[str, list[str]
         if not stages:
             raise ValueError(f"branch {name!r} matches no stage of dvc.yaml (its patterns: {BRANCHES[name]})")
         for stage in stages:
-            if stage in owner or stage == FIRST:
-                raise ValueError(f"stage {stage!r} is in branch {owner.get(stage, FIRST)!r} and in {name!r}: "
+            if stage == FIRST:
+                raise ValueError(f"stage {FIRST!r} runs before the branches: drop it from branch {name!r} "
+                                 "in BRANCHES (pipelines/repro.py)")
+            if stage in owner:
+                raise ValueError(f"stage {stage!r} is in branch {owner[stage]!r} and in {name!r}: "
                                  "fix BRANCHES in pipelines/repro.py")
             owner[stage] = name
     for stage, name in owner.items():
