@@ -123,6 +123,11 @@ def _baselines(batch: Any, metric: Any, clean_logits: torch.Tensor, lds: Any, mi
     Solved: the 95 % interval of the mean clean − corrupted gap lies above ``min_gap``. Patching effects
     and the per-prompt normalised metric divide by that gap: where its interval reaches below 0.5
     logits (the corruption changes the answer's odds by less than x1.65) they are ratios of noise.
+    The rule reads the answer-vs-foil comparison the study measures, not top-1 accuracy: SmolLM2 puts
+    the colour of Colored Objects above the foil on every prompt yet continues "The hat" with " is",
+    and SVA's verb after a punctuation mark, so ``clean_accuracy`` (top-1) is 0 there while
+    ``clean_pairwise_accuracy`` (answer logit above the foil's, with its interval) is the accuracy
+    the gap speaks for.
     """
     out = {"n_prompts": batch.size, "skipped_prompts": batch.skipped, "template_groups": len(set(batch.groups)),
            "reference_size": len(batch.reference_groups), "corrupted_logit_diff": metric.corrupted,
@@ -131,6 +136,7 @@ def _baselines(batch: Any, metric: Any, clean_logits: torch.Tensor, lds: Any, mi
     clean_iv, gap_iv = bootstrap(lds[0]), bootstrap(lds[0] - lds[1])
     out.update(to_metrics("clean_logit_diff", clean_iv))
     out.update(to_metrics("logit_gap", gap_iv))
+    out.update(to_metrics("clean_pairwise_accuracy", bootstrap((lds[0] > 0).astype(float))))
     out["solved"] = int(gap_iv.low >= min_gap)
     return out
 
@@ -330,7 +336,8 @@ def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root:
 SUMMARY = tuple(f"{k}{s}" for k in ("faithfulness", "faithfulness_per_prompt", "random_faithfulness", "excess_over_random",
                                      "circuit_accuracy", "clean_logit_diff", "logit_gap") for s in ("", "_ci_low", "_ci_high")) + (
     "circuit_size", "circuit_heads", "pool_size", "heldout_above_target", "target_reached", "completeness_gap_max",
-    "minimality_min", "attribution_corr_heads", "clean_accuracy", "heldout_accuracy", "solved", "seconds")
+    "minimality_min", "attribution_corr_heads", "clean_accuracy", "clean_pairwise_accuracy", "heldout_accuracy", "solved",
+    "seconds")
 
 
 def headline_rows(model: str, task: str, m: dict[str, Any]) -> list[dict[str, Any]]:

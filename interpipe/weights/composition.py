@@ -111,6 +111,7 @@ def component_composition(components: HeadComponents, mode: str) -> Float[Tensor
 
     Entries where the receiver's layer is not after the sender's are set to 0.
     """
+    # (L_send, H_send, comp, d_model) . (L_recv, H_recv, comp_r, d_model) -> (L_send, H_send, comp, L_recv, H_recv, comp_r)
     scores = torch.einsum("lhcd,mged->lhcmge", components.ov_out, components.reading(mode)).abs()
     n_layers = scores.shape[0]
     later = torch.arange(n_layers)[:, None] < torch.arange(n_layers)[None, :]  # (L_send, L_recv)

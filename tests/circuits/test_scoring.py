@@ -181,3 +181,24 @@ def test_identical_ablations_run_once_and_keep_their_order(planted):
     ld, _ = scorer.run([a, b, a, list(reversed(b))])
     separate = np.concatenate([scorer.run([a])[0], scorer.run([b])[0]])
     np.testing.assert_allclose(ld, separate[[0, 1, 0, 1]], atol=1e-6)
+
+
+def test_solved_reads_the_gap_and_pairwise_accuracy_counts_answer_above_foil_not_top1():
+    """A model that ranks the answer above the foil on 3 of 4 prompts but never first (as SmolLM2 on
+    Colored Objects, which continues with " is"): top-1 accuracy 0, pairwise accuracy 0.75."""
+    from types import SimpleNamespace
+
+    from interpipe.circuits.study import _baselines
+
+    logits = torch.zeros(4, 5)  # (batch, vocab): token 0 always first, answer 1, foil 2
+    logits[:, 0] = 10.0
+    logits[:, 1] = torch.tensor([3.0, 4.0, 5.0, 0.0])
+    logits[:, 2] = torch.tensor([1.0, 1.0, 1.0, 2.0])
+    batch = SimpleNamespace(size=4, skipped=0, groups=[0, 0, 1, 1], reference_groups=[0, 1],
+                            answer_ids=torch.tensor([1, 1, 1, 1]), foil_ids=torch.tensor([2, 2, 2, 2]))
+    lds = np.stack([logit_diff(logits, batch.answer_ids, batch.foil_ids).numpy(), np.zeros(4)])  # (2, batch)
+    out = _baselines(batch, SimpleNamespace(corrupted=0.0), logits, lds, min_gap=0.5)
+    assert out["clean_accuracy"] == 0.0 and out["clean_pairwise_accuracy"] == 0.75
+    assert out["clean_pairwise_accuracy_ci_low"] <= 0.75 <= out["clean_pairwise_accuracy_ci_high"]
+    assert out["logit_gap"] == pytest.approx(np.mean([2.0, 3.0, 4.0, -2.0]))
+    assert out["solved"] == int(out["logit_gap_ci_low"] >= 0.5)

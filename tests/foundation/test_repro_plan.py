@@ -22,24 +22,26 @@ def real_dag():
 def test_branches_of_the_default_pipeline_are_disjoint_and_ordered(real_dag):
     order, upstream = real_dag
     branches = repro.plan(order, upstream)
-    assert set(branches) == set(repro.BRANCHES)
-    toy, smollm2 = branches["toy and MiniLM"], branches["SmolLM2"]
-    assert toy[0] == "model@toy" and "quantize_encoder@minilm-sentiment" in toy
-    assert {"model@smollm2", "quantize@smollm2", "circuits@smollm2-osplus-w6a6"} <= set(smollm2)
-    left = set(order) - set(toy) - set(smollm2) - {repro.FIRST}
+    assert list(branches) == list(repro.BRANCHES)
+    weights, quantize = branches.values()
+    assert weights[0] == "model@toy" and {"quantize_encoder@minilm-sentiment", "weights@lnfree-smollm2"} <= set(weights)
+    assert {"quantize@smollm2", "circuits@smollm2-osplus-w6a6", "attribute@smollm2"} <= set(quantize)
+    left = set(order) - set(weights) - set(quantize) - set(repro.FIRST)
     assert left == {"quant_interp", "aggregate"}  # they read both branches: the last, plain dvc repro
     for stages in branches.values():  # every stage after the stages it reads (--single-item keeps the order given)
         for i, stage in enumerate(stages):
             assert not upstream[stage] & set(stages[i:]), stage
+            assert upstream[stage] <= set(stages[:i]) | set(repro.FIRST), stage
     assert all(not name.startswith("pipelines/") for name in order)  # the paper pipelines are not the default
 
 
 def test_plan_refuses_a_stage_that_reads_another_branch(monkeypatch):
     order = ["prepare", "model@toy", "model@smollm2", "circuits@smollm2"]
+    monkeypatch.setattr(repro, "FIRST", ("prepare",))
     upstream = {"prepare": set(), "model@toy": {"prepare"}, "model@smollm2": {"prepare"},
                 "circuits@smollm2": {"prepare", "model@smollm2", "model@toy"}}
     monkeypatch.setattr(repro, "BRANCHES", {"toy": ["*toy*"], "smollm2": ["*smollm2*"]})
-    with pytest.raises(ValueError, match=r"'circuits@smollm2' \(branch 'smollm2'\) reads the outputs of \['model@toy'\]"):
+    with pytest.raises(ValueError, match=r"'circuits@smollm2' \(branch 'smollm2'\) reads the outputs of \['model@toy'\], which"):
         repro.plan(order, upstream)
     upstream["circuits@smollm2"].discard("model@toy")
     assert repro.plan(order, upstream) == {"toy": ["model@toy"], "smollm2": ["model@smollm2", "circuits@smollm2"]}
@@ -47,6 +49,7 @@ def test_plan_refuses_a_stage_that_reads_another_branch(monkeypatch):
 
 def test_plan_refuses_overlapping_or_empty_branches(monkeypatch):
     order = ["prepare", "model@toy", "model@smollm2"]
+    monkeypatch.setattr(repro, "FIRST", ("prepare",))
     upstream = {"prepare": set(), "model@toy": {"prepare"}, "model@smollm2": {"prepare"}}
     monkeypatch.setattr(repro, "BRANCHES", {"a": ["model@*"], "b": ["*smollm2"]})
     with pytest.raises(ValueError, match="'model@smollm2' is in branch 'a' and in 'b'"):
