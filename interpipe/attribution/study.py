@@ -2,7 +2,7 @@
 
 ``run_attribute`` loads a canonical model folder and the prepared tasks, attributes every
 example with every method (timed), evaluates each method's scores with
-:func:`interpipe.faithfulness.evaluate` (not timed), and writes one folder per method::
+:func:`interpipe.attribution.faithfulness.evaluate` (not timed), and writes one folder per method::
 
     <out>/<method>/metrics.json            every metric with its 95 % interval, paired differences
                                            vs random and vs IG (``vs_random/``, ``vs_ig/``), cost
@@ -40,7 +40,7 @@ from interpipe.attribution.result import Attribution
 from interpipe.settings.attribute import AttributeSettings
 from interpipe.attribution.uncertainty import (HARD_METRICS, comparisons, headline_rows, paired,
                                                relative_gap_summary, summarise, win_table)
-from interpipe.faithfulness import evaluate_examples, full_probs, rank_agreement, replacement_token
+from interpipe.attribution.faithfulness import evaluate_examples, full_probs, rank_agreement, replacement_token
 from interpipe.stats import CI_HIGH, CI_LOW
 
 SUMMARY_KEYS = ("comprehensiveness", "sufficiency", "soft_comprehensiveness", "soft_sufficiency",

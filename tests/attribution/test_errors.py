@@ -60,7 +60,7 @@ def test_settings_name_the_key(key, value):
 
 
 def test_mask_replacement_needs_a_mask_token(gpt2):
-    from interpipe.faithfulness import replacement_token
+    from interpipe.attribution.faithfulness import replacement_token
 
     _, tokenizer = gpt2
     assert replacement_token(tokenizer, "auto") == ("pad", tokenizer.pad_token_id)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from interpipe.attribution import AttributeSettings, ScoredModel, attribute, encode_rows
-from interpipe.faithfulness import evaluate, replacement_token
-from interpipe.faithfulness.removal import top_k_masks
+from interpipe.attribution.faithfulness import evaluate, replacement_token
+from interpipe.attribution.faithfulness.removal import top_k_masks
 
 from tests.attribution.conftest import rows_for
 

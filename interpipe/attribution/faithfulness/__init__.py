@@ -17,8 +17,8 @@ import torch
 
 from interpipe.attribution.inputs import Batch
 from interpipe.attribution.model import ScoredModel
-from interpipe.faithfulness.plausibility import average_precision, plausibility, rank_agreement, spearman
-from interpipe.faithfulness.removal import full_probs, removal_curves, replacement_token, soft_scores, top_k_masks
+from interpipe.attribution.faithfulness.plausibility import average_precision, plausibility, rank_agreement, spearman
+from interpipe.attribution.faithfulness.removal import full_probs, removal_curves, replacement_token, soft_scores, top_k_masks
 
 
 def _mean(values) -> float:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from interpipe.attribution import Batch, ScoredModel
-from interpipe.faithfulness import average_precision, evaluate, rank_agreement
+from interpipe.attribution.faithfulness import average_precision, evaluate, rank_agreement
 
 CUE, OTHER, MASK, PAD, CLS = 5, 6, 7, 0, 1
 P_FULL, P_GONE = 1 / (1 + math.exp(-3.5)), 1 / (1 + math.exp(0.5))
@@ -148,7 +148,7 @@ def test_shared_memo_changes_nothing():
 
 def test_mean_operator_known_answer(setup):
     """``mean``: each removed token becomes the mean embedding, whose cue coordinate is 1/8 (one cue row of 8)."""
-    from interpipe.faithfulness import replacement_token
+    from interpipe.attribution.faithfulness import replacement_token
 
     sm, batch, perfect, _ = setup
     rule, token = replacement_token(None, "mean")
@@ -162,7 +162,7 @@ def test_mean_operator_known_answer(setup):
 
 def test_normalised_soft_scores_known_answers(setup):
     """Soft-NC / Soft-NS: divided by the drop with every eligible embedding zeroed (P_FULL − P_GONE)."""
-    from interpipe.faithfulness import evaluate_examples
+    from interpipe.attribution.faithfulness import evaluate_examples
 
     sm, batch, perfect, worst = setup
     per, _ = evaluate_examples(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
@@ -174,7 +174,7 @@ def test_normalised_soft_scores_known_answers(setup):
 
 
 def test_standardised_cue_mass_is_scale_free(setup):
-    from interpipe.faithfulness import plausibility
+    from interpipe.attribution.faithfulness import plausibility
 
     _, batch, perfect, _ = setup
     scores = torch.where(batch.cue_mask, 2.0, torch.linspace(0, 1, 11).expand(2, 11))
