@@ -59,7 +59,7 @@ def _vectorised(statistic, arrays, axis):
     return values.reshape(stacked.shape[1:-1])
 
 
-def bootstrap(*samples: Sequence[float], statistic: Callable[..., float] | None = None,
+def bootstrap(*samples: Sequence[float] | np.ndarray, statistic: Callable[..., float] | None = None,
               level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
     """Percentile bootstrap interval of ``statistic`` over examples.
 

@@ -125,7 +125,7 @@ class PromptBatch:
     str_tokens: list[str] = field(default_factory=list)  # tokens of the first prompt (axis labels)
     skipped: int = 0  # prompts dropped for a clean/corrupted length mismatch
     groups: list[str] = field(default_factory=list)  # template group of each prompt ("<template>|<n tokens>")
-    reference_tokens: TokenIds | None = None  # [ref, pos] corrupted prompts the mean ablation averages over
+    reference_tokens: Int[Tensor, "ref ref_pos"] | None = None  # corrupted prompts the mean ablation averages over
     reference_pos: Int[Tensor, "ref"] | None = None  # last real position of each reference prompt
     reference_groups: list[str] = field(default_factory=list)  # template group of each reference prompt
 

@@ -64,17 +64,22 @@ def _stop_hook(store: list) -> Callable:
     return hook
 
 
-def readout(bridge: Any, resid: Float[Tensor, "batch pos d_model"], answer_pos: Int[Tensor, "batch"]
-            ) -> Float[Tensor, "batch d_vocab"]:
-    """Final LayerNorm and unembedding at each sequence's answer position only."""
+def readout(bridge: Any, resid: Float[Tensor, "rows pos d_model"], answer_pos: Int[Tensor, "batch"]
+            ) -> Float[Tensor, "rows d_vocab"]:
+    """Final LayerNorm and unembedding at each sequence's answer position only.
+
+    ``rows`` is ``batch`` or a whole number of copies of it (variants stacked along the batch).
+    """
     rows = torch.arange(resid.shape[0], device=resid.device)
-    final = resid[rows, answer_pos.repeat(resid.shape[0] // answer_pos.shape[0])]  # (batch, d_model)
-    return bridge.unembed(bridge.ln_final(final[:, None, :]))[:, 0, :]  # (batch, d_vocab)
+    final = resid[rows, answer_pos.repeat(resid.shape[0] // answer_pos.shape[0])]  # (rows, d_model)
+    return bridge.unembed(bridge.ln_final(final[:, None, :]))[:, 0, :]  # (rows, d_vocab)
 
 
-def run_to_final(bridge: Any, tokens: TokenIds, fwd_hooks: list, answer_pos: Int[Tensor, "batch"],
-                 past_key_values: Any = None) -> Float[Tensor, "batch d_vocab"]:
+def run_to_final(bridge: Any, tokens: Int[Tensor, "batch_in pos"], fwd_hooks: list, answer_pos: Int[Tensor, "batch"],
+                 past_key_values: Any = None) -> Float[Tensor, "rows d_vocab"]:
     """One forward with ``fwd_hooks``, stopped before ``ln_final``; answer-position logits.
+
+    ``rows`` is the forward's batch: ``batch_in``, or more where a hook stacks variants' copies.
 
     With ``past_key_values`` (a Hugging Face cache of earlier positions), ``tokens`` and
     ``answer_pos`` are relative to the end of the cached prefix.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -80,8 +81,8 @@ def validation_loss(model, ids: torch.Tensor, mask: torch.Tensor, batch_size: in
     return total / max(count, 1)
 
 
-def train_toy(train_texts: list[str], val_texts: list[str], settings: ToySettings,
-              vocab_texts: list[str] | None = None, on_validation=None):
+def train_toy(train_texts: Sequence[str], val_texts: Sequence[str], settings: ToySettings,
+              vocab_texts: Sequence[str] | None = None, on_validation=None):
     """Train the toy GPT-2 on ``train_texts``; returns ``(model, tokenizer, curve, seconds)``.
 
     ``curve`` is a list of ``{"step", "loss", "val_loss", "lr"}`` dicts. ``on_validation``, if
