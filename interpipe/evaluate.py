@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ CLASSIFICATION_TASKS = ("sentiment",)
 
 
 @torch.no_grad()
-def _batched(model, tokenizer, texts: list[str], batch_size: int, device, read) -> torch.Tensor:
+def _batched(model, tokenizer, texts: Sequence[str], batch_size: int, device, read) -> torch.Tensor:
     """Run ``texts`` through ``model`` in padded batches; ``read(output, mask, last) -> (B, ...)``."""
     out = []
     for i in range(0, len(texts), batch_size):
@@ -47,7 +48,7 @@ def _mean_pooled(output, mask, last) -> torch.Tensor:
     return (output.last_hidden_state * m).sum(1) / m.sum(1)  # (B, D)
 
 
-def _embeddings(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
+def _embeddings(model, tokenizer, texts: Sequence[str], batch_size: int, device) -> torch.Tensor:
     pooled = _batched(model, tokenizer, texts, batch_size, device, _mean_pooled)
     return torch.nn.functional.normalize(pooled, dim=-1)
 

@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from jaxtyping import install_import_hook
+
+import tests.typecheck  # noqa: F401  (the hook looks the checker up by this module's dotted name)
+
+# every interpipe module imported from here on checks its annotations at call time (tests/typecheck.py)
+_TYPECHECK = install_import_hook("interpipe", "tests.typecheck.typechecker")
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -81,8 +81,8 @@ def _check(bridge: Any, component: Component) -> None:
         raise ValueError(f"{component.name}: layer {component.layer} is out of range (model has {bridge.cfg.n_layers})")
 
 
-def aligned_means(reference: Float[Tensor, "ref pos ..."], reference_groups: Sequence[str],
-                  groups: Sequence[str], n_pos: int) -> Float[Tensor, "batch pos ..."]:
+def aligned_means(reference: Float[Tensor, "ref ref_pos ..."], reference_groups: Sequence[str],
+                  groups: Sequence[str], n_pos: int) -> Float[Tensor, "batch n_pos ..."]:
     """Per prompt, the mean of ``reference`` over the reference prompts of its template group, position by position.
 
     A group fixes the template and the token length, so position ``p`` of every member plays the

@@ -96,7 +96,7 @@ class ChannelStats:
         self.moments = torch.zeros(4, self.d, dtype=torch.float64)
         self.topk_count = torch.zeros(self.d, dtype=torch.float64)
 
-    def add(self, x: Float[Tensor, "batch pos d"], mask: Tensor) -> None:
+    def add(self, x: Float[Tensor, "batch *rows d"], mask: Tensor) -> None:  # (batch, pos, d) or pooled (batch, d)
         if x.ndim == 2 or x.shape[:2] != mask.shape:  # a pooled input (batch, d): one row per example
             x = x.reshape(x.shape[0], -1, x.shape[-1])  # (batch, rows, d)
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from interpipe.quant_interp import compare, drift
 from interpipe.quant_interp.inputs import Pair
@@ -168,8 +169,16 @@ def test_fp_circuit_is_scored_on_the_fp_runs_own_prompt_count(monkeypatch):
     from interpipe.quant_interp import transfer
     from interpipe.settings.circuits import CircuitSettings
 
+    from interpipe.circuits.bridge import PromptBatch
+
     seen = {}
-    monkeypatch.setattr(transfer, "batch_from_task", lambda bridge, root, task, n, *rest: seen.setdefault(task, n))
+
+    def batch_from_task(bridge, root, task, n, *rest):  # records the prompt count, returns a one-prompt batch
+        seen[task] = n
+        tokens = torch.zeros(1, 2, dtype=torch.long)
+        return PromptBatch(tokens, tokens, torch.tensor([0]), torch.tensor([1]), torch.tensor([1]))
+
+    monkeypatch.setattr(transfer, "batch_from_task", batch_from_task)
     transfer.circuit_batch(None, CircuitSettings(tasks=["ioi"], n_prompts=6, task_prompts={"ioi": 64}), "data", "ioi")
     transfer.circuit_batch(None, CircuitSettings(tasks=["sva"], n_prompts=6), "data", "sva")
     assert seen == {"ioi": 64, "sva": 6}
