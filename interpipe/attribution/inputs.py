@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from interpipe.models.tokens import answer_token_id
+from interpipe.models.tokens import answer_token_id, pad_rows
 from interpipe.typing import Int, Tensor
 
 from jaxtyping import Bool
@@ -114,15 +114,11 @@ def _tokenize(tokenizer, rows: list[dict], max_length: int) -> tuple[list, list[
 
 def _padded(rows: list[dict], encoded: list, pad_id: int):
     """Right-padded (batch, pos) ids, attention mask, attributable (non-special) tokens and cue tokens."""
-    n, width = len(rows), max(len(e["input_ids"]) for e in encoded)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    eligible = torch.zeros((n, width), dtype=torch.bool)
-    cue = torch.zeros((n, width), dtype=torch.bool)
+    input_ids, attention = pad_rows([e["input_ids"] for e in encoded], pad_id)  # (batch, pos) each
+    eligible = torch.zeros(input_ids.shape, dtype=torch.bool)
+    cue = torch.zeros(input_ids.shape, dtype=torch.bool)
     for b, (row, enc) in enumerate(zip(rows, encoded)):
         length = len(enc["input_ids"])
-        input_ids[b, :length] = torch.tensor(enc["input_ids"])
-        attention[b, :length] = 1
         special = torch.tensor(enc["special_tokens_mask"], dtype=torch.bool)
         eligible[b, :length] = ~special
         for i, (start, end) in enumerate(enc["offset_mapping"]):

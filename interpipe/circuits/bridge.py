@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from interpipe.models.arch import ArchSpec, describe_architecture
-from interpipe.models.tokens import adds_bos
+from interpipe.models.tokens import adds_bos, pad_rows
 from interpipe.typing import Int, Tensor, TokenIds
 
 MISMATCH_POLICIES = ("error", "skip")
@@ -238,21 +238,15 @@ def make_batch(bridge: Any, prompts: Sequence[str], corrupted_prompts: Sequence[
         kept.append(i)
     if not rows:
         raise ValueError(f"all {len(prompts)} prompts were skipped: clean and corrupted lengths differ for every one")
-    n_pos = max(r[0].shape[0] for r in rows)
     pad = bridge.tokenizer.pad_token_id if bridge.tokenizer.pad_token_id is not None else 0
-    clean = torch.full((len(rows), n_pos), pad, dtype=torch.long)
-    corrupt = torch.full((len(rows), n_pos), pad, dtype=torch.long)
-    for b, (c_ids, x_ids, _, _) in enumerate(rows):
-        clean[b, : c_ids.shape[0]] = c_ids.cpu()
-        corrupt[b, : x_ids.shape[0]] = x_ids.cpu()
+    clean, _ = pad_rows([r[0] for r in rows], pad)  # (batch, pos), right-padded
+    corrupt, _ = pad_rows([r[1] for r in rows], pad)  # (batch, pos): each as long as its clean prompt
     first = rows[0][0]
     templates = list(templates) if templates is not None else ["all"] * len(prompts)
     groups = [group_name(templates[i], r[0].shape[0]) for i, r in zip(kept, rows)]
     ref_ids = [r[1] for r in rows] + [bridge.to_tokens(p)[0] for p in reference_prompts]
     ref_groups = groups + [group_name(t, ids.shape[0]) for t, ids in zip(reference_templates, ref_ids[len(rows):])]
-    reference = torch.full((len(ref_ids), max(ids.shape[0] for ids in ref_ids)), pad, dtype=torch.long)
-    for b, ids in enumerate(ref_ids):
-        reference[b, : ids.shape[0]] = ids.cpu()
+    reference, _ = pad_rows(ref_ids, pad)  # (ref, ref_pos)
     return PromptBatch(
         clean_tokens=clean, corrupted_tokens=corrupt,
         answer_ids=torch.tensor([r[2] for r in rows]), foil_ids=torch.tensor([r[3] for r in rows]),

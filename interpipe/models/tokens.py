@@ -58,18 +58,24 @@ def pad_encode(tokenizer, texts: list[str], padding_side: str = "right",
     Pads with the tokenizer's pad token, or its EOS token when it has none (as GPT-2-style causal
     LMs are run). Returns ``(input_ids, attention_mask)``.
     """
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side={padding_side!r} is not 'right' or 'left'")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an EOS token to pad a batch with; set tokenizer.pad_token")
     rows = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)["input_ids"]
+    return pad_rows(rows, int(pad), padding_side)
+
+
+def pad_rows(rows, pad: int, padding_side: str = "right") -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Token id rows of different lengths (lists or 1-D tensors) padded with ``pad`` to the longest:
+    ``(input_ids, attention_mask)``, the mask 1 on each row's own tokens."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side={padding_side!r} is not 'right' or 'left'")
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), int(pad), dtype=torch.long)  # (batch, pos)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (batch, pos)
     for i, row in enumerate(rows):
         span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        ids[i, span] = torch.as_tensor(row, dtype=torch.long).cpu()
         mask[i, span] = 1
     return ids, mask
 
