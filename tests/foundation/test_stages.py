@@ -38,8 +38,11 @@ def test_stage_outputs_exist(pipeline):
     assert card["source"] == "toy" and card["n_layers"] == 2 and card["seconds"] > 0
     assert (pipeline / "models" / "toy" / "training_curve.png").exists()
     metrics = json.loads((pipeline / "evaluate" / "toy" / "metrics.json").read_text())
-    for task in ("ioi", "sva", "colored_objects", "laundry_list", "induction"):
-        assert 0.0 <= metrics[f"{task}/accuracy"] <= 1.0 and metrics[f"{task}/loss"] > 0
+    loaded = load_model(pipeline / "models" / "toy")
+    for task in ("ioi", "sva", "colored_objects", "laundry_list", "induction"):  # the stage wrote the library's numbers
+        expected = evaluate_task(loaded, pipeline / "data", task)  # (its batching: test_evaluation_matches_one_prompt_at_a_time)
+        assert metrics[f"{task}/accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+        assert metrics[f"{task}/loss"] == pytest.approx(expected["loss"], rel=1e-5) and expected["loss"] > 0
     assert (pipeline / "evaluate" / "toy" / ".hydra" / "config.yaml").exists()
 
 
