@@ -1,4 +1,8 @@
-"""The result of one attribution call: scores per input token, with the inputs and targets."""
+"""The result of one attribution call: scores per input token, with the inputs and targets.
+
+An :class:`interpipe.result.Result`: ``save`` writes ``attribution.json`` and ``attributions.parquet``,
+``plot`` returns one figure.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from pathlib import Path
 
 import torch
 
+from interpipe.result import Result, writing
 from interpipe.typing import Float, Int, Tensor
 
 
 @dataclass
-class Attribution:
+class Attribution(Result):
     """Token scores of one method on one batch.
 
     ``scores[b, i]`` is the importance of input token ``i`` of example ``b`` for the output
@@ -83,17 +88,18 @@ class Attribution:
         return pd.DataFrame(rows)
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write ``attributions.parquet`` and ``attribution.json`` into ``folder`` (refusing NaN/Inf)."""
-        from interpipe.io import OutputExistsError, write_frame, write_json
+        """Write ``attribution.json`` and ``attributions.parquet`` (the marker) into ``folder``, refusing NaN/Inf.
 
-        folder = Path(folder)
-        if (folder / "attributions.parquet").exists() and not overwrite:
-            raise OutputExistsError(f"{folder}/attributions.parquet exists; pass overwrite=True")
-        self.check_finite()
-        write_frame(folder / "attributions.parquet", self.to_frame())
-        write_json(folder / "attribution.json", {"method": self.method, "seconds": self.seconds, "info": self.info,
-                                                 "diagnostics": self.diagnostics})
-        return folder
+        The folder is shared: the attribute stage adds its evaluation tables beside them.
+        """
+        from interpipe.io import write_frame, write_json
+
+        with writing(folder, overwrite, marker="attributions.parquet") as out:
+            self.check_finite()
+            write_json(out / "attribution.json", {"method": self.method, "seconds": self.seconds, "info": self.info,
+                                                  "diagnostics": self.diagnostics})
+            write_frame(out / "attributions.parquet", self.to_frame())
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Attribution":
@@ -126,7 +132,7 @@ class Attribution:
                    info=meta["info"], diagnostics=meta.get("diagnostics", {}))
 
     def plot(self, indices: list[int] | None = None, max_examples: int = 4):
-        """A token heatmap (one row per example, scores normalised by each row's max |score|)."""
+        """One figure: a token heatmap (one row per example, scores normalised by each row's max |score|)."""
         import matplotlib
 
         matplotlib.use("Agg")

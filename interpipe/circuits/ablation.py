@@ -11,14 +11,14 @@ al. 2022). A head is ablated at its output ``hook_z`` at **every** position; an 
 batched engine, so a sweep over all heads, or over all the circuits of a faithfulness curve, runs
 in a few forwards.
 
->>> Component.parse("L2H3"), Component.parse("L1.mlp").name, Component.parse("L0.n7").hook
+Components are :class:`interpipe.components.Component` values (re-exported here).
+
+>>> Component.parse("L2H3"), Component.parse("L1.mlp").name, hook_of(Component.parse("L0.n7"))
 (Component(kind='head', layer=2, index=3), 'L1.mlp', 'blocks.0.mlp.hook_post')
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -28,50 +28,30 @@ from interpipe.circuits.engine import Patch, capture, run_variants
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, kl_divergence
 from interpipe.circuits.patching import task_metric
 from interpipe.circuits.results import CircuitResult
+from interpipe.components import Component
 from interpipe.typing import Float, Tensor
 
 from interpipe.settings.circuits import ABLATIONS as KINDS  # noqa: E402 - the allowed values live with the settings
 METRICS = ("normalized_logit_diff", "logit_diff", "accuracy", "kl")
-_PATTERN = re.compile(r"^L(\d+)(?:H(\d+)|\.mlp|\.n(\d+))$")
 
 
-@dataclass(frozen=True)
-class Component:
-    """A head (``L2H3``), an MLP (``L2.mlp``) or one MLP neuron (``L2.n17``)."""
+def hook_of(component: Component) -> str:
+    """The bridge hook an ablation of ``component`` replaces: ``hook_z`` (heads), ``hook_mlp_out``
+    (MLPs) or the MLP's ``hook_post`` (neurons)."""
+    return {"head": f"blocks.{component.layer}.attn.hook_z", "mlp": f"blocks.{component.layer}.hook_mlp_out",
+            "neuron": f"blocks.{component.layer}.mlp.hook_post"}[component.kind]
 
-    kind: str  # head | mlp | neuron
-    layer: int
-    index: int = -1  # head or neuron index
 
-    @property
-    def name(self) -> str:
-        return {"head": f"L{self.layer}H{self.index}", "mlp": f"L{self.layer}.mlp",
-                "neuron": f"L{self.layer}.n{self.index}"}[self.kind]
-
-    @property
-    def hook(self) -> str:
-        return {"head": f"blocks.{self.layer}.attn.hook_z", "mlp": f"blocks.{self.layer}.hook_mlp_out",
-                "neuron": f"blocks.{self.layer}.mlp.hook_post"}[self.kind]
-
-    def patch(self) -> Patch:
-        return Patch(self.hook, () if self.kind == "mlp" else (None, self.index))
-
-    @classmethod
-    def parse(cls, text: str) -> "Component":
-        match = _PATTERN.match(text.strip())
-        if not match:
-            raise ValueError(f"cannot parse component {text!r}: use L<layer>H<head>, L<layer>.mlp or L<layer>.n<neuron>")
-        layer, head, neuron = match.groups()
-        if head is not None:
-            return cls("head", int(layer), int(head))
-        return cls("neuron", int(layer), int(neuron)) if neuron is not None else cls("mlp", int(layer))
+def patch_of(component: Component) -> Patch:
+    """The engine's patch of ``component``: its hook, at its head or neuron index (the whole output for an MLP)."""
+    return Patch(hook_of(component), () if component.kind == "mlp" else (None, component.index))
 
 
 def all_components(bridge: Any) -> list[Component]:
     """Every head and every MLP of the model."""
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
-    heads = [Component("head", layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    return heads + [Component("mlp", layer) for layer in range(n_layers)]
+    heads = [Component.head(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    return heads + [Component.mlp(layer) for layer in range(n_layers)]
 
 
 def _check(bridge: Any, component: Component) -> None:
@@ -153,7 +133,7 @@ def ablate(bridge: Any, batch: PromptBatch, variants: Sequence[Sequence[Componen
     for variant in variants:
         for component in variant:
             _check(bridge, component)
-    hooks = sorted({c.hook for v in variants for c in v})
+    hooks = sorted({hook_of(c) for v in variants for c in v})
     sources = ablation_sources(bridge, batch, hooks, kind, seed) if hooks else {}
     _, clean_logits = capture(bridge, batch.clean_tokens, batch.answer_pos, [])
 
@@ -161,7 +141,7 @@ def ablate(bridge: Any, batch: PromptBatch, variants: Sequence[Sequence[Componen
         return torch.stack([metric(logits), metric.raw(logits), accuracy(logits, batch.answer_ids),
                             kl_divergence(logits, clean_logits)], -1)  # (variant, 4)
 
-    patches = [[c.patch() for c in v] for v in variants]
+    patches = [[patch_of(c) for c in v] for v in variants]
     return run_variants(bridge, batch.clean_tokens, batch.answer_pos, patches, sources, metrics, memory_mb,
                         desc=f"{kind} ablation")
 
@@ -169,14 +149,14 @@ def ablate(bridge: Any, batch: PromptBatch, variants: Sequence[Sequence[Componen
 def ablate_heads(bridge: Any, batch: PromptBatch, kind: str = "mean", **kwargs: Any) -> CircuitResult:
     """Ablate each head alone: normalised logit difference ``[layer, head]`` (baseline: clean = 1)."""
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
-    out = ablate(bridge, batch, [[Component("head", l, h)] for l in range(n_layers) for h in range(n_heads)], kind, **kwargs)
+    out = ablate(bridge, batch, [[Component.head(l, h)] for l in range(n_layers) for h in range(n_heads)], kind, **kwargs)
     return CircuitResult(f"{kind}_ablation_heads", out[:, 0].reshape(n_layers, n_heads), ("layer", "head"), {}, 1.0,
                          {"method": "ablation", "direction": kind, "kind": kind, "accuracy": out[:, 2].tolist(), "kl": out[:, 3].tolist()})
 
 
 def ablate_mlps(bridge: Any, batch: PromptBatch, kind: str = "mean", **kwargs: Any) -> CircuitResult:
     """Ablate each MLP alone: normalised logit difference ``[layer]``."""
-    out = ablate(bridge, batch, [[Component("mlp", l)] for l in range(bridge.cfg.n_layers)], kind, **kwargs)
+    out = ablate(bridge, batch, [[Component.mlp(l)] for l in range(bridge.cfg.n_layers)], kind, **kwargs)
     return CircuitResult(f"{kind}_ablation_mlps", out[:, 0], ("layer",), {}, 1.0,
                          {"method": "ablation", "direction": kind, "kind": kind, "accuracy": out[:, 2].tolist(), "kl": out[:, 3].tolist()})
 
@@ -189,7 +169,7 @@ def ablate_neurons(bridge: Any, batch: PromptBatch, layer: int, kind: str = "mea
     bad = [n for n in neurons if not 0 <= n < d_mlp]
     if bad:
         raise ValueError(f"neuron indices {bad} are out of range for layer {layer} (d_mlp={d_mlp})")
-    out = ablate(bridge, batch, [[Component("neuron", layer, n)] for n in neurons], kind, **kwargs)
+    out = ablate(bridge, batch, [[Component.neuron(layer, n)] for n in neurons], kind, **kwargs)
     return CircuitResult(f"{kind}_ablation_neurons_L{layer}", out[:, 0], ("neuron",),
                          {"neuron": [str(n) for n in neurons]}, 1.0,
                          {"method": "ablation", "direction": kind, "kind": kind, "layer": layer, "neurons": neurons})

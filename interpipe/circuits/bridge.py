@@ -26,7 +26,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 
@@ -79,15 +79,23 @@ def hook_layer(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def check_hook(bridge: Any, name: str, patchable: bool = True) -> str:
+def hook_names(bridge: Any) -> frozenset[str]:
+    """Every hook point name of ``bridge``, aliases included.
+
+    ``TransformerBridge.hook_dict`` is a property that copies the hook registry and resolves every
+    alias on each access (about 0.1 ms for 12 GPT-2 blocks): a caller checking many names builds
+    this set once and passes it to :func:`check_hook`.
+    """
+    return frozenset(bridge.hook_dict)
+
+
+def check_hook(bridge: Any, name: str, patchable: bool = True, hooks: Collection[str] | None = None) -> str:
     """Return ``name`` if the bridge has that hook point, else raise ``ValueError`` naming it.
 
+    ``hooks`` is the bridge's :func:`hook_names` when the caller has them (built here otherwise).
     With ``patchable``, hooks after the last block (final LayerNorm, unembedding) are refused too.
     """
-    hooks = getattr(bridge, "_interpipe_hook_names", None)
-    if hooks is None:  # building hook_dict walks every module: do it once per bridge
-        hooks = frozenset(bridge.hook_dict)
-        bridge._interpipe_hook_names = hooks
+    hooks = hook_names(bridge) if hooks is None else hooks
     if name not in hooks:
         close = difflib.get_close_matches(name, sorted(hooks), n=3)
         raise ValueError(f"unknown hook {name!r}: the model has no such hook point"

@@ -30,6 +30,7 @@ from interpipe.circuits.bridge import PromptBatch, architecture
 from interpipe.circuits.engine import capture
 from interpipe.circuits.metrics import accuracy, logit_diff
 from interpipe.circuits.results import CircuitResult
+from interpipe.components import Component
 from interpipe.typing import Float, Tensor
 
 
@@ -85,8 +86,9 @@ def direct_logit_attribution(bridge: Any, batch: PromptBatch, run: str = "clean"
                              captured: tuple[dict, torch.Tensor] | None = None) -> CircuitResult:
     """Each component's direct contribution to the mean answer − foil logit difference.
 
-    Components: ``embed``, ``pos_embed`` (learned positions only), ``L{l}H{h}`` for every query
-    head, ``L{l}.attn_bias``, ``L{l}.mlp`` and ``const`` (final norm bias and unembedding bias). ``info`` holds the actual
+    Components: ``embed``, ``pos_embed`` (learned positions only), every query head and every MLP
+    (by :attr:`~interpipe.components.Component.name`: ``L2H3``, ``L2.mlp``), ``L{l}.attn_bias`` and
+    ``const`` (final norm bias and unembedding bias). ``info`` holds the actual
     mean logit difference, the sum of the terms and the ``residual_error`` between them.
 
     Args:
@@ -123,9 +125,9 @@ def _decompose(bridge: Any, batch: PromptBatch, acts: dict, logits: torch.Tensor
     for layer in range(n_layers):
         result = head_results(bridge, layer, at(f"blocks.{layer}.attn.hook_z"))  # (batch, head, d_model)
         for head in range(n_heads):
-            add(f"L{layer}H{head}", result[:, head], layer, head)
-        add(f"L{layer}.attn_bias", at(f"blocks.{layer}.hook_attn_out") - result.sum(1), layer)
-        add(f"L{layer}.mlp", at(f"blocks.{layer}.hook_mlp_out"), layer)
+            add(Component.head(layer, head).name, result[:, head], layer, head)
+        add(f"L{layer}.attn_bias", at(f"blocks.{layer}.hook_attn_out") - result.sum(1), layer)  # not a component
+        add(Component.mlp(layer).name, at(f"blocks.{layer}.hook_mlp_out"), layer)
     b_u = getattr(bridge, "b_U", None)
     const = (bias * (w_u[:, batch.answer_ids] - w_u[:, batch.foil_ids]).T).sum(-1)
     if b_u is not None:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from interpipe.circuits.bridge import check_hook, hook_layer
+from interpipe.circuits.bridge import check_hook, hook_layer, hook_names
 from interpipe.typing import Float, Int, Tensor, TokenIds
 
 
@@ -150,9 +150,9 @@ def capture_with_cache(bridge: Any, tokens: TokenIds, answer_pos: Int[Tensor, "b
             return act
         return hook
 
-    names = list(dict.fromkeys(hooks))
+    names, known = list(dict.fromkeys(hooks)), hook_names(bridge)
     for name in names:
-        check_hook(bridge, name, patchable=False)
+        check_hook(bridge, name, patchable=False, hooks=known)
     cache = None
     if keep_cache:
         from transformers.cache_utils import DynamicCache
@@ -327,9 +327,10 @@ def run_variants(bridge: Any, tokens: TokenIds, answer_pos: Int[Tensor, "batch"]
 
 def _check_sources(bridge: Any, variants: Sequence[Variant], sources: Mapping[str, Tensor], live_source: bool) -> None:
     """Every patched hook exists and has source values (given, or live from the source run)."""
+    known = hook_names(bridge)
     for variant in variants:
         for patch in variant:
-            check_hook(bridge, patch.hook)
+            check_hook(bridge, patch.hook, hooks=known)
             if patch.hook not in sources and not live_source:
                 raise KeyError(f"no source values for hook {patch.hook!r}")
 

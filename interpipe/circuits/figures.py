@@ -12,6 +12,7 @@ import torch
 from interpipe.circuits.bridge import PromptBatch
 from interpipe.circuits.engine import capture
 from interpipe.circuits.results import CircuitResult
+from interpipe.components import Component
 
 
 def _plt() -> Any:
@@ -55,19 +56,19 @@ def attribution_scatter(pairs: Sequence[tuple[CircuitResult, CircuitResult]], ti
     return fig
 
 
-def attention_patterns(bridge: Any, batch: PromptBatch, heads: Sequence[tuple[int, int]], title: str = "") -> Any:
-    """Mean attention from the answer position to every source position, one panel per head."""
+def attention_patterns(bridge: Any, batch: PromptBatch, heads: Sequence[Component], title: str = "") -> Any:
+    """Mean attention from the answer position to every source position, one panel per head (``L0H0`` when none)."""
     plt = _plt()
-    heads = list(heads) or [(0, 0)]
-    hooks = sorted({f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads})
+    heads = list(heads) or [Component.head(0, 0)]
+    hooks = sorted({f"blocks.{head.layer}.attn.hook_pattern" for head in heads})
     acts, _ = capture(bridge, batch.clean_tokens, batch.answer_pos, hooks)
     rows = torch.arange(batch.size, device=batch.answer_pos.device)
     fig, axes = plt.subplots(len(heads), 1, figsize=(max(5.0, 0.3 * batch.n_pos + 2), 1.8 * len(heads)), squeeze=False)
     labels = batch.position_labels()
-    for ax, (layer, head) in zip(axes[:, 0], heads):
-        pattern = acts[f"blocks.{layer}.attn.hook_pattern"][rows, head, batch.answer_pos]  # (batch, k_pos)
+    for ax, head in zip(axes[:, 0], heads):
+        pattern = acts[f"blocks.{head.layer}.attn.hook_pattern"][rows, head.index, batch.answer_pos]  # (batch, k_pos)
         ax.bar(range(batch.n_pos), pattern.mean(0).float().cpu().numpy())
-        ax.set_ylabel(f"L{layer}H{head}")
+        ax.set_ylabel(head.name)
         ax.set_ylim(0, 1)
         ax.set_xticks(range(batch.n_pos), labels, rotation=90, fontsize=7)
     axes[0, 0].set_title(title or "attention from the answer position (mean over prompts)")
@@ -75,7 +76,7 @@ def attention_patterns(bridge: Any, batch: PromptBatch, heads: Sequence[tuple[in
     return fig
 
 
-def faithfulness_plot(curve: Sequence[dict], ranking: Sequence[tuple[str, float]], k: int, heldout: dict,
+def faithfulness_plot(curve: Sequence[dict], ranking: Sequence[tuple[Component, float]], k: int, heldout: dict,
                       target: float, title: str = "") -> Any:
     """Faithfulness of the top-k circuits on the selection half (with 95 % intervals) against k; the
     selected k with its held-out faithfulness and the random same-size circuits' interval; the target."""

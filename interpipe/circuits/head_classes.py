@@ -59,7 +59,8 @@ def senders(frame: Any, targets: list[tuple[int, int]], n: int) -> list[tuple[in
     if not targets:
         return []
     last = max(layer for layer, _ in targets)
-    early = frame[(frame["layer"] < last) & ~frame["component"].isin([f"L{l}H{h}" for l, h in targets])]
+    targeted = [(int(l), int(h)) in set(targets) for l, h in zip(frame["layer"], frame["head"])]
+    early = frame[(frame["layer"] < last) & ~np.array(targeted, dtype=bool)]
     top = early.sort_values("attn_end_s", ascending=False).head(n)
     return [(int(r.layer), int(r.head)) for r in top.itertuples()]
 

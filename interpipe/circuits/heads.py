@@ -27,6 +27,7 @@ import torch
 
 from interpipe.circuits.bridge import PromptBatch
 from interpipe.circuits.engine import capture
+from interpipe.components import Component
 
 ATTENTION = 0.3  # a head "attends" to a token class when it puts this much of its attention there
 RATIO = 3.0  # ... and this many times more than to the competing class
@@ -69,7 +70,7 @@ def head_evidence(bridge: Any, batch: PromptBatch, direct: torch.Tensor,
         scores = {"attn_end_io": end[rows, :, pos["io"]], "attn_end_s": end[rows, :, pos["s1"]] + end[rows, :, pos["s2"]],
                   "attn_s2_s1": s2[rows, :, pos["s1"]], "attn_s2_s1_next": s2[rows, :, pos["s1"] + 1]}  # each (batch, head)
         for head in range(n_heads):
-            row = {"layer": layer, "head": head, "component": f"L{layer}H{head}",
+            row = {"layer": layer, "head": head, "component": Component.head(layer, head).name,
                    **{k: float(v[:, head].mean()) for k, v in scores.items()}, "direct_effect": float(direct[layer, head])}
             row["class"] = classify(row)
             out.append(row)

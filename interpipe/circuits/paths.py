@@ -30,6 +30,7 @@ from interpipe.circuits.engine import Patch, capture, capture_with_cache, run_va
 from interpipe.circuits.metrics import NormalizedLogitDiff
 from interpipe.circuits.patching import runs, task_metric
 from interpipe.circuits.results import CircuitResult
+from interpipe.components import Component
 from interpipe.models.arch import UnsupportedArchitecture
 
 COMPONENTS = ("q", "k", "v")
@@ -65,11 +66,11 @@ def path_patching_support(bridge: Any) -> str | None:
     return None
 
 
-def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
+def path_patch(bridge: Any, batch: PromptBatch, sender: Component,
                components: Sequence[str] = COMPONENTS, direction: str = "denoise",
                sender_positions: str = "all", metric: NormalizedLogitDiff | None = None,
                memory_mb: float = 512.0) -> CircuitResult:
-    """Patch the path from head ``sender = (layer, head)`` into every later head's q/k/v input.
+    """Patch the path from the head ``sender`` into every later head's q/k/v input.
 
     Returns:
         ``[component, layer, head]``: the patched metric; layers up to the sender's are left at
@@ -77,8 +78,11 @@ def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
 
     Raises:
         UnsupportedArchitecture: the bridge has no per-head q/k/v input hooks for this family.
+        ValueError: ``sender`` is not a head of the model.
     """
-    layer, head = check_head(bridge, *sender)
+    if sender.kind != "head":
+        raise ValueError(f"path patching needs a sender head, not {sender.name}")
+    layer, head = check_head(bridge, sender.layer, sender.index)
     reason = path_patching_support(bridge)
     if reason:
         raise UnsupportedArchitecture(reason)
@@ -111,7 +115,7 @@ def path_patch(bridge: Any, batch: PromptBatch, sender: tuple[int, int],
                                desc="path patching", prefix=batch.shared_prefix(), prefix_cache=cache)
         for (c, dl, dh), v in zip(cells, out):
             values[components.index(c), dl, dh] = float(v)
-    return CircuitResult(f"path_L{layer}H{head}", values, ("component", "layer", "head"),
+    return CircuitResult(f"path_{sender.name}", values, ("component", "layer", "head"),
                          {"component": list(components)}, baseline,
                          {"method": "path", "sender": [layer, head], "direction": direction,
                           "sender_positions": sender_positions, "n_prompts": batch.size,

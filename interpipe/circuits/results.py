@@ -4,9 +4,10 @@
 DLA contributions, ablation effects), the names of its axes (``layer``, ``head``, ``pos``,
 ``component``, ...), optional tick labels, the metric value of the unpatched run (``baseline``)
 and ``info`` (model, task, settings; ``info["method"]`` and ``info["direction"]`` say how the
-values were obtained). Verbs: :meth:`effect`, :meth:`save` (safetensors + JSON, refusing to
-overwrite unless asked), :meth:`load`, :meth:`to_frame` (long form with the columns
-``analysis, method, direction, layer, head, position, effect, value``) and :meth:`plot` (heatmap).
+values were obtained). It is an :class:`interpipe.result.Result`. Verbs: :meth:`effect`, :meth:`save`
+(``values.safetensors`` + ``result.json``, the whole folder at once, refusing to overwrite unless
+asked), :meth:`load`, :meth:`to_frame` (long form with the columns
+``analysis, method, direction, layer, head, position, effect, value``) and :meth:`plot` (one heatmap figure).
 
 ``method`` is one of :data:`METHODS` (``exact`` activation patching, ``attribution`` patching,
 ``path`` patching, ``ablation``, ``dla``, ``logit_lens``); ``direction`` is ``denoising`` (clean
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 
-from interpipe.io import OutputExistsError, atomic_dir, read_json, write_json
+from interpipe.io import read_json, write_json
+from interpipe.result import Result, writing
 from interpipe.typing import Float, Tensor
 
 # axis -> frame column; a key/value head (grouped-query k/v grids, analysis ``k_kv_head``) goes in ``head``
@@ -38,7 +40,7 @@ DIRECTION_NAMES = {"denoise": "denoising", "noise": "noising"}  # patching direc
 
 
 @dataclass
-class CircuitResult:
+class CircuitResult(Result):
     """The values of one analysis over named axes; ``effect = values - baseline``."""
 
     name: str
@@ -89,17 +91,15 @@ class CircuitResult:
         """Write ``values.safetensors`` and ``result.json`` into ``folder`` atomically."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise OutputExistsError(f"{folder} exists; pass overwrite=True or choose another folder")
-        with atomic_dir(folder, overwrite=True) as tmp:
+        with writing(folder, overwrite) as tmp:  # the result owns the folder: written whole, then renamed
             save_file({"values": self.values.contiguous()}, str(tmp / "values.safetensors"))
             write_json(tmp / "result.json", {"name": self.name, "axes": list(self.axes), "labels": self.labels,
                                              "baseline": self.baseline, "info": self.info})
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "CircuitResult":
+        """Read a folder written by :meth:`save`."""
         from safetensors.torch import load_file
 
         folder = Path(folder)

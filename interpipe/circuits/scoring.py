@@ -20,6 +20,9 @@ template-aligned mean over the corrupted distribution, :func:`interpipe.circuits
   model under the same knockout) and ``F(C) − F(C \\ v)`` (large when ``v`` matters inside ``C``);
   summarised as the largest gap and the smallest effect, in units of the full model's mean ``F(M)``.
 
+Circuits are lists of :class:`~interpipe.components.Component`; where one arrives as names (a
+circuit read back from ``circuit.json``) it is parsed on entry.
+
 >>> smallest_above([0, 2, 4], [Interval(0.1, 0.0, 0.2, 8), Interval(0.9, 0.7, 1.0, 8), Interval(1.0, 0.85, 1.1, 8)], 0.8)
 4
 """
@@ -33,10 +36,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from interpipe.circuits.ablation import Component, ablation_sources, all_components
+from interpipe.circuits.ablation import ablation_sources, all_components, hook_of, patch_of
 from interpipe.circuits.bridge import PromptBatch
 from interpipe.circuits.engine import capture, run_variants
 from interpipe.circuits.metrics import logit_diff
+from interpipe.components import Component, as_components, heads_of
 from interpipe.stats import Interval, bootstrap, seed_interval, to_metrics
 
 
@@ -68,7 +72,8 @@ class Scorer:
         self.corrupted_ld = logit_diff(corrupted, b.answer_ids, b.foil_ids).cpu().numpy()
         self.clean_correct = (clean.argmax(-1) == b.answer_ids).float().cpu().numpy()
         if self.sources is None:
-            self.sources = ablation_sources(self.bridge, b, sorted({c.hook for c in self.components}), self.kind, self.seed)
+            self.sources = ablation_sources(self.bridge, b, sorted({hook_of(c) for c in self.components}), self.kind,
+                                            self.seed)
 
     def run(self, ablated: Sequence[Sequence[Component]]) -> tuple[np.ndarray, np.ndarray]:
         """(logit difference, correct) per prompt ``[variant, batch]`` with each variant's components ablated."""
@@ -80,17 +85,22 @@ class Scorer:
 
         if not ablated:
             return np.zeros((0, b.size)), np.zeros((0, b.size))
-        keys = [frozenset(c.name for c in v) for v in ablated]
+        keys = [frozenset(v) for v in ablated]
         unique = list(dict.fromkeys(keys))  # identical variants (e.g. random draws of the whole pool) run once
         first = [keys.index(k) for k in unique]
-        out = run_variants(self.bridge, b.clean_tokens, b.answer_pos, [[c.patch() for c in ablated[i]] for i in first],
+        out = run_variants(self.bridge, b.clean_tokens, b.answer_pos, [[patch_of(c) for c in ablated[i]] for i in first],
                            self.sources, metric, self.memory_mb, desc=f"{self.kind} ablation").float().cpu().numpy()
         out = out[[unique.index(k) for k in keys]]  # (variant, 2, batch)
         return out[:, 0], out[:, 1]
 
-    def circuits(self, circuits: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`run` for circuits given by component names: everything in the pool outside each is ablated."""
-        return self.run([[c for c in self.components if c.name not in set(names)] for names in circuits])
+    def circuits(self, circuits: Sequence[Sequence[Component | str]]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run` for circuits (components, or their names): everything in the pool outside each is ablated."""
+        return self.run([self.outside(circuit) for circuit in circuits])
+
+    def outside(self, circuit: Sequence[Component | str]) -> list[Component]:
+        """The pool's components not in ``circuit`` (the ones its run ablates), in pool order."""
+        keep = set(as_components(circuit))
+        return [c for c in self.components if c not in keep]
 
     def faithfulness(self, circuit_ld: np.ndarray) -> dict[str, Interval]:
         """Ratio of means and mean per-prompt normalised logit difference, each with its bootstrap interval."""
@@ -113,16 +123,17 @@ def smallest_above(ks: Sequence[int], intervals: Sequence[Interval], target: flo
     return next((k for k, iv in sorted(zip(ks, intervals), key=lambda p: p[0]) if iv.low >= target), None)
 
 
-def random_circuits(names: Sequence[str], size_like: Sequence[str], n: int, seed: int = 0) -> list[list[str]]:
-    """``n`` random circuits with as many heads and MLPs as ``size_like``, drawn uniformly from ``names``."""
+def random_circuits(pool: Sequence[Component], size_like: Sequence[Component], n: int, seed: int = 0
+                    ) -> list[list[Component]]:
+    """``n`` random circuits with as many heads and MLPs as ``size_like``, drawn uniformly from ``pool``."""
     rng = random.Random(seed)
-    heads = [c for c in names if "H" in c]
-    mlps = [c for c in names if "H" not in c]
-    n_heads = sum("H" in c for c in size_like)
+    heads = heads_of(pool)
+    mlps = [c for c in pool if c.kind != "head"]
+    n_heads = len(heads_of(size_like))
     return [rng.sample(heads, n_heads) + rng.sample(mlps, len(size_like) - n_heads) for _ in range(n)]
 
 
-def score_heldout(scorer: Scorer, circuit: Sequence[str], n_random: int, completeness_heads: int = 0,
+def score_heldout(scorer: Scorer, circuit: Sequence[Component | str], n_random: int, completeness_heads: int = 0,
                   seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Everything reported about ``circuit`` on the held-out ``scorer``: metrics and the per-head table.
 
@@ -131,17 +142,19 @@ def score_heldout(scorer: Scorer, circuit: Sequence[str], n_random: int, complet
     ``random_faithfulness`` (mean over ``n_random`` same-size draws, t interval over the draws),
     ``excess_over_random`` (paired bootstrap of the circuit's ratio minus the random circuits'), and
     with ``completeness_heads`` > 0 the worst completeness gap and the smallest minimality effect
-    over the first ``completeness_heads`` heads of ``circuit``.
+    over the first ``completeness_heads`` heads of ``circuit``. The table has one row per such head
+    (``head``: the component).
     """
-    names = [c.name for c in scorer.components]
-    draws = random_circuits(names, circuit, n_random, seed) if n_random else []
-    heads = [c for c in circuit if "H" in c][:completeness_heads]
-    pool_c = [c for c in scorer.components if c.name not in set(circuit)]
-    knock = [pool_c + [Component.parse(h)] for h in heads] + [[Component.parse(h)] for h in heads]
-    ld, correct = scorer.run([pool_c] + [[c for c in scorer.components if c.name not in set(d)] for d in draws] + knock)
+    circuit = as_components(circuit)
+    draws = random_circuits(scorer.components, circuit, n_random, seed) if n_random else []
+    heads = heads_of(circuit)[:completeness_heads]
+    pool_c = scorer.outside(circuit)
+    knock = [pool_c + [h] for h in heads] + [[h] for h in heads]
+    ld, correct = scorer.run([pool_c] + [scorer.outside(d) for d in draws] + knock)
     circuit_ld, random_ld = ld[0], ld[1: 1 + len(draws)]
     metrics: dict[str, float] = {"heldout_prompts": float(scorer.batch.size), "circuit_size": float(len(circuit)),
-                                 "circuit_heads": float(sum("H" in c for c in circuit)), "pool_size": float(len(names))}
+                                 "circuit_heads": float(len(heads_of(circuit))),
+                                 "pool_size": float(len(scorer.components))}
     for key, iv in scorer.faithfulness(circuit_ld).items():
         metrics.update(to_metrics(key, iv))
     metrics.update(to_metrics("circuit_accuracy", bootstrap(correct[0])))

@@ -31,6 +31,7 @@ from interpipe.circuits.head_classes import HEAD_CLASS_TASKS, capture_hooks, hea
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
+from interpipe.components import Component, heads_of
 from interpipe.io import save_figure, write_frame, write_json
 from interpipe.settings.circuits import GRIDS, CircuitSettings
 from interpipe.stats import bootstrap, to_metrics
@@ -52,7 +53,7 @@ def _frames(results: list) -> Any:
 class TaskCircuit:
     """What cross-task reuse needs of one solved task: its circuit and the scorer of its held-out half."""
 
-    components: list[str]
+    components: list[Component]
     scorer: scoring.Scorer
 
 
@@ -85,7 +86,7 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
         exact, estimates = _patching(bridge, halves[0][0], settings, kw, metrics, tables, out, title)
         found = _discover(bridge, halves, settings, kw, exact, estimates, metrics, tables, out, title)
     if classes is not None:  # the head-class table marks the circuit's heads
-        classes["in_circuit"] = classes["component"].isin(found.components if found else []).astype(int)
+        classes["in_circuit"] = classes["component"].isin([c.name for c in found.components] if found else []).astype(int)
         write_frame(out / "ioi_heads.csv", classes)
     write_frame(out / "effects.parquet", _frames(tables))
     metrics["seconds"] = time.perf_counter() - start
@@ -96,7 +97,7 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
 def ablation_halves(bridge: Any, batch: Any, settings: CircuitSettings) -> list[tuple[Any, dict]]:
     """[(selection half, its ablation values), (held-out half, its ablation values)]: the reference
     distribution is captured once for the whole batch and cut to each half."""
-    hooks = sorted({c.hook for c in scoring.pool(bridge, settings.ablate_mlps)})
+    hooks = sorted({ablation.hook_of(c) for c in scoring.pool(bridge, settings.ablate_mlps)})
     sources = ablation.ablation_sources(bridge, batch, hooks, settings.ablation)
     out = []
     for rows in batch.half_rows():
@@ -215,9 +216,8 @@ def _discover(bridge: Any, halves: list, settings: CircuitSettings, kw: dict, ex
                    heldout_above_target=int(reported["faithfulness_ci_low"] >= settings.target_faithfulness))
     save_figure(figures.faithfulness_plot(circuit.curve, circuit.ranking, circuit.info["k"], reported,
                                           settings.target_faithfulness, title), out / "headline_faithfulness.png")
-    top = [ablation.Component.parse(n) for n, _ in circuit.ranking if "H" in n][: settings.figure_heads]
-    save_figure(figures.attention_patterns(bridge, select, [(c.layer, c.index) for c in top], title),
-                out / "attention_top_heads.png")
+    top = heads_of(c for c, _ in circuit.ranking)[: settings.figure_heads]
+    save_figure(figures.attention_patterns(bridge, select, top, title), out / "attention_top_heads.png")
     notes = []
     senders = top[: settings.path_senders]
     reason = paths.path_patching_support(bridge) if senders else None
@@ -226,11 +226,9 @@ def _discover(bridge: Any, halves: list, settings: CircuitSettings, kw: dict, ex
         metrics["path_patching_skipped"] = 1
         senders = []
     for c in senders:
-        tables.append(paths.path_patch(bridge, select, (c.layer, c.index), sender_positions=settings.sender_positions, **kw))
-    write_json(out / "circuit.json", {"components": circuit.components, "heads": circuit.heads,
-                                      "ranking": circuit.ranking, "selection_curve": circuit.curve,
-                                      "selection": circuit.selection, **circuit.info, "knockouts": knockouts,
-                                      "ablated": ABLATED[settings.ablate_mlps],
+        tables.append(paths.path_patch(bridge, select, c, sender_positions=settings.sender_positions, **kw))
+    knockouts = [{**row, "head": row["head"].name} for row in knockouts]  # heads by name in the JSON
+    write_json(out / "circuit.json", {**circuit.to_json(), "knockouts": knockouts, "ablated": ABLATED[settings.ablate_mlps],
                                       **({"notes": notes} if notes else {})})
     return TaskCircuit(circuit.components, scorer)
 
@@ -294,8 +292,8 @@ def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact
     if settings.neuron_ablation > 0:
         estimate = attribution.attribution_patch(bridge, batch, [("mlp_post", ("layer", "neuron"))], "noise", kw["metric"])
         grid = estimate["mlp_post_neuron"].effect()  # (layer, neuron)
-        top_mlp = next((n for n, _ in ranking if n.endswith(".mlp")), None)  # ranked only when MLPs are ablated
-        layer = ablation.Component.parse(top_mlp).layer if top_mlp else int(grid.abs().sum(1).argmax())
+        top_mlp = next((c for c, _ in ranking if c.kind == "mlp"), None)  # ranked only when MLPs are ablated
+        layer = top_mlp.layer if top_mlp else int(grid.abs().sum(1).argmax())
         neurons = grid[layer].abs().argsort(descending=True)[: settings.neuron_ablation].tolist()
         extra.append(ablation.ablate_neurons(bridge, batch, layer, settings.ablation, neurons, **kw))
     return circuit, extra
@@ -377,8 +375,7 @@ def _reuse(found: dict[str, TaskCircuit], tasks: list[str], unsolved: list[str],
         scorer = found[b].scorer
         ld, _ = scorer.circuits([found[a].components for a in others])  # (other task, prompt of b), one batched run
         for a, row_ld in zip(others, ld):
-            heads_a = [c for c in found[a].components if "H" in c]
-            heads_b = [c for c in found[b].components if "H" in c]
+            heads_a, heads_b = heads_of(found[a].components), heads_of(found[b].components)
             iv = bootstrap(row_ld, scorer.clean_ld, statistic=scoring.ratio_of_means)
             row = {"circuit_of": a, "scored_on": b, "jaccard": discovery.circuit_overlap(heads_a, heads_b),
                    "containment": discovery.circuit_containment(heads_a, heads_b), "faithfulness": iv.estimate,
@@ -392,7 +389,7 @@ def _reuse(found: dict[str, TaskCircuit], tasks: list[str], unsolved: list[str],
                                                                    "faithfulness", "faithfulness_ci_low",
                                                                    "faithfulness_ci_high", "size_a"]))
     write_json(out_dir / "overlap.json", {"tasks": tasks, "unsolved": unsolved,
-                                          "heads": {t: [c for c in found[t].components if "H" in c] for t in tasks},
+                                          "heads": {t: [c.name for c in heads_of(found[t].components)] for t in tasks},
                                           "definition": "jaccard = |A∩B|/|A∪B| of heads; containment = |A∩B|/|A|; "
                                                         "faithfulness = A's circuit scored on B's held-out prompts"})
     return metrics

@@ -17,10 +17,10 @@ The names below load their module on first use (PEP 562), so the model loader ca
 from importlib import import_module
 
 _HOME = {
-    "Arch": "arch", "describe_arch": "arch", "install_shortcut": "arch",
+    "Arch": "arch", "describe_arch": "arch",
     "ActSpec": "fake", "WeightSpec": "fake", "fake_quantize": "fake", "quantize_activation": "fake",
     "quantize_weight": "fake",
-    "fold": "migrate", "migrate": "migrate", "smoothquant_scales": "migrate",
+    "Migration": "migrate", "fold": "migrate", "migrate": "migrate", "smoothquant_scales": "migrate",
     "Observer": "observers", "static_range": "observers",
     "METHODS": "settings", "QuantSettings": "settings", "parse_bits": "settings",
     "load_migrated": "export", "save_migrated": "export",

@@ -3,9 +3,8 @@
 The one architecture description (:func:`interpipe.models.arch.describe_architecture`) gives the
 module paths of every norm -> linears pair and of the output projections; this module turns them
 into quantization *targets* (each linear, its kind and the TransformerLens name of its input) and
-migration *pairs*, and adds what only quantization needs: GPT-2's transposed ``Conv1D``, the
-post-LN shortcut restore and the input shift of a norm without a bias. No code here looks at a
-model's name.
+migration *pairs* (with the module whose shortcut a post-LN pair must restore), and handles GPT-2's
+transposed ``Conv1D``. No code here looks at a model's name.
 
 Migration (shifting/scaling a norm's output channels and compensating in the next linears, see
 :mod:`interpipe.quant.migrate`) depends on the block style and on the norm:
@@ -15,11 +14,12 @@ Migration (shifting/scaling a norm's output channels and compensating in the nex
   so the fold is exact inside the unchanged Hugging Face class.
 - **post-LN** ``h = LN(x + Attn(x))`` (BERT, MiniLM): the norm output also feeds the *next*
   residual connection, so the shortcut undoes the fold explicitly, ``residual = h_tilde * s + z``:
-  the "gamma migration" of Outlier Suppression (Wei et al. 2022). The migrated model then needs
-  :func:`install_shortcut` (a forward pre-hook on the module holding the residual add).
+  the "gamma migration" of Outlier Suppression (Wei et al. 2022). The migrated model then needs a
+  :class:`~interpipe.quant.recipe.ShortcutRestore` (a forward pre-hook on the module holding the
+  residual add), which :class:`~interpipe.quant.migrate.Migration` installs and holds.
 - **RMSNorm** (Llama, Qwen2) has no bias, so it cannot output ``(x - z) / s``; it takes the scale
   only and the shift ``delta = z / s`` becomes an *input shift* of each linear reading it
-  (:func:`set_input_shift`): the quantizer sees ``x / s - delta``, the linear adds ``W diag(s)
+  (``Migration.input_shifts``): the quantizer sees ``x / s - delta``, the linear adds ``W diag(s)
   delta = W z`` back to its bias. In full precision the two cancel, so the migrated folder holds
   exactly the FP-equivalent weights and loads with stock ``from_pretrained``.
 
@@ -39,8 +39,6 @@ from interpipe.settings.quantize import LAYER_KINDS
 from interpipe.typing import Float, Tensor
 
 PAIR_KIND = {"qkv": "qkv", "mlp_in": "fc1"}  # ArchSpec pair kind -> quantization layer kind
-SHIFT_ATTR = "_interpipe_input_shift"
-SHORTCUT_ATTR = "_interpipe_shortcut"
 
 
 @dataclass
@@ -186,60 +184,5 @@ def d_in_of(module: nn.Module) -> int:
     return linear_weight(module).shape[1]
 
 
-# --- input shift of a linear behind a bias-free norm --------------------------------------------
-
-def set_input_shift(module: nn.Module, delta: Float[Tensor, "d_in"]) -> None:
-    """Record that ``module``'s quantizer sees ``x - delta`` and its bias gains ``W delta`` (composes)."""
-    old = getattr(module, SHIFT_ATTR, None)
-    delta = delta.detach().float().clone()
-    setattr(module, SHIFT_ATTR, delta if old is None else old + delta)
-
-
-def input_shift(module: nn.Module) -> Tensor | None:
-    """The input shift ``delta`` (d_in,) recorded on ``module`` (None when there is none)."""
-    return getattr(module, SHIFT_ATTR, None)
-
-
-def input_shifts_of(model: nn.Module) -> dict[str, Tensor]:
-    """Every recorded input shift, ``{"<module>.input_shift": delta}`` (flat, for safetensors)."""
-    return {f"{name}.input_shift": input_shift(m).contiguous() for name, m in model.named_modules()
-            if input_shift(m) is not None}
-
-
-# --- post-LN shortcut restore (gamma migration) -------------------------------------------------
-
-def _shortcut_hook(module: nn.Module, args: tuple, kwargs: dict):
-    from interpipe.quant.recipe import restore_residual
-
-    scale, shift = getattr(module, SHORTCUT_ATTR)  # (d_model,), (d_model,)
-    return restore_residual(args, kwargs, scale, shift)
-
-
-def install_shortcut(module: nn.Module, scale: Tensor, shift: Tensor) -> None:
-    """Make ``module`` (``BertSelfOutput``/``BertOutput``) restore its residual input.
-
-    Its ``input_tensor`` (the migrated LayerNorm output ``(h - z) / s``) becomes ``h`` again
-    before the residual add; calling it twice composes correctly (scales multiply).
-    """
-    if hasattr(module, SHORTCUT_ATTR):
-        old_scale, old_shift = getattr(module, SHORTCUT_ATTR)
-        # restore(x) = old(new(x)) where new(x) = x * scale + shift
-        setattr(module, SHORTCUT_ATTR, (scale * old_scale, shift * old_scale + old_shift))
-        return
-    setattr(module, SHORTCUT_ATTR, (scale.detach().clone(), shift.detach().clone()))
-    module.register_forward_pre_hook(_shortcut_hook, with_kwargs=True)
-
-
-def shortcuts_of(model: nn.Module) -> dict[str, Tensor]:
-    """Every installed shortcut as flat tensors ``{"<module>.scale": ..., "<module>.shift": ...}``."""
-    out: dict[str, Tensor] = {}
-    for name, module in model.named_modules():
-        if hasattr(module, SHORTCUT_ATTR):
-            scale, shift = getattr(module, SHORTCUT_ATTR)
-            out[f"{name}.scale"], out[f"{name}.shift"] = scale.contiguous(), shift.contiguous()
-    return out
-
-
 __all__ = ["Arch", "LAYER_KINDS", "Pair", "Target", "UnsupportedArchitecture", "describe_arch", "family_of",
-           "get_module", "input_shift", "input_shifts_of", "install_shortcut", "is_conv1d", "linear_weight",
-           "set_input_shift", "set_module", "shortcuts_of"]
+           "get_module", "is_conv1d", "linear_weight", "set_module"]

@@ -4,7 +4,9 @@ Pre-LN and parallel blocks (GPT-2, GPT-NeoX, Llama, Qwen2, OPT): stock ``from_pr
 folder and matches the original in full precision. Post-LN (BERT, MiniLM): the vanilla class would
 miss the shortcut restore (``shortcuts.safetensors``); load it with :func:`load_migrated`. OS+ input
 shifts of linears behind bias-free norms (``input_shifts.safetensors``) cancel at full precision and
-matter only to the quantizer, which :func:`load_migrated` re-arms.
+matter only to the quantizer. Both files come from the :class:`~interpipe.quant.migrate.Migration`
+that :func:`~interpipe.quant.migrate.migrate` returned; :func:`load_migrated` rebuilds it (shortcut
+restores installed) and returns it with the model (:class:`MigratedModel`).
 
 :func:`save_quantized` writes one quantized setting as a model folder: the migrated weights already
 fake-quantized, and the recipe (:mod:`interpipe.quant.recipe`) that
@@ -14,19 +16,29 @@ fake-quantized, and the recipe (:mod:`interpipe.quant.recipe`) that
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from interpipe.io import atomic_dir, write_json
-from interpipe.quant.arch import (input_shifts_of, install_shortcut, is_conv1d, set_input_shift,
-                                  set_module, shortcuts_of)
+from interpipe.models.loading import LoadedModel
+from interpipe.quant.arch import is_conv1d, set_module
+from interpipe.quant.migrate import Migration
 from interpipe.quant.recipe import Recipe
 
 
-def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str) -> Path:
-    """Write the migrated FP model: an HF folder plus the extras only interpipe's quantizer reads."""
+@dataclass
+class MigratedModel(LoadedModel):
+    """A migrated model folder, loaded: the model (shortcut restores installed), tokenizer, card and
+    the :class:`~interpipe.quant.migrate.Migration` read back (input shifts, shortcut restores)."""
+
+    migration: Migration = field(default_factory=Migration)
+
+
+def save_migrated(folder: Path, model, migration: Migration, tokenizer, card, style: str, method: str) -> Path:
+    """Write the migrated FP model: an HF folder plus the extras of ``migration`` (shortcut restores,
+    input shifts) that only interpipe reads."""
     from safetensors.torch import save_file
 
     from interpipe.models import save_model_folder
@@ -36,7 +48,8 @@ def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str)
     save_model_folder(folder, model, tokenizer, card)
     note = {"method": method, "block_style": style,
             "load": "interpipe.quant.load_migrated" if style == "post_ln" else "transformers from_pretrained"}
-    for file, tensors in (("shortcuts.safetensors", shortcuts_of(model)), ("input_shifts.safetensors", input_shifts_of(model))):
+    for file, tensors in (("shortcuts.safetensors", migration.shortcut_tensors()),
+                          ("input_shifts.safetensors", migration.input_shift_tensors())):
         if tensors:
             save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(folder / file))
             note[file] = "interpipe.quant.load_migrated re-applies it"
@@ -44,26 +57,27 @@ def save_migrated(folder: Path, model, tokenizer, card, style: str, method: str)
     return folder
 
 
-def load_migrated(folder: str | Path, device: str = "cpu"):
-    """Load a migrated model folder (re-installing shortcut restores and input shifts); a ``LoadedModel``."""
+def load_migrated(folder: str | Path, device: str = "cpu") -> MigratedModel:
+    """Load a migrated model folder, re-installing its shortcut restores and reading its input shifts."""
     from safetensors.torch import load_file
 
     from interpipe.models import load_model
 
     folder = Path(folder)
     loaded = load_model(folder, device=device)
+    migration = Migration()
     if (folder / "shortcuts.safetensors").exists():
         tensors = load_file(str(folder / "shortcuts.safetensors"))
         for key in sorted(k for k in tensors if k.endswith(".scale")):
             module = key[: -len(".scale")]
-            install_shortcut(loaded.model.get_submodule(module), tensors[key], tensors[f"{module}.shift"])
+            migration.add_shortcut(loaded.model, module, tensors[key], tensors[f"{module}.shift"])
     if (folder / "input_shifts.safetensors").exists():
         for key, delta in load_file(str(folder / "input_shifts.safetensors")).items():
-            set_input_shift(loaded.model.get_submodule(key[: -len(".input_shift")]), delta)
-    return loaded
+            migration.add_input_shift(key[: -len(".input_shift")], delta)
+    return MigratedModel(loaded.model, loaded.tokenizer, loaded.card, migration)
 
 
-def _recipe_tensors(model, layers: dict) -> dict:
+def _recipe_tensors(layers: dict, migration: Migration | None) -> dict:
     """Static ranges, input shifts with their offsets ``W delta`` and post-LN shortcut restores."""
     tensors = {}
     for path, layer in layers.items():
@@ -72,7 +86,7 @@ def _recipe_tensors(model, layers: dict) -> dict:
                 tensors[f"{path}.{key}"] = getattr(layer, key)
         if layer.input_shift is not None:
             tensors[f"{path}.shift_bias"] = layer.weight.detach() @ layer.input_shift  # (d_out,) as QuantLinear adds it
-    for key, value in shortcuts_of(model).items():  # "<module>.scale" / ".shift"
+    for key, value in (migration.shortcut_tensors() if migration else {}).items():  # "<module>.scale" / ".shift"
         module, _, which = key.rpartition(".")
         tensors[f"{module}.shortcut_{which}"] = value
     return tensors
@@ -91,15 +105,17 @@ def _unwrap_quantized(model, layers: dict) -> None:
         set_module(model, path, layer.inner)
 
 
-def save_quantized(folder: Path, model, layers: dict, tokenizer, card, recipe: Recipe) -> Path:
+def save_quantized(folder: Path, model, layers: dict, tokenizer, card, recipe: Recipe,
+                   migration: Migration | None) -> Path:
     """Write a quantized setting as a model folder (atomically); ``model`` is unwrapped in place.
 
     ``model`` holds the :class:`~interpipe.quant.layers.QuantLinear` ``layers`` (calibrated); ``recipe``
-    its method, bits and grids (its tensors are filled here).
+    its method, bits and grids (its tensors are filled here); ``migration`` the migration folded into it
+    (None for RTN), whose shortcut restores the recipe carries.
     """
     from interpipe.models import save_model_folder
 
-    recipe = replace(recipe, layers=list(layers), tensors=_recipe_tensors(model, layers))
+    recipe = replace(recipe, layers=list(layers), tensors=_recipe_tensors(layers, migration))
     _unwrap_quantized(model, layers)
     quant = {k: getattr(recipe, k) for k in ("method", "bits", "protocol", "weight", "activation", "calib_seed")}
     card = replace(card, name=folder.name, extra={**card.extra, "base_model": card.name, "base_source": card.source,

@@ -12,23 +12,27 @@ Static ranges come from the calibration pass (:func:`~interpipe.quant.observers.
 With ``track_error`` on it also accumulates the layer-local error (same input through the
 full-precision layer) for the per-layer MSE/SQNR table.
 
-A linear behind a bias-free norm migrated by OS+ carries an input shift ``delta``
-(:func:`~interpipe.quant.arch.set_input_shift`): the quantizer then sees ``x - delta`` (its range
-is that of ``x - delta``) and the
-output is ``Q(W) Q(x - delta) + b + W delta``, equal to the layer's at full precision.
+A linear behind a bias-free norm migrated by OS+ is given an input shift ``delta``
+(``Migration.input_shifts`` of :mod:`~interpipe.quant.migrate`, passed to :func:`wrap_layers`): the
+quantizer then sees ``x - delta`` (its range is that of ``x - delta``) and the output is
+``Q(W) Q(x - delta) + b + W delta``, equal to the layer's at full precision.
+
+The local error counts non-padding tokens only: every wrapper of one model shares one
+:class:`TokenMask`, which holds the batch's mask only inside ``with tokens.covering(batch.mask):``;
+a wrapper tracking its error outside such a block raises instead of counting padding.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
-import torch
 import torch.nn.functional as F
+from jaxtyping import Bool
 from torch import nn
 
-from interpipe.quant.arch import get_module, input_shift, is_conv1d, linear_weight, set_module
+from interpipe.quant.arch import get_module, is_conv1d, linear_weight, set_module
 from interpipe.quant.calibrate import token_rows
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
 from interpipe.typing import Float, Tensor
@@ -36,7 +40,7 @@ from interpipe.typing import Float, Tensor
 MODES = ("fp", "quant")
 
 
-def covering(tokens: "TokenMask | None", mask: torch.Tensor | None):
+def covering(tokens: "TokenMask | None", mask: Bool[Tensor, "batch pos"]):
     """``tokens.covering(mask)``, or a no-op context when there is no token mask (FP runs)."""
     return nullcontext() if tokens is None else tokens.covering(mask)
 
@@ -46,13 +50,14 @@ class TokenMask:
     """The current batch's non-padding mask, shared by every wrapper of one quantized model.
 
     Set only inside :meth:`covering` (``with tokens.covering(batch.mask): model(...)``), so no
-    forward outside it counts padding as a token and no exception leaves a stale mask behind.
+    exception leaves a stale mask behind; :meth:`select` outside such a block raises, so a runner
+    that forgets it fails instead of counting padding as tokens.
     """
 
-    mask: torch.Tensor | None = None  # (batch, pos) bool
+    mask: Bool[Tensor, "batch pos"] | None = field(default=None, init=False)
 
     @contextmanager
-    def covering(self, mask: torch.Tensor | None) -> Iterator[None]:
+    def covering(self, mask: Bool[Tensor, "batch pos"]) -> Iterator[None]:
         """The wrappers see ``mask`` (``(batch, pos)`` bool) for the forwards inside the block."""
         previous, self.mask = self.mask, mask
         try:
@@ -60,11 +65,12 @@ class TokenMask:
         finally:
             self.mask = previous
 
-    def select(self, x: Tensor) -> Tensor:
+    def select(self, x: Float[Tensor, "*rows d"], layer: str = "a quantized layer") -> Float[Tensor, "n d"]:
         """Rows of ``x`` (``[batch, pos, d]``) at non-padding tokens, flattened to ``[n, d]``."""
-        if self.mask is not None:
-            return token_rows(x, self.mask)
-        return x.reshape(-1, x.shape[-1])
+        if self.mask is None:
+            raise RuntimeError(f"{layer} tracks its error but no token mask is set: run the forward inside "
+                               "`with tokens.covering(batch.mask):` so padding is not counted")
+        return token_rows(x, self.mask)
 
 
 @dataclass
@@ -97,7 +103,7 @@ class QuantLinear(nn.Module):
     """A fake-quantized ``nn.Linear`` / ``Conv1D`` (weight ``[out, in]`` internally)."""
 
     def __init__(self, inner: nn.Module, name: str, kind: str, w_spec: WeightSpec, a_spec: ActSpec,
-                 tokens: TokenMask):
+                 tokens: TokenMask, input_shift: Float[Tensor, "d_in"] | None = None):
         super().__init__()
         w_spec.check_layer(name, linear_weight(inner).shape[1])
         self.inner, self.name, self.kind = inner, name, kind
@@ -108,8 +114,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("x_min", None, persistent=False)  # static range: () per tensor or (d_in,) per channel
         self.register_buffer("x_max", None, persistent=False)
         self._qweight: Tensor | None = None
-        shift = input_shift(inner)
-        self.register_buffer("input_shift", shift.to(self.weight) if shift is not None else None, persistent=False)
+        shift = input_shift.to(self.weight) if input_shift is not None else None
+        self.register_buffer("input_shift", shift, persistent=False)  # (d_in,): the quantizer sees x - delta
 
     @property
     def weight(self) -> Float[Tensor, "d_out d_in"]:
@@ -143,17 +149,22 @@ class QuantLinear(nn.Module):
             out = out + self.weight.detach() @ self.input_shift  # + W delta (d_out,): what the shift took out
         if self.track_error:
             ref = self.inner(x)
-            self.local.add(self.tokens.select(ref.detach()), self.tokens.select(out.detach()))
+            self.local.add(self.tokens.select(ref.detach(), self.name), self.tokens.select(out.detach(), self.name))
         return out
 
 
-def wrap_layers(model: nn.Module, targets: list, w_spec: WeightSpec, a_spec: ActSpec,
-                tokens: TokenMask) -> dict[str, QuantLinear]:
-    """Replace every target linear by a :class:`QuantLinear` (in place); returns them by path."""
+def wrap_layers(model: nn.Module, targets: list, w_spec: WeightSpec, a_spec: ActSpec, tokens: TokenMask, *,
+                input_shifts: Mapping[str, Tensor]) -> dict[str, QuantLinear]:
+    """Replace every target linear by a :class:`QuantLinear` (in place); returns them by path.
+
+    ``input_shifts`` (module path -> ``delta``, the ``Migration.input_shifts`` of an OS+ migration;
+    empty without one) gives the linears behind a bias-free norm their input shift.
+    """
     wrapped: dict[str, QuantLinear] = {}
     for target in targets:
         inner = get_module(model, target.module)
-        layer = QuantLinear(inner, target.module, target.kind, w_spec, a_spec, tokens)
+        layer = QuantLinear(inner, target.module, target.kind, w_spec, a_spec, tokens,
+                            input_shifts.get(target.module))
         set_module(model, target.module, layer)
         wrapped[target.module] = layer
     return wrapped

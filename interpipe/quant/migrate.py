@@ -24,21 +24,26 @@ weights (``gamma / s``, ``W diag(s)``, ``b``) are a stock Hugging Face folder, a
 lives in the quantized layer (:class:`~interpipe.quant.layers.QuantLinear`).
 
 In post-LN blocks the shortcut gets the inverse transform (see :mod:`interpipe.quant.arch`).
+
+What the folded weights do not hold comes back to the caller as a :class:`Migration`: the input
+shifts (for :func:`~interpipe.quant.layers.wrap_layers` and the exported folders) and the shortcut
+restores, forward pre-hooks it installs on the post-LN residual modules and can remove. Nothing is
+stored on the Hugging Face modules themselves.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from interpipe.quant.arch import (Arch, Pair, get_module, install_shortcut, is_conv1d, linear_weight,
-                                  set_input_shift)
+from interpipe.quant.arch import Arch, Pair, get_module, is_conv1d, linear_weight
 from interpipe.quant.calibrate import Calibration
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
 from interpipe.quant.observers import Observer
+from interpipe.quant.recipe import ShortcutRestore
 from interpipe.typing import Float, Tensor
 
 
@@ -60,6 +65,66 @@ class PairMigration:
                 "threshold": self.threshold, "loss_shift_only": self.loss_before, "loss_best": self.loss_after}
 
 
+@dataclass
+class Migration:
+    """A migration folded into a model, and what its weights alone do not hold (the caller keeps it).
+
+    - ``pairs``: the shift and scale chosen for every pair (empty for a migration loaded from a folder);
+    - ``input_shifts``: per linear behind a bias-free norm (module path) its input shift ``delta``
+      ``(d_in,)``; it cancels at full precision, so only the quantizer reads it
+      (:func:`~interpipe.quant.layers.wrap_layers`, the exported recipe);
+    - ``shortcuts``: per post-LN residual module (path) the
+      :class:`~interpipe.quant.recipe.ShortcutRestore` installed on it as a forward pre-hook: the
+      migrated model computes the original function while it is installed (:meth:`remove` takes
+      every one off).
+    """
+
+    pairs: list[PairMigration] = field(default_factory=list)
+    input_shifts: dict[str, Tensor] = field(default_factory=dict)
+    shortcuts: dict[str, ShortcutRestore] = field(default_factory=dict)
+    handles: list = field(default_factory=list, repr=False)
+
+    def add_input_shift(self, path: str, delta: Float[Tensor, "d_in"]) -> None:
+        """The quantizer of linear ``path`` sees ``x - delta`` and its output gains ``W delta`` (composes)."""
+        delta = delta.detach().float().clone()
+        old = self.input_shifts.get(path)
+        self.input_shifts[path] = delta if old is None else old + delta
+
+    def add_shortcut(self, model: nn.Module, path: str, scale: Float[Tensor, "d"], shift: Float[Tensor, "d"]) -> None:
+        """Make module ``path`` (``BertSelfOutput``/``BertOutput``) restore its residual input ``h~ * s + z``.
+
+        Its ``input_tensor`` (the migrated LayerNorm output ``(h - z) / s``) becomes ``h`` again before
+        the residual add; a second call for the same module composes (scales multiply). The hook runs
+        before those already on the module, so the restore of a later migration of the same model
+        (its own :class:`Migration`) undoes its fold before the earlier one's restore runs.
+        """
+        old = self.shortcuts.get(path)
+        if old is not None:  # restore(x) = old(new(x)) where new(x) = x * scale + shift
+            old.scale, old.shift = scale * old.scale, shift * old.scale + old.shift
+            return
+        hook = ShortcutRestore(scale.detach().clone(), shift.detach().clone())
+        self.shortcuts[path] = hook
+        module = model.get_submodule(path)
+        self.handles.append(module.register_forward_pre_hook(hook, prepend=True, with_kwargs=True))
+
+    def shortcut_tensors(self) -> dict[str, Tensor]:
+        """Every shortcut restore as flat tensors ``{"<module>.scale": s, "<module>.shift": z}``."""
+        out: dict[str, Tensor] = {}
+        for path, hook in self.shortcuts.items():
+            out[f"{path}.scale"], out[f"{path}.shift"] = hook.scale.contiguous(), hook.shift.contiguous()
+        return out
+
+    def input_shift_tensors(self) -> dict[str, Tensor]:
+        """Every input shift as flat tensors ``{"<module>.input_shift": delta}``."""
+        return {f"{path}.input_shift": delta.contiguous() for path, delta in self.input_shifts.items()}
+
+    def remove(self) -> None:
+        """Take the shortcut restores off the model (the input shifts stay recorded here)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
 def smoothquant_scales(act_absmax: Float[Tensor, "d"], weights: list[Tensor], alpha: float = 0.5) -> Float[Tensor, "d"]:
     """SmoothQuant's ``s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha)`` (weights ``[out, in]``).
 
@@ -73,11 +138,12 @@ def smoothquant_scales(act_absmax: Float[Tensor, "d"], weights: list[Tensor], al
 
 
 @torch.no_grad()
-def fold(model: nn.Module, arch: Arch, pair: Pair, shift: Tensor, scale: Tensor) -> None:
+def fold(model: nn.Module, arch: Arch, pair: Pair, shift: Tensor, scale: Tensor, migration: Migration) -> None:
     """Fold ``x -> (x - shift) / scale`` into the pair's norm and linears (float64 math).
 
     A norm with a bias takes the shift (``beta <- (beta - z) / s``) and the linears' biases gain
-    ``W z``; a norm without one takes the scale only and the linears get the input shift ``z / s``.
+    ``W z``; a norm without one takes the scale only and the linears get the input shift ``z / s``,
+    recorded in ``migration`` as is a post-LN pair's shortcut restore (installed on ``model``).
     """
     norm = get_module(model, pair.norm)
     s, z = scale.double().to(norm.weight.device), shift.double().to(norm.weight.device)  # (d,), (d,)
@@ -87,16 +153,16 @@ def fold(model: nn.Module, arch: Arch, pair: Pair, shift: Tensor, scale: Tensor)
     if absorb:
         norm_bias.copy_(((norm_bias.double() - z) / s).to(norm_bias.dtype))
     norm.weight.copy_((norm.weight.double() / s).to(norm.weight.dtype))
-    for lin in linears:
+    for path, lin in zip(pair.linears, linears):
         w = linear_weight(lin).double()  # (out, in)
         if absorb:
             lin.bias.copy_((lin.bias.double() + w @ z).to(lin.bias.dtype))  # b + W z, W before scaling
         elif bool(z.abs().max() > 0):
-            set_input_shift(lin, (z / s).float())  # (in,): the quantizer's x - delta
+            migration.add_input_shift(path, (z / s).float())  # (in,): the quantizer's x - delta
         new_w = w * s[None, :]  # (out, in): column j scaled by s_j
         lin.weight.copy_((new_w.t() if is_conv1d(lin) else new_w).to(lin.weight.dtype))
     if pair.shortcut is not None:
-        install_shortcut(get_module(model, pair.shortcut), scale.to(norm.weight.device), shift.to(norm.weight.device))
+        migration.add_shortcut(model, pair.shortcut, scale.to(norm.weight.device), shift.to(norm.weight.device))
 
 
 def _pair_weights(model: nn.Module, pair: Pair) -> tuple[list[Tensor], list[Tensor]]:
@@ -252,12 +318,13 @@ def osplus_pair(pair: Pair, arch: Arch, model: nn.Module, calib: Calibration, w_
 
 def migrate(model: nn.Module, arch: Arch, calib: Calibration, method: str, w_spec: WeightSpec, a_spec: ActSpec,
             alpha: float = 0.5, grid: SearchGrid = SearchGrid(), search_samples: int | None = None,
-            observer: str = "avg_minmax") -> list[PairMigration]:
+            observer: str = "avg_minmax") -> Migration:
     """Compute and fold the migration of every pair of ``arch`` into ``model`` (in place).
 
     ``method`` is ``smoothquant``, ``osplus`` or an OS+ ablation (``osplus_shift``: shift only,
     ``osplus_scale``: scale only); scales are computed from the unmigrated model (pairs do not
-    share weights, so the order does not matter).
+    share weights, so the order does not matter). The returned :class:`Migration` holds the pairs'
+    shifts and scales, the input shifts and the installed shortcut restores.
     """
     done = []
     for pair in arch.pairs:
@@ -270,6 +337,7 @@ def migrate(model: nn.Module, arch: Arch, calib: Calibration, method: str, w_spe
                                     shift=method != "osplus_scale", scale=method != "osplus_shift"))
         else:
             raise ValueError(f"unknown migration method {method!r}: use smoothquant, osplus, osplus_shift or osplus_scale")
+    migration = Migration(done)
     for m in done:
-        fold(model, arch, m.pair, m.shift, m.scale)
-    return done
+        fold(model, arch, m.pair, m.shift, m.scale, migration)
+    return migration

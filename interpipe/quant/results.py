@@ -5,6 +5,12 @@ seeds, and every delta/drop of a setting with two or more seeds carries the 95 %
 plus, for the migrations, the paired difference to RTN at the same bits and seed
 (``<metric>_minus_rtn``: same calibration texts, so the pairing removes the shared part of the
 spread); OS+ and its ablations also against SmoothQuant (``<metric>_minus_smoothquant``). ``headline.csv`` is the tidy table a results section quotes (see the README).
+
+Both result classes are :class:`interpipe.result.Result` classes. A setting's folder
+(``<out>/<model>-<method>-<bits>-<protocol>/``: ``layers.csv``, ``seeds.csv``, ``migration.csv`` for
+migrations, ``info.json``, ``metrics.json`` last) also holds its migrated model; the study's folder
+(the setting folders, ``outliers/``, ``headline_*.png``, ``info.json``, ``seeds.csv``, ``headline.csv``,
+``summary.csv`` last) also holds the stage's exports, ``metrics.json`` and outlier figures.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from interpipe.io import OutputExistsError, read_json, save_figure, write_frame, write_json
+from interpipe.io import read_json, save_figure, write_frame, write_json
 from interpipe.quant import figures
+from interpipe.result import Result, writing
 from interpipe.stats import seed_interval, to_metrics
 
 HEADLINE_METRICS = {  # what a results section quotes per model kind (lower is better for every one)
@@ -68,8 +75,20 @@ def aggregate_seeds(per_seed: list[dict], rtn_per_seed: list[dict] | None = None
     return out
 
 
+OUTLIER_TEXT_COLUMNS = ("top_channels", "top_absmax", "top_min", "top_max")  # space-separated lists in summary.csv
+
+
+def _read_table(path: Path, text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV written by :func:`interpipe.io.write_frame` (``text`` columns kept as strings: a list of
+    one channel would read back as a number); an empty frame without columns reads back empty."""
+    try:
+        return pd.read_csv(path, dtype={c: str for c in text})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 @dataclass
-class SettingResult:
+class SettingResult(Result):
     """One ``(method, bits, protocol)`` setting on one model, over its calibration seeds."""
 
     name: str  # <model>-<method>-w<b>a<b>-<protocol>
@@ -83,22 +102,27 @@ class SettingResult:
     info: dict = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
+        """One row per quantized linear (``layers``) with the setting's name, method and bits."""
         return self.layers.assign(setting=self.name, method=self.method, bits=self.bits)
 
+    def plot(self):
+        """One figure: the propagated SQNR of every quantized linear of this setting."""
+        return figures.layer_sqnr({self.name: self.layers}, self.info.get("weights_origin"))
+
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        folder = Path(folder)
-        if (folder / "metrics.json").exists() and not overwrite:
-            raise OutputExistsError(f"{folder} already holds a result; pass overwrite=True")
-        write_frame(folder / "layers.csv", self.layers)
-        write_frame(folder / "seeds.csv", self.seeds)
-        if len(self.migration):
-            write_frame(folder / "migration.csv", self.migration)
-        write_json(folder / "info.json", self.info)
-        write_json(folder / "metrics.json", self.metrics)
-        return folder
+        """Write the setting's tables, ``info.json`` and ``metrics.json`` (the marker) into ``folder``."""
+        with writing(folder, overwrite, marker="metrics.json") as out:
+            write_frame(out / "layers.csv", self.layers)
+            write_frame(out / "seeds.csv", self.seeds)
+            if len(self.migration):
+                write_frame(out / "migration.csv", self.migration)
+            write_json(out / "info.json", self.info)
+            write_json(out / "metrics.json", self.metrics)
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "SettingResult":
+        """Read a folder written by :meth:`save` (name, method, bits and protocol come from ``info.json``)."""
         folder = Path(folder)
         info = read_json(folder / "info.json")
         migration = pd.read_csv(folder / "migration.csv") if (folder / "migration.csv").exists() else pd.DataFrame()
@@ -107,8 +131,8 @@ class SettingResult:
 
 
 @dataclass
-class QuantStudyResult:
-    """Every setting on one model plus the outlier analysis; ``save``/``to_frame``/``plot``."""
+class QuantStudyResult(Result):
+    """Every setting on one model plus the outlier analysis; ``save``/``load``/``to_frame``/``plot``."""
 
     model: str
     kind: str
@@ -174,25 +198,37 @@ class QuantStudyResult:
         return flat
 
     def plot(self) -> dict:
+        """A dict of figures by file stem (``save`` writes each as ``<stem>.png``)."""
         note = self.info.get("weights_origin")
         frame = self.to_frame()
         return {"headline_end_metrics": figures.end_metrics(frame, headline(self.kind), note),
                 "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings}, note)}
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write every setting's folder, the outlier tables, figures and study tables (``summary.csv`` last)."""
+        with writing(folder, overwrite, marker="summary.csv") as out:
+            for s in self.settings:
+                s.save(out / s.name, overwrite=overwrite)
+            write_frame(out / "outliers" / "summary.csv", self.outlier_summary)
+            write_frame(out / "outliers" / "channels.parquet", self.outlier_channels)
+            write_frame(out / "outliers" / "tokens.csv", self.token_summary)
+            for name, fig in self.plot().items():
+                save_figure(fig, out / f"{name}.png")
+            write_json(out / "info.json", self.info)
+            write_frame(out / "seeds.csv", pd.concat([s.seeds.assign(setting=s.name) for s in self.settings],
+                                                     ignore_index=True))
+            write_frame(out / "headline.csv", self.headline_frame())
+            write_frame(out / "summary.csv", self.to_frame())
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "QuantStudyResult":
+        """Read a folder written by :meth:`save`; the model's name and kind come from ``info.json``
+        (``info["model"]`` is the run record's model origin, or the model's name without a record)."""
         folder = Path(folder)
-        if (folder / "summary.csv").exists() and not overwrite:
-            raise OutputExistsError(f"{folder} already holds a study result; pass overwrite=True")
-        for s in self.settings:
-            s.save(folder / s.name, overwrite=overwrite)
-        write_frame(folder / "outliers" / "summary.csv", self.outlier_summary)
-        write_frame(folder / "outliers" / "channels.parquet", self.outlier_channels)
-        write_frame(folder / "outliers" / "tokens.csv", self.token_summary)
-        for name, fig in self.plot().items():
-            save_figure(fig, folder / f"{name}.png")
-        write_json(folder / "info.json", self.info)
-        write_frame(folder / "summary.csv", self.to_frame())
-        write_frame(folder / "seeds.csv", pd.concat([s.seeds.assign(setting=s.name) for s in self.settings],
-                                                    ignore_index=True))
-        write_frame(folder / "headline.csv", self.headline_frame())
-        return folder
+        info = read_json(folder / "info.json")
+        model = info["model"]["name"] if isinstance(info["model"], dict) else info["model"]
+        settings = [SettingResult.load(folder / name) for name in pd.read_csv(folder / "summary.csv")["setting"]]
+        outliers = folder / "outliers"
+        return cls(model, info["kind"], settings, _read_table(outliers / "summary.csv", OUTLIER_TEXT_COLUMNS),
+                   pd.read_parquet(outliers / "channels.parquet"), _read_table(outliers / "tokens.csv"), info)

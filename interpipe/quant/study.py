@@ -36,7 +36,7 @@ from interpipe.quant.export import load_migrated, save_migrated, save_quantized
 from interpipe.quant.fake import specs
 from interpipe.quant.layers import TokenMask, check_targets, wrap_layers
 from interpipe.quant.metrics import EndMetrics, capture_outputs, layer_errors
-from interpipe.quant.migrate import SearchGrid, migrate
+from interpipe.quant.migrate import Migration, SearchGrid, migrate
 from interpipe.quant.observers import static_range
 from interpipe.quant.outliers import channel_table, delimiter_ids, summary_table, token_summary
 from interpipe.quant.recipe import Recipe
@@ -117,19 +117,20 @@ def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, met
     metrics: dict = {"calib_seed": seed, "w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
     if "weights_origin" in ctx.card.extra:
         metrics["weights_origin"] = str(ctx.card.extra["weights_origin"])
-    done = []
+    migration = Migration()
     if method in MIGRATIONS:
         grid = SearchGrid(settings.osplus_steps, settings.osplus_step, settings.osplus_t_min)
-        done = migrate(qmodel, ctx.arch, calib, method, w_spec, a_spec, settings.alpha, grid,
-                       settings.osplus_samples or None, settings.observer)
+        migration = migrate(qmodel, ctx.arch, calib, method, w_spec, a_spec, settings.alpha, grid,
+                            settings.osplus_samples or None, settings.observer)
         if first:
             metrics.update(equivalence(ctx.fp_main, qmodel, ctx.probe, ctx.device))
             if settings.save_migrated:
                 name = f"{ctx.card.name}-{method}-{tag}-{settings.tag_of(tag)}"
-                save_migrated(out_dir / name / "migrated", qmodel, ctx.tokenizer, ctx.card, ctx.arch.style, method)
+                save_migrated(out_dir / name / "migrated", qmodel, migration, ctx.tokenizer, ctx.card, ctx.arch.style,
+                              method)
     tokens = TokenMask()
-    layers = wrap_layers(qmodel, ctx.targets, w_spec, a_spec, tokens)
-    _set_ranges(layers, ctx, calib, settings, done)
+    layers = wrap_layers(qmodel, ctx.targets, w_spec, a_spec, tokens, input_shifts=migration.input_shifts)
+    _set_ranges(layers, ctx, calib, settings, migration.pairs)
     for layer in layers.values():
         layer.set_mode("quant")
     metrics.update(ctx.end.compare(ctx.fp_raw, ctx.end.measure(qmodel, tokens)))
@@ -145,8 +146,8 @@ def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, met
     if first and f"{method}-{tag}" in settings.export:  # last: unwraps qmodel in place
         recipe = Recipe(method, tag, settings.protocol, asdict(w_spec), asdict(a_spec), [], ctx.card.name, seed)
         save_quantized(ctx.export_root / f"{ctx.card.name}-{method}-{tag}", qmodel, layers, ctx.tokenizer, ctx.card,
-                       recipe)
-    return metrics, layer_frame, pd.DataFrame([m.row() for m in done])
+                       recipe, migration)
+    return metrics, layer_frame, pd.DataFrame([m.row() for m in migration.pairs])
 
 
 def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtype: str) -> _Context:

@@ -10,6 +10,9 @@
   quantized model, the attention score that defines the class and its patching effect in both;
   a class *survives* in a head that keeps it.
 
+Heads arrive by name, as the circuit study wrote them (``circuit.json``, ``ioi_heads.csv``); they are
+matched as :class:`~interpipe.components.Component` values and written back by name.
+
 >>> overlap(["L0H1", "L2H3"], ["L2H3", "L3H0", "L4H4"])
 {'circuit_jaccard': 0.25, 'circuit_containment': 0.5, 'circuit_shared_heads': 1.0}
 >>> round(pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0])), 4)
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from interpipe.circuits.discovery import circuit_containment, circuit_overlap
+from interpipe.components import Component, as_components
 from interpipe.stats import Interval, bootstrap
 
 # the attention score that defines each IOI head class (interpipe.circuits.heads.classify)
@@ -31,11 +35,12 @@ CLASS_SCORES = {"name mover": "attn_end_io", "negative name mover": "attn_end_io
                 "induction": "attn_s2_s1_next"}
 
 
-def overlap(fp_heads: list[str], quantized_heads: list[str]) -> dict[str, float]:
+def overlap(fp_heads: list[Component | str], quantized_heads: list[Component | str]) -> dict[str, float]:
     """Jaccard, containment (share of the FP heads kept) and the number of heads shared."""
-    return {"circuit_jaccard": circuit_overlap(fp_heads, quantized_heads),
-            "circuit_containment": circuit_containment(fp_heads, quantized_heads),
-            "circuit_shared_heads": float(len(set(fp_heads) & set(quantized_heads)))}
+    fp, quantized = as_components(fp_heads), as_components(quantized_heads)
+    return {"circuit_jaccard": circuit_overlap(fp, quantized),
+            "circuit_containment": circuit_containment(fp, quantized),
+            "circuit_shared_heads": float(len(set(fp) & set(quantized)))}
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,23 +68,24 @@ def effect_correlation(paired: Any, n_resamples: int) -> Interval:
                      n_resamples=n_resamples)
 
 
-def head_class_table(fp_classes: Any, quantized_classes: Any, paired: Any, fp_heads: list[str],
-                     quantized_heads: list[str]) -> Any:
+def head_class_table(fp_classes: Any, quantized_classes: Any, paired: Any, fp_heads: list[Component | str],
+                     quantized_heads: list[Component | str]) -> Any:
     """One row per head the FP model classes: its class, defining score and effect, FP vs quantized."""
     import pandas as pd
 
     q = quantized_classes.set_index("component")
-    effects = {f"L{r.layer}H{r.head}": (r.effect_fp, r.effect_quantized) for r in paired.itertuples()}
+    effects = {Component.head(r.layer, r.head): (r.effect_fp, r.effect_quantized) for r in paired.itertuples()}
+    fp_circuit, quantized_circuit = set(as_components(fp_heads)), set(as_components(quantized_heads))
     rows = []
     for r in fp_classes[fp_classes["class"] != ""].to_dict("records"):
-        name, score, theirs = r["component"], CLASS_SCORES.get(r["class"]), q.loc[r["component"]]
-        rows.append({"component": name, "class_fp": r["class"], "class_quantized": theirs["class"],
+        head, score, theirs = Component.parse(r["component"]), CLASS_SCORES.get(r["class"]), q.loc[r["component"]]
+        rows.append({"component": head.name, "class_fp": r["class"], "class_quantized": theirs["class"],
                      "survives": int(theirs["class"] == r["class"]), "score": score,
                      "score_fp": float(r[score]), "score_quantized": float(theirs[score]),
                      "direct_effect_fp": float(r["direct_effect"]),
                      "direct_effect_quantized": float(theirs["direct_effect"]),
-                     "effect_fp": effects[name][0], "effect_quantized": effects[name][1],
-                     "in_fp_circuit": int(name in fp_heads), "in_quantized_circuit": int(name in quantized_heads)})
+                     "effect_fp": effects[head][0], "effect_quantized": effects[head][1],
+                     "in_fp_circuit": int(head in fp_circuit), "in_quantized_circuit": int(head in quantized_circuit)})
     return pd.DataFrame(rows, columns=["component", "class_fp", "class_quantized", "survives", "score", "score_fp",
                                        "score_quantized", "direct_effect_fp", "direct_effect_quantized", "effect_fp",
                                        "effect_quantized", "in_fp_circuit", "in_quantized_circuit"])

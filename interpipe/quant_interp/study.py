@@ -11,18 +11,24 @@ number from prompts or examples has a bootstrap interval. It writes ``headline.c
 contract of :mod:`interpipe.headline`), ``pairs.csv``, ``head_effects.csv``, ``head_classes.csv``, ``attribution_drift.csv``,
 ``drift_per_example.csv`` and ``headline_*.png`` into ``out_dir`` and returns the flat metrics.
 Inputs are checked before any model loads (:func:`interpipe.quant_interp.inputs.check_inputs`).
+
+Each pair's measurements are a :class:`PairResult` (an :class:`interpipe.result.Result`). The study
+writes all pairs together into the tables above (:mod:`.tables`, :mod:`.figures`); ``PairResult.save``
+writes one pair into a folder of its own (``pair.json``, ``effects.parquet``, ``classes.parquet``,
+``drift_examples/<i>.parquet``) for reading one comparison back, and is not part of the stage's outputs.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from interpipe.quant_interp import compare, drift, transfer
 from interpipe.quant_interp.inputs import (CircuitRun, Pair, Roots, attribution_methods, check_inputs, circuit_settings,
                                            pairs_of, read_circuit_run)
+from interpipe.result import Result, writing
 from interpipe.settings.circuits import CircuitSettings
 from interpipe.settings.quant_interp import QuantInterpSettings
 from interpipe.stats import Interval
@@ -31,7 +37,7 @@ SCORED = ("faithfulness", "faithfulness_per_prompt", "random_faithfulness", "exc
 
 
 @dataclass
-class PairResult:
+class PairResult(Result):
     """Everything measured on one (FP, quantized) pair."""
 
     pair: Pair
@@ -42,6 +48,63 @@ class PairResult:
     survival: dict[str, Interval]  # per FP head class: share of its heads that keep the class
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> drift.method_drift summary
     drift_examples: list[Any] = field(default_factory=list)  # per-method per-example DataFrames
+    info: dict[str, Any] = field(default_factory=dict)  # the pair's identity: FP and quantized model, task, effect method
+
+    def to_frame(self) -> Any:
+        """The pair's row of ``pairs.csv``: every number with its interval."""
+        from interpipe.quant_interp.tables import pair_frame
+
+        return pair_frame([self])
+
+    def plot(self) -> dict[str, Any]:
+        """A dict of figures by file stem: the study's ``headline_*`` figures drawn for this pair alone."""
+        from interpipe.quant_interp import figures
+
+        out = {"headline_retained_vs_overlap": figures.retained_vs_overlap([self])}
+        drift_figure = figures.attribution_drift([self])
+        if drift_figure is not None:
+            out["headline_attribution_drift"] = drift_figure
+        return out
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the pair into its own folder (the result owns it: written whole, then renamed)."""
+        from interpipe.io import write_frame, write_json
+
+        with writing(folder, overwrite) as tmp:
+            write_frame(tmp / "effects.parquet", self.effects)
+            write_frame(tmp / "classes.parquet", self.classes)
+            for i, frame in enumerate(self.drift_examples):
+                write_frame(tmp / "drift_examples" / f"{i}.parquet", frame)
+            write_json(tmp / "pair.json", {
+                "pair": asdict(self.pair), "intervals": _encoded(self.intervals), "numbers": self.numbers,
+                "survival": _encoded(self.survival), "drift": {m: _encoded(d) for m, d in self.drift.items()},
+                "drift_examples": len(self.drift_examples), "info": self.info}, allow_nonfinite=True)
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PairResult":
+        """Read a folder written by :meth:`save`."""
+        import pandas as pd
+
+        from interpipe.io import read_json
+
+        folder = Path(folder)
+        meta = read_json(folder / "pair.json")
+        return cls(Pair(**meta["pair"]), _decoded(meta["intervals"]), meta["numbers"],
+                   pd.read_parquet(folder / "effects.parquet"), pd.read_parquet(folder / "classes.parquet"),
+                   _decoded(meta["survival"]), {m: _decoded(d) for m, d in meta["drift"].items()},
+                   [pd.read_parquet(folder / "drift_examples" / f"{i}.parquet") for i in range(meta["drift_examples"])],
+                   meta["info"])
+
+
+def _encoded(values: dict[str, Any]) -> dict[str, Any]:
+    """Intervals as ``{"estimate", "low", "high", "n"}`` dicts for JSON; other values as they are."""
+    return {k: asdict(v) if isinstance(v, Interval) else v for k, v in values.items()}
+
+
+def _decoded(values: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_encoded`."""
+    return {k: Interval(**v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 def _interval(metrics: dict[str, float], key: str, n: int) -> Interval:
@@ -77,7 +140,9 @@ def compare_pair(pair: Pair, fp_run: CircuitRun, fp_model: Any, circuits: Circui
     intervals["effect_correlation"] = compare.effect_correlation(paired, settings.bootstrap_resamples)
     classes = compare.head_class_table(fp_run.head_classes, q_run.head_classes, paired, fp_run.heads, q_run.heads)
     result = PairResult(pair, intervals, _circuit_numbers(fp_run, q_run), paired, classes,
-                        compare.class_survival(classes, settings.bootstrap_resamples))
+                        compare.class_survival(classes, settings.bootstrap_resamples),
+                        info={"fp_model": pair.fp, "model": pair.quantized, "task": settings.task,
+                              "effect_method": settings.effect_method})
     if settings.attribution and pair.attribution:
         for method in attribution_methods(roots, pair.fp, pair.quantized):
             summary, per_example = drift.method_drift(roots.attribute / pair.fp / method,

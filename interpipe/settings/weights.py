@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from interpipe.components import Component
+
 STUDIES = ("talking_heads", "bigram", "lnfree")
 
 
@@ -24,7 +26,7 @@ class TalkingHeadsSettings:
 
     n_components: int = 8  # top singular components per head that are scored (d_head=32 on the toy)
     top_channels: int = 20  # strongest sender->receiver component channels listed
-    receiver: Optional[str] = None  # "L.H" of the receiver (mover) head; None = the head attending most to the answer
+    receiver: Optional[str] = None  # receiver (mover) head, e.g. "L3H1"; None = the head attending most to the answer
     inhibition_components: int = 2  # top components per sender head removed for the data-based score (one forward each)
     max_senders: int = 0  # sender components scored on data (strongest weight-based Q-composition first); 0 = all
     n_inhibition_prompts: int = 32  # selection prompts the inhibition scores are measured on (the first ones)
@@ -53,9 +55,17 @@ class TalkingHeadsSettings:
             if not lengths or any(n < 2 for n in lengths):
                 raise ValueError(f"weights.talking_heads.{key}={lengths}: a non-empty list of list lengths >= 2")
         if self.receiver is not None:
-            parts = str(self.receiver).split(".")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"weights.talking_heads.receiver={self.receiver!r} must look like 'L.H' (e.g. '3.1') or be null")
+            self._check_receiver()
+
+    def _check_receiver(self) -> None:
+        """``receiver`` names a head in the one textual form of :class:`Component`: ``L3H1``."""
+        try:
+            head = Component.parse(self.receiver)
+        except ValueError as exc:
+            raise ValueError(f"weights.talking_heads.receiver={self.receiver!r}: {exc}; or null") from None
+        if head.kind != "head":
+            raise ValueError(f"weights.talking_heads.receiver={self.receiver!r} must be an attention head (e.g. L3H1), "
+                             f"not {head.kind}")
 
 
 @dataclass

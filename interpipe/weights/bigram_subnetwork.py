@@ -36,8 +36,9 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from interpipe.weights.common import (StudyResult, batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
+from interpipe.weights.common import (batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
                                       remove_checkpoint, restore_optimizer, save_checkpoint, token_losses)
+from interpipe.weights.result import StudyResult
 
 
 def matrix_roles(model) -> dict[str, tuple[int, str, str]]:

@@ -37,6 +37,7 @@ import torch
 from interpipe.models.arch import ArchSpec, describe_architecture
 from interpipe.models.tokens import context_length, encode_prompts
 from interpipe.typing import Float, Tensor
+from interpipe.weights.result import StudyResult  # noqa: F401  (re-exported: talking_heads imports it from here)
 
 
 def architecture(model, study: str, needs: tuple[str, ...] = ("causal",), refuses: tuple[str, ...] = ()) -> ArchSpec:
@@ -269,74 +270,6 @@ def fingerprint(*parts) -> str:
     import hashlib
 
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class StudyResult:
-    """One study's result: flat ``metrics``, named ``tables`` (DataFrames), named ``tensors`` and
-    ``info`` (model, seed, settings). Subclasses add ``plot()``.
-
-    ``save(folder)`` writes ``result.json`` (metrics + info), ``<table>.csv``, ``tensors.safetensors``
-    and every figure of ``plot()`` as PNG; ``load(folder)`` reads them back (not the figures).
-    """
-
-    study = "study"
-
-    def __init__(self, metrics: dict, tables: dict, tensors: dict | None = None, info: dict | None = None):
-        self.metrics = dict(metrics)
-        self.tables = dict(tables)
-        self.tensors = dict(tensors or {})
-        self.info = dict(info or {})
-
-    def to_frame(self, name: str | None = None):
-        """The named table (default: the first one)."""
-        if not self.tables:
-            raise ValueError(f"{self.study} result has no tables")
-        if name is None:
-            return next(iter(self.tables.values()))
-        if name not in self.tables:
-            raise KeyError(f"no table {name!r}; tables: {sorted(self.tables)}")
-        return self.tables[name]
-
-    def plot(self) -> dict:
-        """Figures by file stem; subclasses override."""
-        return {}
-
-    def save(self, folder: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
-        from safetensors.torch import save_file
-
-        from interpipe.io import OutputExistsError, save_figure, write_frame, write_json
-
-        folder = Path(folder)
-        if (folder / "result.json").exists() and not overwrite:
-            raise OutputExistsError(f"{folder} already holds a result; pass overwrite=True")
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, frame in self.tables.items():
-            write_frame(folder / f"{name}.csv", frame)
-        if self.tensors:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()},
-                      str(folder / "tensors.safetensors"))
-        if figures:
-            for stem, fig in self.plot().items():
-                save_figure(fig, folder / f"{stem}.png")
-        write_json(folder / "result.json", {"study": self.study, "metrics": self.metrics, "info": self.info,
-                                            "tables": sorted(self.tables)})
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "StudyResult":
-        import pandas as pd
-        from safetensors.torch import load_file
-
-        from interpipe.io import read_json
-
-        folder = Path(folder)
-        meta = read_json(folder / "result.json")
-        if meta.get("study") != cls.study and cls.study != "study":
-            raise ValueError(f"{folder} holds a {meta.get('study')!r} result, not {cls.study!r}")
-        tables = {name: pd.read_csv(folder / f"{name}.csv") for name in meta["tables"]}
-        path = folder / "tensors.safetensors"
-        tensors = load_file(str(path)) if path.exists() else {}
-        return cls(meta["metrics"], tables, tensors, meta["info"])
 
 
 def remove_checkpoint(folder: Path) -> None:

@@ -25,6 +25,8 @@ expanded to their query heads (:func:`interpipe.weights.common.folded_head_weigh
 score has ``n_heads`` entries per layer. With rotary positions the QK matrices leave out the
 rotation: Q/K-composition is the composition at relative offset 0 (position-free); V-composition
 does not involve positions.
+
+Heads are :class:`~interpipe.components.Component` values; the tables write them as ``L3H1``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from interpipe.components import Component
 from interpipe.typing import Float, Tensor
 from interpipe.weights.common import HeadWeights
 
@@ -143,13 +146,13 @@ def component_matrix_composition(w: HeadWeights, components: HeadComponents, mod
 
 
 def receiver_composition(w: HeadWeights, components: HeadComponents, mode: str,
-                         receiver: tuple[int, int]) -> Float[Tensor, "layer head comp"]:
-    """:func:`component_matrix_composition` for one receiver head ``(layer, head)`` only."""
+                         receiver: Component) -> Float[Tensor, "layer head comp"]:
+    """:func:`component_matrix_composition` for one receiver head only."""
     A, B = _receiver_factors(w, mode)
-    A, B = A[receiver], B[receiver]  # (d_model, r), (r, d_out)
+    A, B = A[receiver.layer, receiver.index], B[receiver.layer, receiver.index]  # (d_model, r), (r, d_out)
     num = torch.linalg.vector_norm(components.ov_out @ A @ B, dim=-1)  # (Ls, Hs, C)
     scores = num / factored_norm(A, B)
-    return scores * (torch.arange(w.n_layers) < receiver[0])[:, None, None]
+    return scores * (torch.arange(w.n_layers) < receiver.layer)[:, None, None]
 
 
 def q_composition(w: HeadWeights, components: HeadComponents) -> Tensor:
@@ -184,8 +187,9 @@ def top_channels(components: HeadComponents, n: int) -> "object":
         for value, index in zip(values.tolist(), idx.tolist()):
             ls, hs, cs, lr, hr, cr = torch.unravel_index(torch.tensor(index), scores.shape)
             recv_s = components.qk_s if mode in ("Q", "K") else components.ov_s
-            rows.append({"mode": mode, "score": value, "sender": f"{int(ls)}.{int(hs)}", "sender_comp": int(cs),
-                         "receiver": f"{int(lr)}.{int(hr)}", "receiver_comp": int(cr),
+            sender, receiver = Component.head(int(ls), int(hs)), Component.head(int(lr), int(hr))
+            rows.append({"mode": mode, "score": value, "sender": sender.name, "sender_comp": int(cs),
+                         "receiver": receiver.name, "receiver_comp": int(cr),
                          "sender_sv": float(components.ov_s[ls, hs, cs]), "receiver_sv": float(recv_s[lr, hr, cr])})
     frame = pd.DataFrame(rows).sort_values("score", ascending=False).head(n).reset_index(drop=True)
     frame["ratio_to_random"] = frame["score"] / random_baseline(components.ov_out.shape[-1])
@@ -204,6 +208,7 @@ def head_pair_frame(components: HeadComponents) -> "object":
             for hs in range(H):
                 for lr in range(ls + 1, L):
                     for hr in range(H):
-                        rows.append({"mode": mode, "sender": f"{ls}.{hs}", "receiver": f"{lr}.{hr}",
+                        rows.append({"mode": mode, "sender": Component.head(ls, hs).name,
+                                     "receiver": Component.head(lr, hr).name,
                                      "max_component_score": float(best[ls, hs, lr, hr])})
     return pd.DataFrame(rows)

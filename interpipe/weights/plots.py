@@ -1,4 +1,9 @@
-"""Figures of the weight-level studies (matplotlib, returned by stem; saved by ``StudyResult.save``)."""
+"""Figures of the weight-level studies (matplotlib, returned by stem; saved by ``StudyResult.save``).
+
+The talking-heads tables name heads ``L3H1``; the figures read them back as
+:class:`~interpipe.components.Component` values and label them by :attr:`~interpipe.components.Component.name`
+(``L3H1``).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _heads(labels) -> list[str]:
-    return sorted(set(labels), key=lambda s: tuple(int(x) for x in s.split(".")))
+from interpipe.components import Component  # noqa: E402
 
 
-def _head_ticks(heads: list[str], max_labels: int = 40) -> tuple[list[int], list[str]]:
+def _parsed(labels) -> list[Component]:
+    """The heads a table column names, row by row (each distinct name parsed once)."""
+    heads = {label: Component.parse(label) for label in set(labels)}
+    return [heads[label] for label in labels]
+
+
+def _head_ticks(heads: list[Component], max_labels: int = 40) -> tuple[list[int], list[str]]:
     """Tick positions and labels: every head, or (deep models) the first head of every few layers as ``L<n>``."""
     if len(heads) <= max_labels:
-        return list(range(len(heads))), heads
-    layer = [h.split(".")[0] for h in heads]
-    starts = [i for i in range(len(heads)) if i == 0 or layer[i] != layer[i - 1]]
+        return list(range(len(heads))), [h.name for h in heads]
+    starts = [i for i in range(len(heads)) if i == 0 or heads[i].layer != heads[i - 1].layer]
     starts = starts[:: -(-len(starts) // max_labels)]
-    return starts, [f"L{layer[i]}" for i in starts]
+    return starts, [f"L{heads[i].layer}" for i in starts]
 
 
-def _composition_grid(sub) -> tuple[np.ndarray, list[str], list[str]]:
+def _composition_grid(sub) -> tuple[np.ndarray, list[Component], list[Component]]:
     """(sender, receiver) grid of the largest component-pair score of one mode (NaN where not causal)."""
-    senders, receivers = _heads(sub["sender"]), _heads(sub["receiver"])
-    grid = np.full((len(senders), len(receivers)), np.nan)
-    s_idx, r_idx = {h: i for i, h in enumerate(senders)}, {h: i for i, h in enumerate(receivers)}
-    grid[sub["sender"].map(s_idx).to_numpy(), sub["receiver"].map(r_idx).to_numpy()] = sub["max_component_score"].to_numpy()
-    return grid, senders, receivers
+    senders, receivers = _parsed(sub["sender"]), _parsed(sub["receiver"])
+    rows, cols = sorted(set(senders)), sorted(set(receivers))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    s_idx, r_idx = {h: i for i, h in enumerate(rows)}, {h: i for i, h in enumerate(cols)}
+    grid[[s_idx[h] for h in senders], [r_idx[h] for h in receivers]] = sub["max_component_score"].to_numpy()
+    return grid, rows, cols
 
 
 def plot_talking_heads(result) -> dict:
@@ -50,11 +59,11 @@ def plot_talking_heads(result) -> dict:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.scatter(inh["Q_composition"], inh["inhibition"], s=14)
     for row in inh.head(5).itertuples():
-        ax.annotate(f"{row.sender}#{row.comp}", (row.Q_composition, row.inhibition), fontsize=7)
+        ax.annotate(f"{Component.parse(row.sender)}#{row.comp}", (row.Q_composition, row.inhibition), fontsize=7)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("Q-composition with receiver (weights)")
     ax.set_ylabel("inhibition: Δ attention to repeated items (data)")
-    ax.set_title(f"receiver {result.info['edit']['receiver']}")
+    ax.set_title(f"receiver {Component.parse(result.info['edit']['receiver'])}")
     figs["inhibition_scatter"] = fig
 
     acc = result.tables["laundry_accuracy"]
@@ -70,7 +79,8 @@ def plot_talking_heads(result) -> dict:
     ax.set_xlabel("list length (items; shaded: failing lengths the edit was chosen at)")
     ax.set_ylabel("held-out accuracy (95 % CI)"), ax.set_ylim(-0.02, 1.02)
     m, e = result.metrics, result.info["edit"]
-    title = f"Laundry List; edit {e['sender']}#{m['edit_comp']} × {m['edit_alpha']:g} (receiver {e['receiver']})"
+    sender, receiver = Component.parse(e["sender"]), Component.parse(e["receiver"])
+    title = f"Laundry List; edit {sender}#{m['edit_comp']} × {m['edit_alpha']:g} (receiver {receiver})"
     if "gain_failing_weight_edit" in m:
         title += (f"\ngain at failing lengths {m['gain_failing_weight_edit']:+.3f} "
                   f"[{m['gain_failing_weight_edit_ci_low']:+.3f}, {m['gain_failing_weight_edit_ci_high']:+.3f}]")

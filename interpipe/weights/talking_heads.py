@@ -29,6 +29,11 @@ Merullo, Eickhoff & Pavlick 2024 (arXiv 2406.09519). Weight-based composition sc
 
 The paper's prompt format and edit formula are not published; these are the choices made here.
 
+Heads (receiver, senders) are :class:`~interpipe.components.Component` values. The tables
+(``inhibition``, ``edit_trials``, ...), ``info.json``'s ``edit`` and the edited model's card write them
+in their one textual form (``L3H1``); a head taken from such a table is read back with
+:meth:`~interpipe.components.Component.parse`.
+
 **Architectures** (asked of :func:`interpipe.models.arch.describe_architecture`; causal LMs only,
 others refused before any work). Grouped-query attention: query head ``h`` reads its group's key/value
 head ``kv_head_of(h)``, so scores, inhibition and edits are per *query* head (``n_heads`` per layer)
@@ -52,6 +57,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interpipe.components import Component
 from interpipe.weights.common import StudyResult, out_projection
 from interpipe.weights.laundry import LaundryBatch, correct, laundry_forward, laundry_rows, run_laundry
 
@@ -71,22 +77,23 @@ def scale_component_hook(alpha: float, head: int, read: torch.Tensor, write: tor
     return hook
 
 
-def edit_vectors(weights, components, layer: int, head: int, comp: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``read = W_O[h] v`` and ``write = c`` with ``c W_O[h] = v`` (centred ``W_O``), both (d_head,)."""
-    v = components.ov_out[layer, head, comp]  # (d_model,)
-    w_o = weights.W_O[layer, head]  # (d_head, d_model)
+def edit_vectors(weights, components, head: Component, comp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``read = W_O[h] v`` and ``write = c`` with ``c W_O[h] = v`` (centred ``W_O``) of OV component
+    ``comp`` of ``head``, both (d_head,)."""
+    v = components.ov_out[head.layer, head.index, comp]  # (d_model,)
+    w_o = weights.W_O[head.layer, head.index]  # (d_head, d_model)
     write = v @ torch.linalg.pinv(w_o)  # (d_head,): minimum-norm c with c W_O = v (also for rank-deficient W_O)
     return w_o @ v, write
 
 
 @torch.no_grad()
-def apply_weight_edit(model, spec, components, layer: int, head: int, comp: int, alpha: float) -> None:
-    """Scale OV component ``comp`` of query head ``layer.head`` by ``alpha`` in ``model``'s weights (in
-    place): ``W_O[h] += (alpha - 1) (W_O[h] v) v^T`` on the rows of ``spec.blocks[layer].attn_out`` that
+def apply_weight_edit(model, spec, components, head: Component, comp: int, alpha: float) -> None:
+    """Scale OV component ``comp`` of query head ``head`` by ``alpha`` in ``model``'s weights (in
+    place): ``W_O[h] += (alpha - 1) (W_O[h] v) v^T`` on the rows of its layer's ``attn_out`` that
     belong to head ``h`` (per query head also under GQA). ``spec`` is the model's :class:`ArchSpec`."""
-    weight, conv1d = out_projection(model, spec, layer)
-    v = components.ov_out[layer, head, comp].to(weight.device)  # (d_model,)
-    rows = slice(head * spec.d_head, (head + 1) * spec.d_head)
+    weight, conv1d = out_projection(model, spec, head.layer)
+    v = components.ov_out[head.layer, head.index, comp].to(weight.device)  # (d_model,)
+    rows = slice(head.index * spec.d_head, (head.index + 1) * spec.d_head)
     w_o = weight[rows] if conv1d else weight[:, rows].T  # (d_head, d_model)
     delta = (alpha - 1.0) * torch.outer(w_o.float() @ v, v)  # (d_head, d_model)
     if conv1d:
@@ -106,15 +113,17 @@ class TalkingHeadsResult(StudyResult):
         return plot_talking_heads(self)
 
 
-def sender_jobs(weights, components, receiver: tuple[int, int], n_comp: int, max_senders: int = 0) -> list[tuple]:
-    """Sender components (layer, head, comp) scored on data: every head before the receiver, its top
+def sender_jobs(weights, components, receiver: Component, n_comp: int, max_senders: int = 0
+                ) -> list[tuple[Component, int]]:
+    """Sender components (head, comp) scored on data: every head before the receiver, its top
     ``n_comp`` components; with ``max_senders`` only those with the largest weight-based Q-composition."""
     from interpipe.weights.composition import receiver_composition
 
     q = receiver_composition(weights, components, "Q", receiver)  # (layer, head, comp)
-    jobs = [(l, h, c) for l in range(receiver[0]) for h in range(weights.n_heads) for c in range(n_comp)]
+    heads = [Component.head(l, h) for l in range(receiver.layer) for h in range(weights.n_heads)]
+    jobs = [(head, c) for head in heads for c in range(n_comp)]
     if max_senders and len(jobs) > max_senders:
-        jobs = sorted(jobs, key=lambda j: -float(q[j]))[:max_senders]
+        jobs = sorted(jobs, key=lambda j: -float(q[j[0].layer, j[0].index, j[1]]))[:max_senders]
     return jobs
 
 
@@ -124,26 +133,29 @@ def attention_to(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (attn * mask[:, :attn.shape[1]]).sum(-1)
 
 
-def inhibition_scores(model, spec, weights, components, batch: LaundryBatch, receiver: tuple[int, int],
+def inhibition_scores(model, spec, weights, components, batch: LaundryBatch, receiver: Component,
                       n_comp: int, batch_size: int, max_senders: int = 0):
     """Data-based inhibition of sender components (layers before the receiver) on the receiver:
     the rise of its attention to every mention of the repeated items when the component is removed
-    (every forward stops at the receiver's attention). Returns (DataFrame, most inhibiting first;
-    clean attention (batch, k_pos))."""
+    (every forward stops at the receiver's attention). Returns (DataFrame, most inhibiting first, the
+    sender written ``L3H1``; clean attention (batch, k_pos))."""
     import pandas as pd
 
     from interpipe.weights.composition import receiver_composition
 
-    _, clean = run_laundry(model, spec, batch, batch_size, receiver=receiver, logits=False)
+    at = (receiver.layer, receiver.index)  # the receiver as run_laundry takes it
+    _, clean = run_laundry(model, spec, batch, batch_size, receiver=at, logits=False)
     base_all, base_first = attention_to(clean, batch.repeated), attention_to(clean, batch.repeated_first)
     wq = {m: receiver_composition(weights, components, m, receiver) for m in "QKV"}  # (layer, head, comp)
     rows, arange = [], torch.arange(len(clean))
-    for layer, head, comp in tqdm(sender_jobs(weights, components, receiver, n_comp, max_senders), desc="inhibition scores"):
-        read, write = edit_vectors(weights, components, layer, head, comp)
-        edit = (layer, scale_component_hook(0.0, head, read, write))
-        _, attn = run_laundry(model, spec, batch, batch_size, edits=[edit], receiver=receiver, logits=False)
+    for sender, comp in tqdm(sender_jobs(weights, components, receiver, n_comp, max_senders), desc="inhibition scores"):
+        read, write = edit_vectors(weights, components, sender, comp)
+        edit = (sender.layer, scale_component_hook(0.0, sender.index, read, write))
+        _, attn = run_laundry(model, spec, batch, batch_size, edits=[edit], receiver=at, logits=False)
         ans = attn[arange, batch.answer_pos] - clean[arange, batch.answer_pos]
-        rows.append({"sender": f"{layer}.{head}", "comp": comp, "singular_value": float(components.ov_s[layer, head, comp]),
+        layer, head = sender.layer, sender.index
+        rows.append({"sender": sender.name, "comp": comp,
+                     "singular_value": float(components.ov_s[layer, head, comp]),
                      "inhibition": float((attention_to(attn, batch.repeated) - base_all).mean()),
                      "inhibition_first_mention": float((attention_to(attn, batch.repeated_first) - base_first).mean()),
                      "delta_attn_answer": float(ans.mean()),
@@ -151,7 +163,7 @@ def inhibition_scores(model, spec, weights, components, batch: LaundryBatch, rec
     return pd.DataFrame(rows).sort_values("inhibition", ascending=False).reset_index(drop=True), clean
 
 
-def pick_receiver(model, spec, batch: LaundryBatch, batch_size: int) -> tuple[tuple[int, int], torch.Tensor]:
+def pick_receiver(model, spec, batch: LaundryBatch, batch_size: int) -> tuple[Component, torch.Tensor]:
     """The head (layer >= 1) whose final-position attention to the kept item is largest on average,
     and the final-position logits (batch, d_vocab), from one pass reading every layer's pattern."""
     def read(p, rows):  # p: (b, head, q_pos, k_pos) -> (b, head)
@@ -161,7 +173,7 @@ def pick_receiver(model, spec, batch: LaundryBatch, batch_size: int) -> tuple[tu
     logits, reads = laundry_forward(model, spec, batch, batch_size, readers={layer: read for layer in layers})
     scores = torch.stack([reads[layer].mean(0) for layer in layers])  # (layer - 1, head)
     layer, head = divmod(int(scores.argmax()), scores.shape[1])
-    return (layer + 1, head), logits
+    return Component.head(layer + 1, head), logits
 
 
 def choose_edit(model, spec, weights, comps, inhibition, select: LaundryBatch, base_logits: torch.Tensor, scales,
@@ -174,16 +186,17 @@ def choose_edit(model, spec, weights, comps, inhibition, select: LaundryBatch, b
 
     base_acc = float(correct(base_logits, select).mean())
     trials = []
-    jobs = [(row, alpha) for _, row in inhibition.head(n_candidates).iterrows() for alpha in scales]
-    for row, alpha in tqdm(jobs, desc="edit trials"):
-        layer, head = (int(x) for x in row["sender"].split("."))
-        read, write = edit_vectors(weights, comps, layer, head, int(row["comp"]))
+    top = inhibition.head(n_candidates)
+    candidates = [(Component.parse(sender), int(comp)) for sender, comp in zip(top["sender"], top["comp"])]
+    for (sender, comp), alpha in tqdm([(c, alpha) for c in candidates for alpha in scales], desc="edit trials"):
+        read, write = edit_vectors(weights, comps, sender, comp)
         if alpha == 1.0:
             acc = base_acc
         else:
-            logits, _ = run_laundry(model, spec, select, batch_size, edits=[(layer, scale_component_hook(alpha, head, read, write))])
+            hook = scale_component_hook(alpha, sender.index, read, write)
+            logits, _ = run_laundry(model, spec, select, batch_size, edits=[(sender.layer, hook)])
             acc = float(correct(logits, select).mean())
-        trials.append({"sender": row["sender"], "comp": int(row["comp"]), "alpha": float(alpha), "select_accuracy": acc})
+        trials.append({"sender": sender.name, "comp": comp, "alpha": float(alpha), "select_accuracy": acc})
     trials = pd.DataFrame(trials)
     change = np.abs(np.log(np.maximum(trials["alpha"].to_numpy(), 1e-3)))  # alpha = 0 ranks as the largest change
     trials = trials.assign(_no_edit=(trials["alpha"] != 1.0).astype(int), _change=change)
@@ -226,8 +239,8 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
         raise ValueError(f"the talking_heads study needs at least 2 layers (a sender before the receiver); "
                          f"model_type={spec.model_type!r} has {spec.n_layers}")
     if s.receiver:
-        receiver = tuple(int(x) for x in s.receiver.split("."))
-        if not 1 <= receiver[0] < spec.n_layers or not 0 <= receiver[1] < spec.n_heads:
+        receiver = Component.parse(s.receiver)
+        if not 1 <= receiver.layer < spec.n_layers or not receiver.index < spec.n_heads:
             raise ValueError(f"weights.talking_heads.receiver={s.receiver!r} is not a head of layers 1..{spec.n_layers - 1}")
     select_rows, test_rows = evaluation_prompts(data_root, s, seed, context_length(model), tok)
     weights = folded_head_weights(boot_bridge(model, tok, model_folder), model, spec)  # the bridge is freed here
@@ -245,52 +258,58 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
     trials, base_acc = choose_edit(model, spec, weights, comps, inhibition, select, select_logits, s.edit_scales,
                                    s.edit_candidates, batch_size)
     chosen = trials.iloc[0]
-    layer, head = (int(x) for x in chosen["sender"].split("."))
-    comp, alpha = int(chosen["comp"]), float(chosen["alpha"])
-    edit = {"sender": f"{layer}.{head}", "comp": comp, "alpha": alpha, "receiver": f"{receiver[0]}.{receiver[1]}"}
+    sender, comp, alpha = Component.parse(chosen["sender"]), int(chosen["comp"]), float(chosen["alpha"])
+    edit = {"sender": sender, "comp": comp, "alpha": alpha, "receiver": receiver}
 
     logits = held_out_logits(loaded, model_folder, spec, weights, comps, test, edit, batch_size, out_dir)
     table, acc_metrics = accuracy_table(test, logits, s.select_lengths)
     metrics = {
-        "receiver_layer": receiver[0], "receiver_head": receiver[1], "edit_sender_layer": layer,
-        "edit_sender_head": head, "edit_comp": comp, "edit_alpha": alpha, "edit_applied": int(alpha != 1.0),
+        "receiver_layer": receiver.layer, "receiver_head": receiver.index, "edit_sender_layer": sender.layer,
+        "edit_sender_head": sender.index, "edit_comp": comp, "edit_alpha": alpha, "edit_applied": int(alpha != 1.0),
         "select_accuracy_before": base_acc, "select_accuracy_after": float(chosen["select_accuracy"]),
         "n_select": len(select_rows), "n_test": len(test_rows),
         **acc_metrics, **summary_metrics(channels, inhibition, weights, logits),
     }
     tensors = {"ov_out": comps.ov_out, "ov_s": comps.ov_s, "qk_s": comps.qk_s, "ov_in": comps.ov_in,
                "qk_q": comps.qk_q, "qk_k": comps.qk_k}
-    info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "edit": edit, "architecture": spec.to_dict(),
+    info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "edit": written_edit(edit),
+            "architecture": spec.to_dict(),
             "top_channel": " ".join(str(channels[c].iloc[0]) for c in ("mode", "sender", "sender_comp", "receiver", "receiver_comp"))}
     tables = {"top_channels": channels, "head_composition": pairs, "inhibition": inhibition, "edit_trials": trials,
               "laundry_accuracy": table, "headline": headline_frame(loaded.card.name, metrics, s.select_lengths)}
     return TalkingHeadsResult(metrics, tables, tensors, info)
 
 
+def written_edit(edit: dict) -> dict:
+    """The edit as ``info.json`` and the edited model's card write it: sender and receiver heads as ``L3H1``."""
+    return {**edit, "sender": edit["sender"].name, "receiver": edit["receiver"].name}
+
+
 def held_out_logits(loaded, model_folder, spec, weights, comps, test: LaundryBatch, edit: dict, batch_size: int,
                     out_dir) -> dict[str, torch.Tensor]:
     """Final-position logits (batch, d_vocab) on the held-out prompts: before, with the activation edit,
     and with the weight edit — the latter from the saved folder reloaded with stock
-    ``AutoModelForCausalLM.from_pretrained`` when ``out_dir`` is given (else from the edited copy)."""
+    ``AutoModelForCausalLM.from_pretrained`` when ``out_dir`` is given (else from the edited copy).
+    ``edit``: ``sender`` and ``receiver`` heads, ``comp`` and ``alpha``."""
     import copy
 
     from interpipe.models import describe, save_model_folder
 
     model = loaded.model
-    layer, head = (int(x) for x in edit["sender"].split("."))
-    comp, alpha = edit["comp"], edit["alpha"]
+    sender, comp, alpha = edit["sender"], edit["comp"], edit["alpha"]
     before = run_laundry(model, spec, test, batch_size)[0]
     if alpha == 1.0:  # no edit won the selection: both edits are the identity
         act = before
     else:
-        read, write = edit_vectors(weights, comps, layer, head, comp)
-        act = run_laundry(model, spec, test, batch_size, edits=[(layer, scale_component_hook(alpha, head, read, write))])[0]
+        read, write = edit_vectors(weights, comps, sender, comp)
+        hook = scale_component_hook(alpha, sender.index, read, write)
+        act = run_laundry(model, spec, test, batch_size, edits=[(sender.layer, hook)])[0]
     edited = copy.deepcopy(model)
-    apply_weight_edit(edited, spec, comps, layer, head, comp, alpha)
+    apply_weight_edit(edited, spec, comps, sender, comp, alpha)
     if out_dir is not None:
         folder = Path(out_dir) / "model_edited"
         card = describe(edited, f"{loaded.card.name}-talking-heads-edit", str(model_folder), loaded.card.kind,
-                        extra={"edit": edit, "base_model": loaded.card.name})
+                        extra={"edit": written_edit(edit), "base_model": loaded.card.name})
         save_model_folder(folder, edited, loaded.tokenizer, card)
         del edited
         edited = load_stock(folder)

@@ -103,7 +103,7 @@ def test_unknown_hook_is_named(bridge, sva_batch):
 def test_head_index_out_of_range(bridge, sva_batch):
     n_heads = bridge.cfg.n_heads
     with pytest.raises(ValueError, match=f"head index {n_heads}"):
-        path_patch(bridge, sva_batch, (0, n_heads))
+        path_patch(bridge, sva_batch, Component.head(0, n_heads))
     with pytest.raises(ValueError, match=f"head index {n_heads}"):
         ablate(bridge, sva_batch, [[Component("head", 0, n_heads)]])
     hook = "blocks.0.attn.hook_z"

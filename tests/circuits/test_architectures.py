@@ -17,6 +17,7 @@ from transformer_lens import patching as tlp
 from interpipe.circuits import (activation_patch, attribution_patch, direct_logit_attribution,
                                 load_bridge, logit_lens, path_patch, task_metric)
 from interpipe.circuits.bridge import architecture
+from interpipe.components import Component
 from interpipe.models.arch import UnsupportedArchitecture
 from tests.architectures import CAUSAL_FAMILIES, UNSUPPORTED
 from tests.circuits.test_patching import ATOL, raw_metric, tl_metric
@@ -121,13 +122,13 @@ def test_path_patching_matches_direct_path_or_is_refused(family_bridges, family_
     bridge, batch = family_bridges[family], family_batches[family]
     if family == "opt":  # the bridge gives OPT's attention no per-head q/k/v input fork
         with pytest.raises(UnsupportedArchitecture, match="model_type='opt'"):
-            path_patch(bridge, batch, (0, 1), metric=raw_metric(batch))
+            path_patch(bridge, batch, Component.head(0, 1), metric=raw_metric(batch))
         return
     _, clean_cache = bridge.run_with_cache(batch.clean_tokens)
     _, corrupted_cache = bridge.run_with_cache(batch.corrupted_tokens)
     expected = tlp.get_act_patch_direct_path(bridge, batch.corrupted_tokens, clean_cache, corrupted_cache,
                                              tl_metric(batch), 0, 1, component="q", verbose=False)
-    result = path_patch(bridge, batch, (0, 1), metric=raw_metric(batch))
+    result = path_patch(bridge, batch, Component.head(0, 1), metric=raw_metric(batch))
     torch.testing.assert_close(result.values[0, 1:], expected[1:].cpu().float(), atol=ATOL, rtol=0)
     spec = architecture(bridge)
     assert result.info["receiver_heads"] == [spec.n_heads, spec.n_kv_heads, spec.n_kv_heads]

@@ -22,6 +22,7 @@ from interpipe.circuits.copying import copy_scores, in_top_k, kv_head, name_rows
 from interpipe.circuits.heads import ioi_positions
 from interpipe.circuits.inhibition import s_inhibition_patch
 from interpipe.circuits.patching import task_metric
+from interpipe.components import Component
 from interpipe.settings.circuits import CircuitSettings
 from tests.circuits.conftest import PLANTED, planted_batch
 
@@ -114,7 +115,7 @@ def test_s_inhibition_finds_the_planted_sender(inhibited):
     assert abs(float(effect[SENDER])) > 0.05
     assert all(float(effect[0, h]) == 0.0 for h in range(inhibited.cfg.n_heads) if (0, h) != SENDER)
     assert float(effect[1, 0]) == 0.0
-    reference = path_patch(inhibited, batch, SENDER, components=["q"], direction="noise", metric=metric)
+    reference = path_patch(inhibited, batch, Component.head(*SENDER), components=["q"], direction="noise", metric=metric)
     assert float(result.values[SENDER]) == pytest.approx(float(reference.values[0, PLANTED[0], PLANTED[1]]), abs=1e-5)
 
 

@@ -16,6 +16,7 @@ from interpipe.circuits import (NormalizedLogitDiff, Patch, activation_patch, ca
                                 patch_head_pattern_by_pos, patch_head_qkv_all_pos, patch_mlp_out, patch_resid_pre,
                                 path_patch, run_variants)
 from interpipe.circuits.patching import clean_into_clean
+from interpipe.components import Component
 
 ATOL = 1e-4
 
@@ -71,7 +72,7 @@ def test_path_patching_matches_direct_path(bridge, sva_batch, component):
     _, corrupted_cache = bridge.run_with_cache(batch.corrupted_tokens)
     expected = tlp.get_act_patch_direct_path(bridge, batch.corrupted_tokens, clean_cache, corrupted_cache,
                                              tl_metric(batch), 0, 1, component=component, verbose=False)
-    result = path_patch(bridge, batch, (0, 1), components=[component], metric=raw_metric(batch))
+    result = path_patch(bridge, batch, Component.head(0, 1), components=[component], metric=raw_metric(batch))
     torch.testing.assert_close(result.values[0, 1:], expected[1:].cpu().float(), atol=ATOL, rtol=0)
 
 

@@ -16,6 +16,7 @@ from interpipe.circuits import select_circuit, smallest_above, task_metric
 from interpipe.circuits.ablation import ablation_sources
 from interpipe.circuits.metrics import logit_diff
 from interpipe.circuits.scoring import pool
+from interpipe.components import Component
 from interpipe.stats import Interval
 from tests.circuits.conftest import PLANTED, planted_batch
 
@@ -80,21 +81,21 @@ def test_planted_circuit_is_fully_faithful_and_its_ablation_matches_a_hand_hook(
 def test_random_baseline_has_the_circuit_size_and_the_value_of_its_draws(planted):
     batch = planted_batch(planted)
     scorer = Scorer(planted, batch, pool(planted))
-    draws = random_circuits([c.name for c in scorer.components], ["L1H2", "L0H1"], 20, seed=0)
+    draws = random_circuits(scorer.components, [Component.head(1, 2), Component.head(0, 1)], 20, seed=0)
     assert len(draws) == 20 and all(len(set(d)) == 2 for d in draws)
     assert len({tuple(sorted(d)) for d in draws}) > 5  # drawn, not repeated
     metrics, table = score_heldout(scorer, ["L1H2", "L0H1"], n_random=20, completeness_heads=2, seed=0)
     # a draw is fully faithful exactly when it holds L1H2; otherwise it scores the planted head ablated
     ld, _ = scorer.circuits([[]])
     empty = float(np.mean(ld[0]) / np.mean(scorer.clean_ld))
-    expected = np.mean([1.0 if "L1H2" in d else empty for d in draws])
+    expected = np.mean([1.0 if Component.head(1, 2) in d else empty for d in draws])
     assert metrics["random_draws"] == 20
     assert metrics["random_faithfulness"] == pytest.approx(expected, abs=1e-5)
     assert metrics["random_faithfulness_ci_low"] < metrics["random_faithfulness"] < metrics["random_faithfulness_ci_high"]
     assert metrics["faithfulness"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["excess_over_random_ci_low"] > 0  # the planted circuit beats its random baseline
     # minimality: removing L1H2 from the circuit matters, removing L0H1 does not; complete (same as in M)
-    by_head = {r["head"]: r for r in table}
+    by_head = {r["head"].name: r for r in table}
     assert by_head["L1H2"]["minimality"] > 1.0 and abs(by_head["L0H1"]["minimality"]) < 1e-4
     assert metrics["completeness_gap_max"] < 1e-4
 
@@ -107,9 +108,9 @@ def test_selection_picks_the_planted_head_on_one_half(planted):
     metric = task_metric(planted, select)
     effects = activation_patch(planted, select, "z", ("layer", "head"), metric=metric).effect().abs()
     ranking = rank_components(effects)
-    assert ranking[0][0] == "L1H2" and all(abs(score) < 1e-6 for _, score in ranking[1:])
+    assert ranking[0][0] == Component.head(1, 2) and all(abs(score) < 1e-6 for _, score in ranking[1:])
     circuit = select_circuit(Scorer(planted, select, pool(planted)), ranking, "faithfulness", target=0.8)
-    assert circuit.components == ["L1H2"] and circuit.info["target_reached"] == 1
+    assert circuit.components == [Component.head(1, 2)] and circuit.info["target_reached"] == 1
     assert circuit.curve[0]["k"] == 0 and circuit.curve[0]["high"] < 0.8  # the empty circuit does not qualify
     # a target no circuit smaller than the model reaches: the whole pool, flagged as not reached
     whole = select_circuit(Scorer(planted, select, pool(planted)), ranking, "faithfulness", target=1.5)
@@ -174,8 +175,6 @@ def test_ioi_head_evidence_reads_the_patterns_at_io_s1_s2(bridge, ioi_batch):
 
 
 def test_identical_ablations_run_once_and_keep_their_order(planted):
-    from interpipe.circuits.ablation import Component
-
     scorer = Scorer(planted, planted_batch(planted, n=8), pool(planted))
     a, b = [Component("head", 1, 2)], [Component("head", 0, 1), Component("head", 1, 2)]
     ld, _ = scorer.run([a, b, a, list(reversed(b))])

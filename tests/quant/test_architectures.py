@@ -14,7 +14,7 @@ import torch
 
 from interpipe.models.arch import describe_architecture
 from interpipe.quant import QuantSettings, run_quantize
-from interpipe.quant.arch import describe_arch, input_shifts_of
+from interpipe.quant.arch import describe_arch
 from interpipe.quant.calibrate import calibrate
 from interpipe.quant.fake import ActSpec, WeightSpec
 from interpipe.quant.layers import TokenMask
@@ -67,11 +67,11 @@ def _migrated(arch_folders, family, method, batches):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_migrated_fp_model_equals_original(arch_folders, family, method, batches):
     model, arch, before, done = _migrated(arch_folders, family, method, batches)
-    assert {p.kind for p in arch.pairs} == {"qkv", "fc1"} and len(done) == 2 * arch.spec.n_layers
-    assert max(float(m.scale.max()) for m in done) > 1.5  # the planted outliers were really migrated
+    assert {p.kind for p in arch.pairs} == {"qkv", "fc1"} and len(done.pairs) == 2 * arch.spec.n_layers
+    assert max(float(m.scale.max()) for m in done.pairs) > 1.5  # the planted outliers were really migrated
     diff, rel = _max_diff(before, _outputs(model, batches))
     assert diff < 1e-4 and rel < 1e-5, (diff, rel)
-    shifts = input_shifts_of(model)
+    shifts = done.input_shifts
     if method == "osplus" and arch.spec.norm_kind == "rmsnorm":  # the shift lives in the linears' inputs
         assert len(shifts) == sum(len(p.linears) for p in arch.pairs)
         assert max(float(v.abs().max()) for v in shifts.values()) > 0.1
@@ -86,10 +86,10 @@ def test_migrated_folder_reloads_equal(arch_folders, family, batches, tmp_path):
     from interpipe.models import ModelCard
     from interpipe.quant.export import load_migrated, save_migrated
 
-    model, arch, before, _ = _migrated(arch_folders, family, "osplus", batches)
+    model, arch, before, migration = _migrated(arch_folders, family, "osplus", batches)
     tok = _tokenizer(arch_folders[family])
     kind = "causal_lm" if family in CAUSAL_FAMILIES else "sequence_classifier"
-    save_migrated(tmp_path / "m", model, tok, ModelCard("tiny", "test", kind), arch.style, "osplus")
+    save_migrated(tmp_path / "m", model, migration, tok, ModelCard("tiny", "test", kind), arch.style, "osplus")
     assert _max_diff(before, _outputs(load_migrated(tmp_path / "m").model, batches))[1] < 1e-5
     if family in CAUSAL_FAMILIES:  # pre-LN and parallel: a stock Hugging Face folder
         stock = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
@@ -104,7 +104,6 @@ def _tokenizer(folder):
 
 def test_input_shift_quantizes_the_centred_input():
     """A linear with input shift delta: range of ``x - delta``, output ``Q(W) Q(x - delta) + b + W delta``."""
-    from interpipe.quant.arch import set_input_shift
     from interpipe.quant.fake import quantize_activation, quantize_weight
     from interpipe.quant.layers import QuantLinear
 
@@ -112,9 +111,8 @@ def test_input_shift_quantizes_the_centred_input():
     lin = torch.nn.Linear(8, 4, bias=False)
     delta = torch.linspace(-3, 3, 8)  # (d_in,)
     x = torch.randn(2, 5, 8) + delta  # (batch, pos, d_in) off-centre by delta
-    set_input_shift(lin, delta)
-    tokens = TokenMask(torch.ones(2, 5, dtype=torch.bool))
-    layer = QuantLinear(lin, "lin", "qkv", WeightSpec(4), ActSpec(4), tokens)
+    tokens = TokenMask()
+    layer = QuantLinear(lin, "lin", "qkv", WeightSpec(4), ActSpec(4), tokens, input_shift=delta)
     fp = layer(x)
     assert torch.allclose(fp, lin(x))
     layer.set_range(torch.tensor(-2.5), torch.tensor(2.0))  # the calibrated range of x - delta
@@ -122,7 +120,8 @@ def test_input_shift_quantizes_the_centred_input():
     expected = (quantize_activation(x - delta, ActSpec(4), torch.tensor(-2.5), torch.tensor(2.0)) @ quantize_weight(lin.weight, WeightSpec(4)).t()
                 + lin.weight @ delta)  # (batch, pos, d_out)
     assert torch.allclose(layer(x), expected, atol=1e-6)
-    layer16 = QuantLinear(lin, "lin", "qkv", WeightSpec(16), ActSpec(16, granularity="per_token_dynamic"), tokens)
+    layer16 = QuantLinear(lin, "lin", "qkv", WeightSpec(16), ActSpec(16, granularity="per_token_dynamic"), tokens,
+                          input_shift=delta)
     layer16.set_mode("quant")
     assert torch.allclose(layer16(x), fp, atol=1e-3)  # the shift and its bias cancel
 

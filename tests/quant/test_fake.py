@@ -104,7 +104,11 @@ def test_token_mask_is_set_only_inside_its_block():
     x = torch.arange(4.0).reshape(1, 2, 2)  # (batch, pos, d)
     with tokens.covering(mask):
         assert torch.equal(tokens.select(x), torch.tensor([[0.0, 1.0]]))  # the padding row left out
-    assert tokens.mask is None and tokens.select(x).shape == (2, 2)
+    assert tokens.mask is None
+    with pytest.raises(RuntimeError, match="no token mask"):  # outside a block: no silent padding rows
+        tokens.select(x)
+    with pytest.raises(TypeError):
+        TokenMask(mask)  # set only through covering
     with pytest.raises(RuntimeError):
         with tokens.covering(mask):
             raise RuntimeError("a failed forward")

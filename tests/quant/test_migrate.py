@@ -78,7 +78,7 @@ def test_migrated_fp_model_equals_original(family, method, request, batches):
     assert arch.style == ("pre_ln" if family == "gpt2" else "post_ln")
     before = _outputs(model, batches)
     calib = calibrate(model, arch, batches, "cpu", keep_pair_inputs=True)
-    done = migrate(model, arch, calib, method, WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0))
+    done = migrate(model, arch, calib, method, WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0)).pairs
     assert max(float(m.scale.max()) for m in done) > 1.5  # the planted outliers were really migrated
     assert _rel_diff(before, _outputs(model, batches)) < 1e-4
 
@@ -86,7 +86,7 @@ def test_migrated_fp_model_equals_original(family, method, request, batches):
 def test_osplus_centres_and_bounds_the_migrated_activations(tiny_gpt2, batches):
     arch = describe_arch(tiny_gpt2)
     calib = calibrate(tiny_gpt2, arch, batches, "cpu", keep_pair_inputs=True)
-    done = migrate(tiny_gpt2, arch, calib, "osplus", WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0))
+    done = migrate(tiny_gpt2, arch, calib, "osplus", WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0)).pairs
     for m in done:
         x = _ln_outputs(tiny_gpt2, m.pair.norm, batches)
         centre = (x.max(0) + x.min(0)) / 2
@@ -104,8 +104,8 @@ def test_post_ln_needs_the_shortcut_wrapper(tiny_bert, batches, tmp_path):
 
     arch = describe_arch(tiny_bert)
     before = _outputs(tiny_bert, batches)
-    migrate(tiny_bert, arch, calibrate(tiny_bert, arch, batches, "cpu"), "smoothquant", W8, A8)
-    save_migrated(tmp_path / "m", tiny_bert, build_tokenizer(["a b"]), ModelCard("tiny", "test", "encoder"),
+    migration = migrate(tiny_bert, arch, calibrate(tiny_bert, arch, batches, "cpu"), "smoothquant", W8, A8)
+    save_migrated(tmp_path / "m", tiny_bert, migration, build_tokenizer(["a b"]), ModelCard("tiny", "test", "encoder"),
                   arch.style, "smoothquant")
     assert _rel_diff(before, _outputs(load_migrated(tmp_path / "m").model, batches)) < 1e-4
     vanilla = BertModel.from_pretrained(tmp_path / "m").eval()  # no shortcut restore: not equivalent
@@ -121,9 +121,9 @@ def test_pre_ln_migrated_folder_loads_with_plain_from_pretrained(tiny_gpt2, batc
 
     arch = describe_arch(tiny_gpt2)
     before = _outputs(tiny_gpt2, batches)
-    migrate(tiny_gpt2, arch, calibrate(tiny_gpt2, arch, batches, "cpu", keep_pair_inputs=True), "osplus",
-            W8, A8, grid=SearchGrid(4, 0.0))
-    save_migrated(tmp_path / "m", tiny_gpt2, build_tokenizer(["a b"]), ModelCard("tiny", "test", "causal_lm"),
+    migration = migrate(tiny_gpt2, arch, calibrate(tiny_gpt2, arch, batches, "cpu", keep_pair_inputs=True), "osplus",
+                        W8, A8, grid=SearchGrid(4, 0.0))
+    save_migrated(tmp_path / "m", tiny_gpt2, migration, build_tokenizer(["a b"]), ModelCard("tiny", "test", "causal_lm"),
                   arch.style, "osplus")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     assert _rel_diff(before, _outputs(plain, batches)) < 1e-4
@@ -136,15 +136,15 @@ def test_osplus_ablations_shift_only_and_scale_only(family, request, batches):
     before = _outputs(model, batches)
     calib = calibrate(model, arch, batches, "cpu", keep_pair_inputs=True)
     shift_only = migrate(model, arch, calib, "osplus_shift", WeightSpec(6), ActSpec(6))
-    for m in shift_only:
+    for m in shift_only.pairs:
         st = calib.stats[m.pair.hook]
         assert torch.equal(m.scale, torch.ones_like(m.scale))
         assert torch.allclose(m.shift, ((st.max + st.min) / 2).float())
     assert _rel_diff(before, _outputs(model, batches)) < 1e-4
     scale_only = migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), "osplus_scale",
                          WeightSpec(6), ActSpec(6), grid=SearchGrid(8, 0.0))
-    assert all(float(m.shift.abs().max()) == 0.0 for m in scale_only)
-    assert max(float(m.scale.max()) for m in scale_only) > 1.5  # the planted channel is scaled down
+    assert all(float(m.shift.abs().max()) == 0.0 for m in scale_only.pairs)
+    assert max(float(m.scale.max()) for m in scale_only.pairs) > 1.5  # the planted channel is scaled down
     assert _rel_diff(before, _outputs(model, batches)) < 1e-4  # both folds together still exact
 
 

@@ -29,16 +29,17 @@ def _tiny(family: str, vocab: int):
 
 def _quantized_in_memory(model, shifts: bool):
     """Wrap every target linear in a QuantLinear with hand-set ranges (and OS+-style input shifts)."""
-    from interpipe.quant.arch import describe_arch, get_module, set_input_shift
+    from interpipe.quant.arch import describe_arch, get_module
     from interpipe.quant.layers import TokenMask, wrap_layers
 
     targets = [t for t in describe_arch(model).targets if t.kind != "head"]  # the study's default layers
     g = torch.Generator().manual_seed(1)
+    input_shifts = {}
     for t in targets:
         if shifts and t.kind in ("qkv", "fc1"):  # behind the RMSNorms
             module = get_module(model, t.module)
-            set_input_shift(module, 0.3 * torch.randn(module.weight.shape[1], generator=g))
-    layers = wrap_layers(model, targets, W6, A6, TokenMask())
+            input_shifts[t.module] = 0.3 * torch.randn(module.weight.shape[1], generator=g)
+    layers = wrap_layers(model, targets, W6, A6, TokenMask(), input_shifts=input_shifts)
     for i, layer in enumerate(layers.values()):
         layer.set_range(torch.tensor(-1.5 - 0.1 * i), torch.tensor(2.0 + 0.2 * i))
         layer.set_mode("quant")
@@ -57,7 +58,7 @@ def _export(tmp_path, family: str, tokenizer, shifts: bool = False):
         reference = model(IDS).logits  # (batch, pos, vocab) QuantLinear's computation
     card = describe(model, "tiny", "test", "causal_lm")
     recipe = Recipe("osplus" if shifts else "rtn", "w6a6", "paper", asdict(W6), asdict(A6), [], "tiny", 0)
-    folder = save_quantized(tmp_path / f"tiny-{family}", model, layers, tokenizer, card, recipe)
+    folder = save_quantized(tmp_path / f"tiny-{family}", model, layers, tokenizer, card, recipe, None)
     return folder, reference, fp
 
 

@@ -199,9 +199,9 @@ def test_migrated_smollm2_loads_with_stock_from_pretrained_and_equals_the_origin
     with torch.no_grad():
         before = [model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.mask] for b in batches]
     arch = describe_arch(model)
-    migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), "osplus", WeightSpec(6, False,
+    migration = migrate(model, arch, calibrate(model, arch, batches, "cpu", keep_pair_inputs=True), "osplus", WeightSpec(6, False,
             "per_channel"), ActSpec(6, False), grid=SearchGrid(3, 0.0))
-    out = save_migrated(tmp_path / "m", model, tok, loaded.card, arch.style, "osplus")
+    out = save_migrated(tmp_path / "m", model, migration, tok, loaded.card, arch.style, "osplus")
     assert (out / "input_shifts.safetensors").exists()  # the RMSNorm shift lives in the quantizer only
     stock = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():

@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 
+from interpipe.components import Component
 from interpipe.models.arch import UnsupportedArchitecture, describe_architecture
 from tests.architectures import CAUSAL_FAMILIES, UNSUPPORTED
 
@@ -128,10 +129,10 @@ def test_weight_edit_equals_activation_edit_and_reloads(family, loaded_archs, ar
     comps = head_components(w, 2)
     batch = LaundryBatch(loaded.tokenizer, loaded.model, list(load_task(data_root, "laundry_list", "test"))[:4])
     layer, head = 0, spec.n_heads - 1  # the last query head of the last KV group
-    read, write = edit_vectors(w, comps, layer, head, 0)
+    read, write = edit_vectors(w, comps, Component.head(layer, head), 0)
     act, _ = run_laundry(loaded.model, spec, batch, 4, edits=[(layer, scale_component_hook(2.0, head, read, write))])
     edited = copy.deepcopy(loaded.model)
-    apply_weight_edit(edited, spec, comps, layer, head, 0, 2.0)
+    apply_weight_edit(edited, spec, comps, Component.head(layer, head), 0, 2.0)
     ours = hf_final_logits(edited, batch, 4)
     torch.testing.assert_close(ours, act, rtol=1e-4, atol=1e-4)
     assert float((ours - hf_final_logits(loaded.model, batch, 4)).abs().max()) > 1e-4

@@ -7,6 +7,7 @@ import torch
 from transformer_lens import FactoredMatrix
 from transformer_lens.utilities import composition_scores
 
+from interpipe.components import Component
 from interpipe.weights.common import HeadWeights
 from interpipe.weights.composition import (component_composition, component_matrix_composition, factored_svd,
                                            head_components, matrix_composition, top_channels)
@@ -71,7 +72,7 @@ def test_factored_svd_orders_and_reconstructs(weights):
 def test_top_channels_are_sorted_and_causal(weights):
     frame = top_channels(head_components(weights, k=2), n=10)
     assert len(frame) == 10 and frame["score"].is_monotonic_decreasing
-    assert all(int(s.split(".")[0]) < int(r.split(".")[0]) for s, r in zip(frame["sender"], frame["receiver"]))
+    assert all(Component.parse(s).layer < Component.parse(r).layer for s, r in zip(frame["sender"], frame["receiver"]))
 
 
 def test_folded_weights_match_transformer_lens_processing(tiny_loaded, tiny_toy_folder):

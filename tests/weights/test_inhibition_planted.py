@@ -20,6 +20,8 @@ import random
 import pytest
 import torch
 
+from interpipe.components import Component
+
 
 def planted_model(tokenizer, gamma: float):
     """The hand-built model (GPT-2 architecture, MLPs zeroed) described in the module docstring."""
@@ -93,9 +95,9 @@ def test_inhibition_sign_on_planted_mechanism(gamma, tiny_loaded, tmp_path):
     per_first = attention_to(clean, batch.repeated_first) / batch.repeated_first.sum(1)
     assert bool(((per_second < per_first) if gamma > 0 else (per_second > per_first)).all())
 
-    frame, _ = inhibition_scores(model, spec, weights, comps, batch, (1, 0), 1, 8)
+    frame, _ = inhibition_scores(model, spec, weights, comps, batch, Component.head(1, 0), 1, 8)
     row = frame.iloc[0]
-    assert row["sender"] == "0.0"
+    assert row["sender"] == "L0H0"
     if gamma > 0:
         assert row["inhibition"] > 0.05 and row["inhibition"] > 2 * row["inhibition_first_mention"]
     else:

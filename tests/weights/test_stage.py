@@ -23,6 +23,9 @@ def test_config_rejects_unknown_key_and_bad_values():
         schema.validate(compose(["weights.study=attention"]))
     with pytest.raises(ValueError, match="weights.talking_heads.receiver"):
         schema.validate(compose(["weights.talking_heads.receiver=head3"]))
+    with pytest.raises(ValueError, match="L<layer>H<head>"):  # the old layer.head form: Hydra reads 1.10 as 1.1
+        schema.validate(compose(["weights.talking_heads.receiver=1.10"]))
+    assert schema.validate(compose(["weights.talking_heads.receiver=L1H10"])).weights.talking_heads.receiver == "L1H10"
 
 
 @pytest.mark.parametrize("preset", ["weights_gpt2", "weights_pythia"])

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from interpipe.components import Component
 from interpipe.models.arch import describe_architecture
 from interpipe.weights.common import boot_bridge, folded_head_weights
 from interpipe.weights.composition import head_components
@@ -32,11 +33,11 @@ def test_weight_edit_equals_activation_edit(setup, tiny_loaded, alpha):
 
     bridge, weights, comps, batch = setup
     layer, head, comp = 0, 1, 0
-    read, write = edit_vectors(weights, comps, layer, head, comp)
+    read, write = edit_vectors(weights, comps, Component.head(layer, head), comp)
     edit = (layer, scale_component_hook(alpha, head, read, write))
     act, _ = run_laundry(tiny_loaded.model, describe_architecture(tiny_loaded.model), batch, 8, edits=[edit])
     edited = copy.deepcopy(tiny_loaded.model)
-    apply_weight_edit(edited, describe_architecture(edited), comps, layer, head, comp, alpha)
+    apply_weight_edit(edited, describe_architecture(edited), comps, Component.head(layer, head), comp, alpha)
     torch.testing.assert_close(hf_final_logits(edited, batch, 8), act, rtol=1e-4, atol=1e-4)
     base = hf_final_logits(tiny_loaded.model, batch, 8)
     assert float((base - act).abs().max()) > 1e-4  # the edit did something
@@ -44,7 +45,7 @@ def test_weight_edit_equals_activation_edit(setup, tiny_loaded, alpha):
 
 def test_scale_one_is_identity(setup, tiny_loaded):
     bridge, weights, comps, batch = setup
-    read, write = edit_vectors(weights, comps, 1, 0, 2)
+    read, write = edit_vectors(weights, comps, Component.head(1, 0), 2)
     spec = describe_architecture(tiny_loaded.model)
     act, _ = run_laundry(tiny_loaded.model, spec, batch, 8, edits=[(1, scale_component_hook(1.0, 0, read, write))])
     torch.testing.assert_close(act, hf_final_logits(tiny_loaded.model, batch, 8), rtol=1e-5, atol=1e-5)
@@ -75,7 +76,7 @@ def test_receiver_attention_matches_bridge_and_stops_early(setup, tiny_loaded):
     assert logits is None
     torch.testing.assert_close(full, stopped)
     torch.testing.assert_close(full, ref.float(), rtol=1e-4, atol=1e-5)
-    read, write = edit_vectors(weights, comps, 0, 1, 0)
+    read, write = edit_vectors(weights, comps, Component.head(0, 1), 0)
     _, edited = run_laundry(tiny_loaded.model, spec, batch, 3, edits=[(0, scale_component_hook(0.0, 1, read, write))],
                             receiver=(layer, head), logits=False)
     assert float((edited - full).abs().max()) > 1e-6
@@ -104,7 +105,7 @@ def test_no_edit_wins_ties(setup, tiny_loaded):
 
     _, weights, comps, batch = setup
     spec = describe_architecture(tiny_loaded.model)
-    inhibition = pd.DataFrame([{"sender": "0.1", "comp": 0}])
+    inhibition = pd.DataFrame([{"sender": "L0H1", "comp": 0}])
     base = hf_final_logits(tiny_loaded.model, batch, 8)
     trials, base_acc = choose_edit(tiny_loaded.model, spec, weights, comps, inhibition, batch, base,
                                    [0.0, 1.0, 1.0 + 1e-6], 1, 8)

@@ -1,0 +1,32 @@
+"""Hook-name checks on a TransformerBridge: nothing stored on the bridge, the caller's name set reused."""
+
+from __future__ import annotations
+
+import pytest
+
+from interpipe.circuits.bridge import check_hook, hook_names
+
+
+def test_check_hook_stores_nothing_on_the_bridge(bridge):
+    before = set(vars(bridge))
+    assert check_hook(bridge, "blocks.0.attn.hook_z") == "blocks.0.attn.hook_z"
+    assert set(vars(bridge)) == before  # no cached attribute planted on the library object
+    assert not [k for k in vars(bridge) if "interpipe" in k]
+
+
+def test_hook_names_are_the_bridge_hook_dict(bridge):
+    names = hook_names(bridge)
+    assert names == frozenset(bridge.hook_dict)
+    assert {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out"} <= names
+
+
+def test_check_hook_with_the_callers_names(bridge):
+    names = hook_names(bridge)
+    assert check_hook(bridge, "blocks.1.hook_resid_pre", hooks=names) == "blocks.1.hook_resid_pre"
+    with pytest.raises(ValueError, match="did you mean"):
+        check_hook(bridge, "blocks.1.hook_resid_pree", hooks=names)
+    with pytest.raises(ValueError, match="unknown hook"):  # the given set is what is checked against
+        check_hook(bridge, "blocks.1.hook_resid_pre", hooks=frozenset())
+    with pytest.raises(ValueError, match="after the last block"):
+        check_hook(bridge, "ln_final.hook_normalized", hooks=names)
+    assert check_hook(bridge, "ln_final.hook_normalized", patchable=False, hooks=names)
