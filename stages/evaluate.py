@@ -6,7 +6,7 @@
 
 import hydra
 
-from interpipe.evaluate import evaluate_model
+from interpipe.models.evaluate import evaluate_model
 from interpipe.runtime import resolve_device
 from stages._app import run_stage
 

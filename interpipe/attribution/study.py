@@ -1,8 +1,8 @@
-"""The attribution study on one model: every method on the same inputs, one evaluator.
+"""The attribution study on one model: every method on the same inputs, one faithfulness scorer.
 
 ``run_attribute`` loads a canonical model folder and the prepared tasks, attributes every
-example with every method (timed), evaluates each method's scores with
-:func:`interpipe.attribution.faithfulness.evaluate` (not timed), and writes one folder per method::
+example with every method (timed), scores each method's attributions with
+:func:`interpipe.attribution.faithfulness.faithfulness_per_example` (not timed), and writes one folder per method::
 
     <out>/<method>/metrics.json            every metric with its 95 % interval, paired differences
                                            vs random and vs IG (``vs_random/``, ``vs_ig/``), cost
@@ -40,7 +40,7 @@ from interpipe.attribution.result import Attribution
 from interpipe.settings.attribute import AttributeSettings
 from interpipe.attribution.uncertainty import (HARD_METRICS, comparisons, headline_rows, paired,
                                                relative_gap_summary, summarise, win_table)
-from interpipe.attribution.faithfulness import evaluate_examples, full_probs, rank_agreement, replacement_token
+from interpipe.attribution.faithfulness import faithfulness_per_example, full_probs, rank_agreement, replacement_token
 from interpipe.stats import CI_HIGH, CI_LOW
 
 SUMMARY_KEYS = ("comprehensiveness", "sufficiency", "soft_comprehensiveness", "soft_sufficiency",
@@ -62,10 +62,10 @@ def load_rows(data_root: str | Path, tasks: list[str], split: str, n_examples: i
     return rows
 
 
-def evaluate_by_task(sm: ScoredModel, batch: Batch, scores, targets, s: AttributeSettings, rule: str,
-                     token: int | None, soft: bool = True, cache: dict | None = None,
-                     rows: list[int] | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Per-example metrics over the whole batch (NaN outside ``rows``), evaluated task by task.
+def faithfulness_by_task(sm: ScoredModel, batch: Batch, scores, targets, s: AttributeSettings, rule: str,
+                         token: int | None, soft: bool = True, cache: dict | None = None,
+                         rows: list[int] | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Per-example faithfulness metrics over the whole batch (NaN outside ``rows``), task by task.
 
     ``scores, targets`` hold the ``rows`` (default: every example) in order. ``cache`` keeps each
     task's unperturbed probabilities across methods with the same targets, and (under
@@ -83,10 +83,10 @@ def evaluate_by_task(sm: ScoredModel, batch: Batch, scores, targets, s: Attribut
         key = (task, tuple(targets[local].tolist()), tuple(idx))
         if key not in cache:
             cache[key] = full_probs(sm, sub, targets[local], s.eval_batch_size)
-        m, curve = evaluate_examples(sm, sub, scores[local], targets[local], s.ratios, rule, token, seed=s.seed,
-                                     chunk=s.eval_batch_size, soft=soft, full=cache[key],
-                                     memo=cache.setdefault("memo", {}), soft_normalised=s.soft_normalised,
-                                     cue_mass=s.cue_mass)
+        m, curve = faithfulness_per_example(sm, sub, scores[local], targets[local], s.ratios, rule, token, seed=s.seed,
+                                            chunk=s.eval_batch_size, soft=soft, full=cache[key],
+                                            memo=cache.setdefault("memo", {}), soft_normalised=s.soft_normalised,
+                                            cue_mass=s.cue_mass)
         for name, values in m.items():
             per.setdefault(name, np.full(len(batch), np.nan))[idx] = values
         curves += [{"task": task, **row} for row in curve]
@@ -119,11 +119,11 @@ def attribute_all(sm: ScoredModel, batch: Batch, method: str, s: AttributeSettin
     return Attribution.concat(parts)
 
 
-def evaluated_layers(n_states: int, max_layers: int) -> list[int]:
-    """The layer indices whose scores are evaluated: all, or ``max_layers`` evenly spaced ones
+def spaced_layers(n_states: int, max_layers: int) -> list[int]:
+    """The layer indices whose layer scores get faithfulness metrics: all, or ``max_layers`` evenly spaced ones
     that always include the embeddings (0) and the last layer.
 
-    >>> evaluated_layers(31, 0)[-1], evaluated_layers(31, 4)
+    >>> spaced_layers(31, 0)[-1], spaced_layers(31, 4)
     (30, [0, 10, 20, 30])
     """
     if max_layers <= 0 or max_layers >= n_states:
@@ -136,9 +136,9 @@ def evaluated_layers(n_states: int, max_layers: int) -> list[int]:
 
 def _layerwise(sm, batch, result: Attribution, s, rule, token, cache: dict) -> list[dict]:
     rows = []
-    for layer in evaluated_layers(result.layer_scores.shape[0], s.layerwise_max_layers):
-        per, _ = evaluate_by_task(sm, batch, result.layer_scores[layer], result.target_ids, s, rule, token,
-                                  soft=False, cache=cache)
+    for layer in spaced_layers(result.layer_scores.shape[0], s.layerwise_max_layers):
+        per, _ = faithfulness_by_task(sm, batch, result.layer_scores[layer], result.target_ids, s, rule, token,
+                                      soft=False, cache=cache)
         rows.append({"layer": layer, **{k: v for k, v in summarise(per, batch.tasks).items() if "/" not in k}})
     return rows
 
@@ -159,8 +159,9 @@ def _operator_table(sm, batch, results: dict[str, Attribution], rows: dict[str, 
             if rule == main[0]:
                 per_method[method] = main[1][method]
             else:
-                per_method[method], _ = evaluate_by_task(sm, batch, results[method].scores, results[method].target_ids,
-                                                         s, rule, token, soft=False, cache=cache, rows=rows[method])
+                per_method[method], _ = faithfulness_by_task(sm, batch, results[method].scores,
+                                                             results[method].target_ids, s, rule, token, soft=False,
+                                                             cache=cache, rows=rows[method])
         for method, per in per_method.items():
             for metric in HARD_METRICS:
                 iv = summarise({metric: per[metric]}, ["all"] * len(batch))
@@ -306,7 +307,7 @@ def _prepare(s: AttributeSettings, model_folder, data_root, out_dir: Path, devic
 
 
 def _run_method(st: _Study, method: str) -> _MethodRun:
-    """Attribute with one method (timed), evaluate its scores (not timed), write its folder."""
+    """Attribute with one method (timed), score its faithfulness (not timed), write its folder."""
     import pandas as pd
 
     from interpipe.io import save_figure, write_frame
@@ -316,8 +317,8 @@ def _run_method(st: _Study, method: str) -> _MethodRun:
     sub = batch.select(rows)
     result = attribute_all(st.sm, sub, method, s, st.tokenizer, {**st.info, "method": method})
     result.check_finite()  # NaN/Inf are reported as an error naming the examples, never written
-    per, curve = evaluate_by_task(st.sm, batch, result.scores, result.target_ids, s, st.rule, st.token,
-                                  cache=st.cache, rows=rows)
+    per, curve = faithfulness_by_task(st.sm, batch, result.scores, result.target_ids, s, st.rule, st.token,
+                                      cache=st.cache, rows=rows)
     metrics = summarise(per, batch.tasks)
     metrics["n_examples_with_cues"] = int(np.isfinite(per["plausibility_map"]).sum())
     metrics.update(seconds=result.seconds, seconds_per_example=result.seconds / len(sub),

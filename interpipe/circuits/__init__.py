@@ -1,7 +1,7 @@
 """Circuit analysis on TransformerLens's ``TransformerBridge``: which heads and MLPs carry a task.
 
 Direct logit attribution and the logit lens (:mod:`.dla`), batched activation patching
-(:mod:`.engine`, :mod:`.patching`), attribution patching (:mod:`.attribution`), path patching
+(:mod:`.engine`, :mod:`.patching`), attribution patching (:mod:`.attribution_patching`), path patching
 (:mod:`.paths`), IOI head classes with OV copy scores (:mod:`.copying`) and S-inhibition path
 patching (:mod:`.inhibition`, put together in :mod:`.head_classes`), ablations (:mod:`.ablation`), circuit scoring with intervals and random baselines
 (:mod:`.scoring`), circuit discovery and overlap (:mod:`.discovery`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
@@ -10,7 +10,7 @@ al. 2023 (Chinchilla), Nanda 2023 (attribution patching).
 """
 
 from interpipe.circuits.ablation import Component, ablate, ablate_heads, ablate_mlps, ablate_neurons
-from interpipe.circuits.attribution import attribution_patch, correlation
+from interpipe.circuits.attribution_patching import attribution_patch, correlation
 from interpipe.circuits.copying import copy_scores
 from interpipe.circuits.bridge import PromptBatch, batch_from_task, check_head, check_hook, load_bridge, make_batch
 from interpipe.circuits.discovery import (Circuit, circuit_containment, circuit_overlap, faithfulness_curve, rank_components,

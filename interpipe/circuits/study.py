@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interpipe.circuits import ablation, attribution, dla, discovery, figures, paths, patching, scoring
+from interpipe.circuits import ablation, attribution_patching, dla, discovery, figures, paths, patching, scoring
 from interpipe.circuits.head_classes import HEAD_CLASS_TASKS, capture_hooks, head_classes
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
@@ -176,15 +176,15 @@ def _patching(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, metr
     exact = {g: patching.activation_patch(bridge, batch, *GRIDS[g], **kw) for g in grids}
     extra = list(RANK_GRIDS) if settings.rank_with == "attribution" else []
     wanted = list(dict.fromkeys([GRIDS[g] for g in attr] + extra))
-    estimates = attribution.attribution_patch(bridge, batch, wanted, metric=kw["metric"]) if wanted else {}
+    estimates = attribution_patching.attribution_patch(bridge, batch, wanted, metric=kw["metric"]) if wanted else {}
     by_grid = {g: estimates[patching.grid_name(GRIDS[g][0], patching.result_axes(bridge, *GRIDS[g]))] for g in attr}
     pairs = [(by_grid[g], exact[g]) for g in grids if g in by_grid]
     for g in grids:
         if g in by_grid:
-            metrics[f"attribution_corr_{g}"] = attribution.correlation(by_grid[g], exact[g])
+            metrics[f"attribution_corr_{g}"] = attribution_patching.correlation(by_grid[g], exact[g])
     heads_only = [(e, r) for e, r in pairs if {"head", "kv_head"} & set(r.axes)]
     if pairs:  # without an exact grid there is nothing to correlate: no number
-        metrics["attribution_corr_heads"] = attribution.correlation(
+        metrics["attribution_corr_heads"] = attribution_patching.correlation(
             _stack([e for e, _ in heads_only]), _stack([r for _, r in heads_only])) if heads_only else 0.0
     tables += list(exact.values()) + [e for e, _ in pairs] + [by_grid[g] for g in attr if g not in exact]
     if exact:
@@ -255,9 +255,9 @@ def _scores(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact:
             heads = ablation.ablate_heads(bridge, batch, settings.ablation, **kw)
             mlps = ablation.ablate_mlps(bridge, batch, settings.ablation, **kw) if mlp else None
         elif effect == "ablation":
-            est = attribution.attribution_patch(bridge, batch, list(RANK_GRIDS) if mlp else [RANK_GRIDS[0]],
-                                                metric=kw["metric"], ablation=settings.ablation,
-                                                ablation_values=scorer.sources)
+            est = attribution_patching.attribution_patch(bridge, batch, list(RANK_GRIDS) if mlp else [RANK_GRIDS[0]],
+                                                         metric=kw["metric"], ablation=settings.ablation,
+                                                         ablation_values=scorer.sources)
             heads, mlps = est["z_head"], est.get("mlp_out_layer")
         elif settings.rank_with == "exact":
             reuse = effect == "denoise" and "z" in exact  # the exact denoising grid is in the tables already
@@ -268,7 +268,7 @@ def _scores(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact:
             scores[effect] = (heads, mlps)
             continue
         else:
-            est = estimates if effect == "denoise" else attribution.attribution_patch(
+            est = estimates if effect == "denoise" else attribution_patching.attribution_patch(
                 bridge, batch, list(RANK_GRIDS), effect, kw["metric"])
             heads, mlps = est["z_head"], est["mlp_out_layer"] if mlp else None
         # the denoising attribution estimates are in the tables already
@@ -290,7 +290,7 @@ def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact
         extra += [ablation.ablate_heads(bridge, batch, settings.ablation, **kw),
                   ablation.ablate_mlps(bridge, batch, settings.ablation, **kw)]
     if settings.neuron_ablation > 0:
-        estimate = attribution.attribution_patch(bridge, batch, [("mlp_post", ("layer", "neuron"))], "noise", kw["metric"])
+        estimate = attribution_patching.attribution_patch(bridge, batch, [("mlp_post", ("layer", "neuron"))], "noise", kw["metric"])
         grid = estimate["mlp_post_neuron"].effect()  # (layer, neuron)
         top_mlp = next((c for c, _ in ranking if c.kind == "mlp"), None)  # ranked only when MLPs are ablated
         layer = top_mlp.layer if top_mlp else int(grid.abs().sum(1).argmax())

@@ -298,7 +298,7 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
     """
     import pandas as pd
 
-    from interpipe.weights.lnfree_eval import evaluate_models, headline_frame, task_list
+    from interpipe.weights.lnfree_eval import compare_models, headline_frame, task_list
 
     spec = lnfree_architecture(loaded.model)
     tasks = task_list(data_root, s.tasks)
@@ -314,7 +314,7 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
     if control is not None:
         models.append(("control", LoadedModel(control, loaded.tokenizer, loaded.card)))
     models.append(("frozen_no_finetune", LoadedModel(naive, loaded.tokenizer, loaded.card)))
-    metrics, tables = evaluate_models(models, data_root, tasks, valid, batch_size)
+    metrics, tables = compare_models(models, data_root, tasks, valid, batch_size)
     metrics.update({"first_token_ratio": ratio, "first_token_scale_used": int(split)})
     info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "architecture": spec.to_dict(),
             "saved_model": target.name if out_dir is not None else str(target)}

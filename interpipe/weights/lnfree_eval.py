@@ -147,9 +147,9 @@ def task_list(data_root, wanted: list[str] | None) -> list[str]:
 @torch.inference_mode()
 def task_metrics(lm, data_root, task: str, batch_size: int) -> dict[str, float]:
     """Loss, accuracy and logit difference of a causal LM on ``task``'s test split, as
-    :func:`interpipe.evaluate.evaluate_task` defines them (only the final positions are unembedded)."""
+    :func:`interpipe.models.evaluate.evaluate_task` defines them (only the final positions are unembedded)."""
     from interpipe.data import load_task
-    from interpipe.evaluate import _scores
+    from interpipe.models.evaluate import _scores
     from interpipe.models.tokens import answer_token_id, context_length, encode_prompts
     from interpipe.weights.common import final_position_logits
 
@@ -165,9 +165,9 @@ def task_metrics(lm, data_root, task: str, batch_size: int) -> dict[str, float]:
 CE_ONLY = ("frozen_no_finetune",)  # baselines measured on held-out CE only (saves their task and DLA passes)
 
 
-def evaluate_models(models, data_root, tasks: list[str], valid: list[str], batch_size: int):
-    """CE per held-out text, task metrics and DLA of each ``(name, loaded)`` (the first is the
-    original); returns (flat metrics with intervals, tables)."""
+def compare_models(models, data_root, tasks: list[str], valid: list[str], batch_size: int):
+    """CE per held-out text, task metrics and DLA of each ``(name, loaded)``, each compared with the
+    first (the original); returns (flat metrics with intervals, tables)."""
     import pandas as pd
 
     from interpipe.data import load_task

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from interpipe.attribution import Batch, ScoredModel
-from interpipe.attribution.faithfulness import average_precision, evaluate, rank_agreement
+from interpipe.attribution.faithfulness import average_precision, faithfulness_metrics, rank_agreement
 
 CUE, OTHER, MASK, PAD, CLS = 5, 6, 7, 0, 1
 P_FULL, P_GONE = 1 / (1 + math.exp(-3.5)), 1 / (1 + math.exp(0.5))
@@ -73,13 +73,13 @@ def setup():
 @pytest.mark.parametrize("rule,token", [("mask", MASK), ("pad", PAD), ("delete", None)])
 def test_removal_known_answers(setup, rule, token):
     sm, batch, perfect, worst = setup
-    m, curve = evaluate(sm, batch, perfect, batch.target_ids, RATIOS, rule, token)
+    m, curve = faithfulness_metrics(sm, batch, perfect, batch.target_ids, RATIOS, rule, token)
     assert m["p_target_full"] == pytest.approx(P_FULL, abs=1e-6)
     assert m["comprehensiveness"] == pytest.approx(P_FULL - P_GONE, abs=1e-6)  # the cue goes at every k
     assert m["sufficiency"] == pytest.approx(0.0, abs=1e-6)  # the cue stays at every k
     assert m["comprehensiveness_accuracy"] == 0.0 and m["sufficiency_accuracy"] == 1.0
     assert len(curve) == len(RATIOS)
-    w, _ = evaluate(sm, batch, worst, batch.target_ids, RATIOS, rule, token)
+    w, _ = faithfulness_metrics(sm, batch, worst, batch.target_ids, RATIOS, rule, token)
     assert w["comprehensiveness"] == pytest.approx(0.0, abs=1e-6)  # 90 % of 10 = 9 tokens: never the cue
     assert w["sufficiency"] == pytest.approx(P_FULL - P_GONE, abs=1e-6)
     assert w["comprehensiveness_accuracy"] == 1.0 and w["sufficiency_accuracy"] == 0.0
@@ -88,24 +88,24 @@ def test_removal_known_answers(setup, rule, token):
 def test_soft_known_answers(setup):
     """ŝ = 1 on the cue, 0 elsewhere: soft comprehensiveness zeroes exactly the cue's embedding."""
     sm, batch, perfect, worst = setup
-    m, _ = evaluate(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK)
+    m, _ = faithfulness_metrics(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK)
     assert m["soft_comprehensiveness"] == pytest.approx(P_FULL - P_GONE, abs=1e-6)
     assert m["soft_sufficiency"] == pytest.approx(0.0, abs=1e-6)
-    w, _ = evaluate(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK)
+    w, _ = faithfulness_metrics(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK)
     assert w["soft_comprehensiveness"] == pytest.approx(0.0, abs=1e-6)
     assert w["soft_sufficiency"] == pytest.approx(P_FULL - P_GONE, abs=1e-6)
 
 
 def test_plausibility_known_answers(setup):
     sm, batch, perfect, worst = setup
-    m, _ = evaluate(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK)
+    m, _ = faithfulness_metrics(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK)
     assert m["plausibility_map"] == 1.0
     assert m["cue_mass"] == pytest.approx(1.0, abs=1e-6)  # softmax of 100 vs <= 0
     assert m["cue_fraction"] == pytest.approx(0.1)
-    w, _ = evaluate(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK)
+    w, _ = faithfulness_metrics(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK)
     assert w["plausibility_map"] == pytest.approx(0.1)  # the one cue ranked 10th of 10
     flat = torch.zeros_like(perfect)
-    f, _ = evaluate(sm, batch, flat, batch.target_ids, RATIOS, "mask", MASK)
+    f, _ = faithfulness_metrics(sm, batch, flat, batch.target_ids, RATIOS, "mask", MASK)
     assert f["cue_mass"] == pytest.approx(0.1)  # uniform softmax over ten tokens
 
 
@@ -129,7 +129,7 @@ def test_nonfinite_scores_are_refused(setup):
     bad = perfect.clone()
     bad[0, 4] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        evaluate(sm, batch, bad, batch.target_ids, RATIOS, "mask", MASK)
+        faithfulness_metrics(sm, batch, bad, batch.target_ids, RATIOS, "mask", MASK)
 
 
 def test_shared_memo_changes_nothing():
@@ -140,8 +140,8 @@ def test_shared_memo_changes_nothing():
     memo: dict = {}
     for _ in range(3):
         scores = torch.rand(batch.input_ids.shape, generator=gen)
-        shared, _ = evaluate(sm, batch, scores, batch.target_ids, RATIOS, "mask", MASK, memo=memo)
-        fresh, _ = evaluate(sm, batch, scores, batch.target_ids, RATIOS, "mask", MASK)
+        shared, _ = faithfulness_metrics(sm, batch, scores, batch.target_ids, RATIOS, "mask", MASK, memo=memo)
+        fresh, _ = faithfulness_metrics(sm, batch, scores, batch.target_ids, RATIOS, "mask", MASK)
         assert shared == pytest.approx(fresh)
     assert memo
 
@@ -152,7 +152,7 @@ def test_mean_operator_known_answer(setup):
 
     sm, batch, perfect, _ = setup
     rule, token = replacement_token(None, "mean")
-    m, _ = evaluate(sm, batch, perfect, batch.target_ids, RATIOS, rule, token, soft=False)
+    m, _ = faithfulness_metrics(sm, batch, perfect, batch.target_ids, RATIOS, rule, token, soft=False)
     removed = [max(1, round(k * 10)) for k in RATIOS]  # the top n of ten eligible tokens, the cue first
     p_mean = [1 / (1 + math.exp(-(4 * n / 8 - 0.5))) for n in removed]  # class-1 logit 4 × n/8 against 0.5
     assert m["comprehensiveness"] == pytest.approx(sum(P_FULL - p for p in p_mean) / len(RATIOS), abs=1e-6)
@@ -162,13 +162,13 @@ def test_mean_operator_known_answer(setup):
 
 def test_normalised_soft_scores_known_answers(setup):
     """Soft-NC / Soft-NS: divided by the drop with every eligible embedding zeroed (P_FULL − P_GONE)."""
-    from interpipe.attribution.faithfulness import evaluate_examples
+    from interpipe.attribution.faithfulness import faithfulness_per_example
 
     sm, batch, perfect, worst = setup
-    per, _ = evaluate_examples(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
+    per, _ = faithfulness_per_example(sm, batch, perfect, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
     assert per["soft_comprehensiveness"] == pytest.approx([1.0, 1.0], abs=1e-6)
     assert per["soft_sufficiency"] == pytest.approx([0.0, 0.0], abs=1e-6)
-    per, _ = evaluate_examples(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
+    per, _ = faithfulness_per_example(sm, batch, worst, batch.target_ids, RATIOS, "mask", MASK, soft_normalised=True)
     assert per["soft_comprehensiveness"] == pytest.approx([0.0, 0.0], abs=1e-6)
     assert per["soft_sufficiency"] == pytest.approx([1.0, 1.0], abs=1e-6)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interpipe.attribution import AttributeSettings, ScoredModel, attribute, encode_rows
-from interpipe.attribution.faithfulness import evaluate, replacement_token
+from interpipe.attribution.faithfulness import faithfulness_metrics, replacement_token
 from interpipe.attribution.faithfulness.removal import top_k_masks
 
 from tests.attribution.conftest import rows_for
@@ -46,7 +46,7 @@ def test_excluded_scored_position_is_never_removed(last_token_model, operator):
     rule, token = replacement_token(tokenizer, operator, "causal_lm")
     positions = torch.arange(batch.input_ids.shape[1], dtype=torch.float).expand_as(batch.input_ids)
     for scores in (positions, -positions, attribute(sm, batch, "normxlogit").scores):
-        m, _ = evaluate(sm, batch, scores, batch.target_ids, RATIOS, rule, token, soft=False)
+        m, _ = faithfulness_metrics(sm, batch, scores, batch.target_ids, RATIOS, rule, token, soft=False)
         assert m["comprehensiveness"] == pytest.approx(0.0, abs=1e-6)  # only the last token matters
         assert m["sufficiency"] == pytest.approx(0.0, abs=1e-6)
         assert not top_k_masks(scores, batch.eligible, RATIOS)[:, rows, batch.score_pos].any()
@@ -61,7 +61,7 @@ def test_ranked_scored_position_carries_the_whole_effect(last_token_model):
     rule, token = replacement_token(tokenizer, "mean", "causal_lm")
     last_first = torch.zeros(batch.input_ids.shape)
     last_first[rows, batch.score_pos] = 1.0
-    m, _ = evaluate(sm, batch, last_first, batch.target_ids, RATIOS, rule, token, soft=False)
+    m, _ = faithfulness_metrics(sm, batch, last_first, batch.target_ids, RATIOS, rule, token, soft=False)
     assert abs(m["comprehensiveness"]) > 1e-5  # removing the predicting token moves the prediction (exclude: 0 ± 1e-6)
     assert m["sufficiency"] == pytest.approx(0.0, abs=1e-6)  # keeping only it keeps everything
     nxl = attribute(sm, batch, "normxlogit").scores

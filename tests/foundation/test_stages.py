@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interpipe.evaluate import evaluate_task
+from interpipe.models.evaluate import evaluate_task
 from interpipe.models import load_model
 from interpipe.models.tokens import answer_token_id
 from tests.conftest import TINY_DATA, TINY_TOY, run_module

@@ -1,8 +1,8 @@
-"""One evaluator for every attribution method: faithfulness, plausibility, rank agreement.
+"""One scorer for every attribution method: faithfulness, plausibility, rank agreement.
 
-:func:`evaluate` takes a model, the encoded batch and any method's scores (an
+:func:`faithfulness_metrics` takes a model, the encoded batch and any method's scores (an
 ``interpipe.attribution.Attribution``) and returns flat metrics plus per-ratio curves. It only
-runs forward passes on perturbed inputs, so evaluation time never counts as attribution time.
+runs forward passes on perturbed inputs, so scoring time never counts as attribution time.
 Metrics follow the NormXLogit paper (Abbasi, Modarres, Pilehvar, EMNLP 2025): comprehensiveness
 and sufficiency as AOPC over k = 10..90 %, as confidence drop and as accuracy; soft variants
 (Zhao & Aletras 2023); plausibility as mAP and attribution mass on the gold cue tokens.
@@ -27,14 +27,14 @@ def _mean(values) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
-def evaluate_examples(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
-                      token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True, full=None,
-                      memo: dict | None = None, soft_normalised: bool = True,
-                      cue_mass: str = "standardised") -> tuple[dict[str, np.ndarray], list[dict]]:
+def faithfulness_per_example(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
+                             token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True, full=None,
+                             memo: dict | None = None, soft_normalised: bool = True,
+                             cue_mass: str = "standardised") -> tuple[dict[str, np.ndarray], list[dict]]:
     """Per-example metrics ``{metric: (batch,) array}`` (AOPC over ratios) and one curve row per ratio.
 
     ``rule, token`` come from :func:`replacement_token`; ``full`` may pass :func:`full_probs`
-    of the same batch and targets when several methods are evaluated, and ``memo`` a dict that
+    of the same batch and targets when several methods are scored, and ``memo`` a dict that
     keeps perturbed inputs' answers across calls (identical removals are run once). Examples
     without cues hold NaN in ``plausibility_map``.
     """
@@ -60,17 +60,17 @@ def evaluate_examples(sm: ScoredModel, batch: Batch, scores, targets, ratios: li
     return per_example, curve
 
 
-def evaluate(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
-             token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True,
-             full=None, memo: dict | None = None, soft_normalised: bool = False,
-             cue_mass: str = "softmax") -> tuple[dict, list[dict]]:
-    """Evaluate one method's ``scores: (batch, pos)`` for ``targets: (batch,)``: mean metrics and curve.
+def faithfulness_metrics(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float], rule: str,
+                         token: int | None, seed: int = 0, chunk: int = 256, soft: bool = True,
+                         full=None, memo: dict | None = None, soft_normalised: bool = False,
+                         cue_mass: str = "softmax") -> tuple[dict, list[dict]]:
+    """Mean metrics and curve of one method's ``scores: (batch, pos)`` for ``targets: (batch,)``.
 
-    The means over examples of :func:`evaluate_examples` (raw soft drops and the softmax cue
+    The means over examples of :func:`faithfulness_per_example` (raw soft drops and the softmax cue
     mass unless asked otherwise). The mAP is absent when no example has cues.
     """
-    per, curve = evaluate_examples(sm, batch, scores, targets, ratios, rule, token, seed, chunk, soft, full, memo,
-                                   soft_normalised, cue_mass)
+    per, curve = faithfulness_per_example(sm, batch, scores, targets, ratios, rule, token, seed, chunk, soft, full,
+                                          memo, soft_normalised, cue_mass)
     metrics = {k: _mean(v) for k, v in per.items()}
     if not math.isfinite(metrics["plausibility_map"]):
         del metrics["plausibility_map"]  # left out (not written as NaN) when no example has cues
@@ -78,5 +78,5 @@ def evaluate(sm: ScoredModel, batch: Batch, scores, targets, ratios: list[float]
     return metrics, curve
 
 
-__all__ = ["average_precision", "evaluate", "evaluate_examples", "full_probs", "plausibility", "rank_agreement", "removal_curves", "replacement_token",
+__all__ = ["average_precision", "faithfulness_metrics", "faithfulness_per_example", "full_probs", "plausibility", "rank_agreement", "removal_curves", "replacement_token",
            "soft_scores", "spearman", "top_k_masks"]
