@@ -3,10 +3,6 @@
 from jaxtyping import Float, Int
 from torch import Tensor
 
-TokenIds = Int[Tensor, "batch pos"]
-Logits = Float[Tensor, "batch pos d_vocab"]
-Residual = Float[Tensor, "batch pos d_model"]
-Pattern = Float[Tensor, "batch head q_pos k_pos"]
-TokenScores = Float[Tensor, "batch pos"]
+TokenIds = Int[Tensor, "batch pos"]  # token ids of a padded batch of prompts
 
-__all__ = ["Float", "Int", "Tensor", "TokenIds", "Logits", "Residual", "Pattern", "TokenScores"]
+__all__ = ["Float", "Int", "Tensor", "TokenIds"]

@@ -154,7 +154,15 @@ def test_study_runs_with_attribution_ranking(arch_folders, data_root, tmp_path, 
     task = read_json(tmp_path / f"{family}-sva" / "metrics.json")
     circuit = read_json(tmp_path / f"{family}-sva" / "circuit.json")
     assert metrics["sva/solved"] == 1 and len(circuit["selection_curve"]) == len(circuit["curve_k"]) <= 5
-    assert circuit["k"] in circuit["curve_k"] and -1 <= task["attribution_corr_mlp_layer"] <= 1
+    assert circuit["k"] in circuit["curve_k"]
+    import numpy as np
+    import pandas as pd
+
+    effects = pd.read_parquet(tmp_path / f"{family}-sva" / "effects.parquet")  # the grids the number came from
+    grid = effects[(effects["analysis"] == "mlp_out_layer") & (effects["direction"] == "denoising")]
+    exact, estimate = (grid[grid["method"] == m].sort_values("layer")["effect"].to_numpy() for m in ("exact", "attribution"))
+    assert len(exact) == len(estimate) == 2  # one value per layer
+    assert task["attribution_corr_mlp_layer"] == pytest.approx(np.corrcoef(exact, estimate)[0, 1], abs=1e-5)
     assert ("notes" in circuit) == (family == "opt") and task.get("path_patching_skipped", 0) == (family == "opt")
 
 

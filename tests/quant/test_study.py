@@ -93,9 +93,17 @@ def test_classifier_accuracy_on_random_head(tmp_path, data_root):
                       calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4, save_migrated=False,
                       calib_seeds=[0])
     study = run_quantize(s, folder, data_root, tmp_path / "out")
+    from interpipe.data import load_task
+
+    model = BertForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = load_task(data_root, "sentiment", "test").select(range(8))  # the first eval_samples test rows
+    with torch.no_grad():  # the reference: the FP model, one text at a time, no padding
+        hits = [int(model(**tokenizer(r["prompt"], return_tensors="pt")).logits.argmax(-1)) == int(r["label"]) for r in rows]
     for r in study.settings:
         assert {"acc", "fp_acc", "acc_drop", "pred_agreement"} <= set(r.metrics)
-        assert 0.0 <= r.metrics["acc"] <= 1.0
+        assert r.metrics["fp_acc"] == pytest.approx(sum(hits) / 8)
+        assert r.metrics["acc"] == pytest.approx(round(r.metrics["acc"] * 8) / 8)  # a count over the same 8 texts
         assert {"bert.pooler.dense", "classifier"} <= set(r.layers["module"])
     assert study.settings[1].metrics["equiv_rel_diff"] < 1e-4
 
