@@ -36,8 +36,9 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from interpipe.weights.common import (batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
-                                      remove_checkpoint, restore_optimizer, save_checkpoint, token_losses)
+from interpipe.weights.checkpoint import (batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
+                                          remove_checkpoint, restore_optimizer, save_checkpoint)
+from interpipe.weights.common import token_losses
 from interpipe.weights.result import StudyResult
 
 

@@ -1,4 +1,4 @@
-"""Plumbing shared by the weight-level studies: architecture, per-head weights, hooks, batches, checkpoints.
+"""Plumbing shared by the weight-level studies: architecture, per-head weights, hooks, batches.
 
 Every study asks :func:`interpipe.models.arch.describe_architecture` what the model is (norm kind,
 head counts, module paths) and refuses unsupported families before any work
@@ -27,8 +27,6 @@ the OV matrices unchanged; query/key biases do not enter the bilinear QK form.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +35,6 @@ import torch
 from interpipe.models.arch import ArchSpec, describe_architecture
 from interpipe.models.tokens import context_length, encode_prompts
 from interpipe.typing import Float, Tensor
-from interpipe.weights.result import StudyResult  # noqa: F401  (re-exported: talking_heads imports it from here)
 
 
 def architecture(model, study: str, needs: tuple[str, ...] = ("causal",), refuses: tuple[str, ...] = ()) -> ArchSpec:
@@ -215,65 +212,3 @@ def final_position_logits(model, spec: ArchSpec, ids: torch.Tensor, last: torch.
         out = model(input_ids=ids[:, :width].to(device),
                     attention_mask=None if mask is None else mask[:, :width].to(device))
     return out.logits[:, 0]
-
-
-def batch_generator(seed: int, step: int) -> torch.Generator:
-    """A generator seeded by (seed, step): the same batches after a resume as without one."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
-    """Write ``tensors`` (safetensors) and ``state`` (JSON in the metadata) atomically."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".checkpoint.tmp.safetensors"
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"state": json.dumps(state)})
-    os.replace(tmp, folder / "checkpoint.safetensors")
-
-
-def load_checkpoint(folder: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """The last checkpoint in ``folder`` if it was written for the same ``fingerprint``, else None."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = folder / "checkpoint.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as handle:
-        state = json.loads(handle.metadata()["state"])
-    if state.get("fingerprint") != fingerprint:
-        return None  # written for other settings: start over
-    return load_file(str(path)), state
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, torch.Tensor]:
-    """Flatten an Adam(W) optimizer's state to named tensors (for safetensors)."""
-    out = {}
-    for name, param in zip(names, optimizer.param_groups[0]["params"]):
-        for key, value in optimizer.state.get(param, {}).items():
-            out[f"optim/{name}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
-    for name, param in zip(names, optimizer.param_groups[0]["params"]):
-        state = {key.rsplit("/", 1)[1]: value.to(param.device) for key, value in tensors.items()
-                 if key.startswith(f"optim/{name}/")}
-        if state:
-            optimizer.state[param] = state
-
-
-def fingerprint(*parts) -> str:
-    """A short stable hash of settings, used to match checkpoints to the run that wrote them."""
-    import hashlib
-
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def remove_checkpoint(folder: Path) -> None:
-    """Delete a finished run's checkpoint (and its folder when that is then empty)."""
-    (folder / "checkpoint.safetensors").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()

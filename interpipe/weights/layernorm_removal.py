@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 
 from interpipe.models.arch import UnsupportedArchitecture
 from interpipe.models.loading import LoadedModel
-from interpipe.weights.common import (architecture, batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
-                                      remove_checkpoint, restore_optimizer, save_checkpoint, token_losses)
+from interpipe.weights.checkpoint import (batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
+                                          remove_checkpoint, restore_optimizer, save_checkpoint)
+from interpipe.weights.common import architecture, token_losses
 from interpipe.weights.result import StudyResult
 
 EPS_NAMES = ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "norm_eps")

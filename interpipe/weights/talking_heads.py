@@ -58,7 +58,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interpipe.components import Component
-from interpipe.weights.common import StudyResult, out_projection
+from interpipe.weights.common import out_projection
+from interpipe.weights.result import StudyResult
 from interpipe.weights.laundry import LaundryBatch, correct, laundry_forward, laundry_rows, run_laundry
 
 VARIANTS = ("before", "activation_edit", "weight_edit")
