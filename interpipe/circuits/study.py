@@ -55,6 +55,7 @@ class TaskCircuit:
 
     components: list[Component]
     scorer: scoring.Scorer
+    smaller_than_model: bool = True  # False: no circuit below the whole pool reached the target (nothing to compare)
 
 
 def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, task: str, out: Path,
@@ -65,6 +66,7 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
     config hash, revision), the task and the circuit settings.
     """
     start = time.perf_counter()
+    settings = settings.for_task(task)
     write_json(out / "info.json", {**(info or {}), "task": task, "model_name": model_name, "settings": asdict(settings)})
     batch = batch_from_task(bridge, data_root, task, settings.prompts_for(task), settings.split, settings.on_mismatch,
                             settings.reference_prompts)
@@ -230,7 +232,7 @@ def _discover(bridge: Any, halves: list, settings: CircuitSettings, kw: dict, ex
     knockouts = [{**row, "head": row["head"].name} for row in knockouts]  # heads by name in the JSON
     write_json(out / "circuit.json", {**circuit.to_json(), "knockouts": knockouts, "ablated": ABLATED[settings.ablate_mlps],
                                       **({"notes": notes} if notes else {})})
-    return TaskCircuit(circuit.components, scorer)
+    return TaskCircuit(circuit.components, scorer, bool(circuit.info["target_reached"]))
 
 
 def _stack(results: list) -> Any:
@@ -324,8 +326,7 @@ def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root:
             if key in task_metrics:
                 metrics[f"{task}/{key}"] = task_metrics[key]
         headline += headline_rows(model_name, task, task_metrics)
-    compared = [t for t in (settings.overlap or settings.tasks) if t in found]
-    metrics.update(_reuse(found, compared, [t for t in (settings.overlap or settings.tasks) if t not in found], out_dir))
+    metrics.update(_reuse(found, settings.overlap or settings.tasks, out_dir))
     write_frame(out_dir / "headline.csv", _headline_frame(headline))
     metrics["seconds"] = time.perf_counter() - start
     return metrics
@@ -360,13 +361,20 @@ def _headline_frame(rows: list[dict[str, Any]]) -> Any:
                                        "baseline_value", "solved"])
 
 
-def _reuse(found: dict[str, TaskCircuit], tasks: list[str], unsolved: list[str], out_dir: Path) -> dict[str, float]:
-    """Head overlap (Jaccard, containment) and cross-task faithfulness for every ordered pair of solved tasks.
+def _reuse(found: dict[str, TaskCircuit], scope: list[str], out_dir: Path) -> dict[str, float]:
+    """Head overlap (Jaccard, containment) and cross-task faithfulness for every ordered pair of the
+    tasks of ``scope`` that are solved and have a circuit smaller than the model.
 
     Cross-task faithfulness of (A, B): A's circuit scored on B's held-out half (Merullo et al. 2024;
-    Hanna et al. 2024), beside B's own circuit's. Written to ``reuse.csv`` and ``overlap.json``.
+    Hanna et al. 2024), beside B's own circuit's. A task whose selected circuit is the whole pool is
+    not compared (its faithfulness anywhere is 1 by construction) and is listed apart, as the
+    unsolved tasks are. Written to ``reuse.csv`` and ``overlap.json``.
     """
     import pandas as pd
+
+    tasks = [t for t in scope if t in found and found[t].smaller_than_model]
+    unsolved = [t for t in scope if t not in found]
+    whole_model = [t for t in scope if t in found and not found[t].smaller_than_model]
 
     metrics: dict[str, float] = {}
     rows = []
@@ -388,7 +396,7 @@ def _reuse(found: dict[str, TaskCircuit], tasks: list[str], unsolved: list[str],
     write_frame(out_dir / "reuse.csv", pd.DataFrame(rows, columns=["circuit_of", "scored_on", "jaccard", "containment",
                                                                    "faithfulness", "faithfulness_ci_low",
                                                                    "faithfulness_ci_high", "size_a"]))
-    write_json(out_dir / "overlap.json", {"tasks": tasks, "unsolved": unsolved,
+    write_json(out_dir / "overlap.json", {"tasks": tasks, "unsolved": unsolved, "no_circuit_below_model": whole_model,
                                           "heads": {t: [c.name for c in heads_of(found[t].components)] for t in tasks},
                                           "definition": "jaccard = |A∩B|/|A∪B| of heads; containment = |A∩B|/|A|; "
                                                         "faithfulness = A's circuit scored on B's held-out prompts"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from interpipe.data.prepare import CAUSAL_TASKS
@@ -34,6 +34,7 @@ class CircuitSettings:
     split: str = "test"  # held-out prompts the model never trained on
     on_mismatch: str = "error"  # error | skip prompts whose clean/corrupted token lengths differ
     grids: list[str] = field(default_factory=lambda: ["resid_pre", "z", "q", "k", "v", "pattern"])  # exact patching grids
+    task_grids: dict[str, list[str]] = field(default_factory=dict)  # per-task exact grids overriding grids (e.g. {ioi: [z]})
     attribution_grids: Optional[list[str]] = None  # attribution-patching grids; None: the exact grids
     rank_by: str = "all"  # rank components by the largest of |denoising|, |noising| and |single ablation| effects (or one, or both patching)
     rank_with: str = "exact"  # exact | attribution: which head/MLP patching effects rank the components
@@ -65,9 +66,10 @@ class CircuitSettings:
         unknown = [t for t in [*self.tasks, *self.overlap] if t not in CIRCUIT_TASKS]
         if unknown:
             raise ValueError(f"circuits.tasks / circuits.overlap name unknown tasks {unknown}: use {list(CIRCUIT_TASKS)}")
-        bad = [g for g in [*self.grids, *(self.attribution_grids or [])] if g not in GRIDS]
+        bad = [g for g in [*self.grids, *(self.attribution_grids or []), *(g for gs in self.task_grids.values() for g in gs)]
+               if g not in GRIDS]
         if bad:
-            raise ValueError(f"circuits.grids has unknown entries {bad}: use {sorted(GRIDS)}")
+            raise ValueError(f"circuits.grids / attribution_grids / task_grids have unknown entries {bad}: use {sorted(GRIDS)}")
         checks = {"rank_by": (self.rank_by, RANK_BY), "rank_with": (self.rank_with, RANK_WITH), "selection": (self.selection, SELECTIONS),
                   "ablation": (self.ablation, ABLATIONS), "on_mismatch": (self.on_mismatch, ("error", "skip")),
                   "sender_positions": (self.sender_positions, SENDER_POSITIONS)}
@@ -91,9 +93,10 @@ class CircuitSettings:
             raise ValueError(f"circuits.memory_mb={self.memory_mb} must be > 0")
 
     def _check_task_prompts(self) -> None:
-        unknown = [t for t in self.task_prompts if t not in CIRCUIT_TASKS]
-        if unknown:
-            raise ValueError(f"circuits.task_prompts names unknown tasks {unknown}: use {list(CIRCUIT_TASKS)}")
+        for key in ("task_prompts", "task_grids"):
+            unknown = [t for t in getattr(self, key) if t not in CIRCUIT_TASKS]
+            if unknown:
+                raise ValueError(f"circuits.{key} names unknown tasks {unknown}: use {list(CIRCUIT_TASKS)}")
         bad = {t: n for t, n in self.task_prompts.items() if not isinstance(n, int) or n < 1}
         if bad:
             raise ValueError(f"circuits.task_prompts has prompt counts below 1 {bad}: each must be an integer >= 1")
@@ -101,3 +104,9 @@ class CircuitSettings:
     def prompts_for(self, task: str) -> int:
         """Prompts of ``task``: its ``task_prompts`` entry, else ``n_prompts``."""
         return int(self.task_prompts.get(task, self.n_prompts))
+
+    def for_task(self, task: str) -> "CircuitSettings":
+        """These settings as ``task`` runs them: its ``task_grids`` entry as the exact ``grids``."""
+        if task not in self.task_grids:
+            return self
+        return replace(self, grids=list(self.task_grids[task]))

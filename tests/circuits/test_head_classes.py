@@ -128,6 +128,16 @@ def test_s_inhibition_with_two_receivers_is_not_the_sum_of_one(inhibited):
     assert float(both.values[SENDER]) == pytest.approx(float(only.values[SENDER]), abs=1e-6)
 
 
+def test_task_grids_replace_the_exact_grids_of_their_task_only():
+    settings = CircuitSettings(grids=["resid_pre"], task_grids={"ioi": ["z"]})
+    assert settings.for_task("ioi").grids == ["z"] and settings.for_task("ioi").task_grids == {"ioi": ["z"]}
+    assert settings.for_task("sva") is settings
+    with pytest.raises(ValueError, match="circuits.task_grids names unknown tasks"):
+        CircuitSettings(task_grids={"iio": ["z"]})
+    with pytest.raises(ValueError, match="task_grids have unknown entries"):
+        CircuitSettings(task_grids={"ioi": ["zz"]})
+
+
 def test_task_prompts_setting_is_validated():
     assert CircuitSettings(n_prompts=10, task_prompts={"ioi": 64}).prompts_for("ioi") == 64
     assert CircuitSettings(n_prompts=10, task_prompts={"ioi": 64}).prompts_for("sva") == 10
@@ -146,7 +156,10 @@ def test_composed_config_rejects_bad_task_prompts_before_any_model_loads():
     from tests.conftest import compose
 
     settings = schema.validate(compose(["model=smollm2", "circuits=smollm2"])).circuits
-    assert settings.prompts_for("ioi") == 64 and settings.prompts_for("sva") == settings.n_prompts
+    assert settings.prompts_for("ioi") == 64 and settings.prompts_for("laundry_list") == settings.n_prompts
+    assert settings.for_task("ioi").grids == ["z"] and settings.for_task("sva").grids == []  # task_grids: IOI only
+    quantized = schema.validate(compose(["model=smollm2", "circuits=smollm2_quantized"])).circuits
+    assert quantized.for_task("ioi").grids == []  # the exports' runs patch no exact grid
     with pytest.raises(ValueError, match="circuits.task_prompts names unknown tasks"):
         schema.validate(compose(["+circuits.task_prompts.iio=64"]))
     with pytest.raises(ValueError, match="circuits.task_prompts has prompt counts below 1"):

@@ -42,9 +42,11 @@ def test_smollm2_preset_composes_and_validates():
 def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     from interpipe.circuits import CircuitSettings, run_circuits
 
+    # top 3 heads: a random tiny model reaches no faithfulness target below all 8 heads, and whole-model
+    # circuits are not compared across tasks (tests/circuits/test_reuse.py)
     settings = CircuitSettings(tasks=["sva", "ioi"], n_prompts=8, grids=["resid_pre", "z"], min_logit_gap=-1e9,
                                neuron_ablation=4, overlap=["sva", "ioi"], reference_prompts=8, random_circuits=3,
-                               completeness_heads=2)
+                               completeness_heads=2, selection="top_k", top_k=3)
     record = {"model": {"name": "tiny", "source": str(tiny_folder)}, "seed": 5, "config_hash": "abc123"}
     metrics = run_circuits(settings, tiny_folder, data_root, tmp_path, model_name="tiny", info=record)
     task = tmp_path / "tiny-sva"
