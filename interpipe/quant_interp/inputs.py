@@ -16,7 +16,7 @@ stage that makes it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,44 @@ CIRCUIT_FILES = ("metrics.json", "effects.parquet", "ioi_heads.csv")
 
 @dataclass(frozen=True)
 class Pair:
-    """An FP model and a quantized model made from it, by their folder names under ``paths.models``."""
+    """An FP model and a quantized model made from it, by their folder names under ``paths.models``.
+
+    ``method`` and ``bits`` are what the quantized model's ``card.json`` records
+    (``extra.quantization``, written by :func:`interpipe.quant.export.save_quantized`), filled by
+    :meth:`with_card`; empty when not read, and then :attr:`setting` reads them off the folder name.
+    """
 
     fp: str
     quantized: str
     attribution: bool = True  # compare the attribute stage's results too (both models need them)
+    method: str = ""  # quantization method from the quantized model's card ("" when not read)
+    bits: str = ""  # w<b>a<b> from the quantized model's card ("" when not read)
 
     @property
     def setting(self) -> tuple[str, str]:
-        """(method, bits) read off the quantized name ``<fp>-<method>-w<b>a<b>``; ``("fp", "")`` for the FP model."""
+        """(method, bits) of the quantized model; ``("fp", "")`` for the FP model.
+
+        From its card when :meth:`with_card` read one, else (an older export, or a pair built by
+        name alone) off the quantized name ``<fp>-<method>-w<b>a<b>``.
+        """
         if self.quantized == self.fp:
             return "fp", ""
+        if self.method:
+            return self.method, self.bits
         rest = self.quantized[len(self.fp) + 1:] if self.quantized.startswith(self.fp + "-") else self.quantized
         match = _SETTING.match(rest)
         return (match["method"], match["bits"]) if match else (rest, "")
+
+    def with_card(self, models: str | Path) -> "Pair":
+        """This pair with the method and bits the quantized model's ``card.json`` under ``models`` records
+        (the pair unchanged when the folder, its card or the card's quantization entry is missing)."""
+        card = Path(models) / self.quantized / "card.json"
+        if self.quantized == self.fp or not card.is_file():
+            return self
+        quant = (read_json(card).get("extra") or {}).get("quantization") or {}
+        if not (isinstance(quant, dict) and quant.get("method")):
+            return self
+        return replace(self, method=str(quant["method"]), bits=str(quant.get("bits") or ""))
 
 
 @dataclass(frozen=True)
@@ -64,8 +88,11 @@ class Roots:
         return self.circuits / model / f"{model}-{task}"
 
 
-def pairs_of(settings: QuantInterpSettings) -> list[Pair]:
-    return [Pair(str(p["fp"]), str(p["quantized"]), bool(p.get("attribution", True))) for p in settings.pairs]
+def pairs_of(settings: QuantInterpSettings, models: str | Path | None = None) -> list[Pair]:
+    """The pairs of ``settings``; with ``models`` (the model folders' root) each reads its quantized
+    model's card for method and bits (:meth:`Pair.with_card`)."""
+    pairs = [Pair(str(p["fp"]), str(p["quantized"]), bool(p.get("attribution", True))) for p in settings.pairs]
+    return pairs if models is None else [p.with_card(models) for p in pairs]
 
 
 def missing_inputs(pairs: list[Pair], roots: Roots, task: str, attribution: bool) -> list[str]:

@@ -171,7 +171,7 @@ def run_quant_interp(settings: QuantInterpSettings, out_dir: str | Path, models_
     start = time.perf_counter()
     out_dir = Path(out_dir)
     roots = Roots(Path(models_root), Path(data_root), Path(settings.circuits_root), Path(settings.attribute_root))
-    pairs = pairs_of(settings)
+    pairs = pairs_of(settings, roots.models)
     check_inputs(pairs, roots, settings.task, settings.attribution)  # before any model loads
     device = str(resolve_device(device))
     results: list[PairResult] = []

@@ -2,10 +2,15 @@
 
 Every stage execution, whether run by ``dvc repro`` (``outputs/<stage>/<model>/...``) or by a
 Hydra multirun sweep (``multirun/<date>/<time>/<override_dirname>/...``), leaves a folder with
-a flat ``metrics.json``; Hydra's ``.hydra/`` folder (``config.yaml``, ``overrides.yaml``,
-``hydra.yaml``) sits in that folder or in an ancestor when one execution writes one subfolder
-per method. Nothing here knows a study's internals: the columns are read off the path and the
-saved Hydra config.
+a flat ``metrics.json`` and a ``run.json`` (:mod:`interpipe.run_record`) that says what ran:
+stage, study, model, method and, for a sweep, its overrides. A study that writes one sub-run
+folder per method, task or setting below it has each folder describe itself in its result's own
+files (``attribution.json``, ``info.json``: :mod:`interpipe.report.identity`). Nothing here knows a
+study's internals beyond those files.
+
+Folder names and Hydra's ``.hydra/`` folder (``config.yaml``, ``overrides.yaml``, ``hydra.yaml``,
+in that folder or an ancestor) are read only as the fallback, for folders written before run
+records and result files said what they are:
 
 - ``stage``: the saved job name's folder under the root, else the first folder that names a
   stage (through ``stage_dirs``, e.g. ``models`` -> ``model``); for a multirun job, Hydra's job
@@ -16,7 +21,7 @@ saved Hydra config.
 - ``method``: the first remaining path part (``attribute/toy/saliency`` -> ``saliency``; a
   ``<model>-<method>-<setting>`` part is split), or a swept ``*.method=``/``*.methods=[x]`` override.
 - ``setting``: the remaining path parts and the other swept overrides (``quantize.bits=4``).
-- ``config_hash``: the first 12 hex digits of the SHA-256 of the saved config.
+- ``config_hash``: the run record's, else the first 12 hex digits of the SHA-256 of the saved config.
 
 A metric ``<sub>/<name>`` in an execution's own ``metrics.json``, where ``<sub>/`` (or
 ``<model>-<sub>/``) is a sub-run folder with its own ``metrics.json`` (the per-method summary a stage returns), is that sub-run's
@@ -44,6 +49,7 @@ from typing import Any
 import yaml
 
 from interpipe.io import flatten_metrics
+from interpipe.report.identity import split_names, sub_run_identity
 from interpipe.settings.report import ReportSettings
 
 COLUMNS = ["study", "stage", "model", "method", "task", "setting", "metric", "value", "run_dir", "config_hash"]
@@ -172,18 +178,6 @@ def run_record_of(folder: Path, root: Path) -> tuple[Path, dict] | None:
         current = current.parent
 
 
-def _split_part(parts: list[str], model: str, task: str, method: str, settings: ReportSettings) -> tuple[str, str, list[str]]:
-    """``(task, method, rest)`` of a sub-run folder's path below its execution (the study's layout):
-    ``<method>/``, ``<model>-<task>/``, ``<model>-<method>-<bits>-<protocol>/``."""
-    rest = [q for p in parts for q in (p[len(model) + 1:].split("-", 1) if model and p.startswith(model + "-") else [p])]
-    found = next((p for p in rest if p in settings.tasks), "")
-    if found:
-        rest.remove(found)
-    if not method and rest:
-        method = rest.pop(0)
-    return found or task, method, rest
-
-
 def _swept(overrides: list[str], method: str, task: str, settings: ReportSettings) -> tuple[str, str, list[str]]:
     """A multirun job's overrides: a swept single method or task names it, the rest are its setting."""
     swept: list[str] = []
@@ -208,13 +202,15 @@ def _run_dir(folder: Path, repo: Path) -> str:
 
 
 def _identify_by_record(folder: Path, home: Path, record: dict, repo: Path, settings: ReportSettings) -> RunRecord:
+    """The identity of ``folder`` at or below the execution folder ``home`` whose ``run.json`` is ``record``:
+    stage, model and method from the record, the sub-run's own task, method and setting from its files."""
     stage = str(record["stage"])
     named = record.get("setting")  # weights.study=bigram: the weights stage ran the bigram study
     if isinstance(named, str) and named in settings.studies and settings.study_of(named) == settings.study_of(stage):
         stage = named
     model = "" if stage in settings.model_free else str((record.get("model") or {}).get("name") or "")
     method = str(record.get("method") or "")  # the task comes from a sub-run folder or a metric's prefix
-    task, method, rest = _split_part(list(folder.relative_to(home).parts), model, "", method, settings)
+    task, method, rest = sub_run_identity(folder, home, model, method, settings)
     swept: list[str] = []
     if record.get("multirun"):
         method, task, swept = _swept([str(o) for o in record.get("overrides") or []], method, task, settings)
@@ -229,9 +225,10 @@ def _identify_by_record(folder: Path, home: Path, record: dict, repo: Path, sett
 def identify(folder: Path, root: Path, repo: Path, settings: ReportSettings) -> RunRecord:
     """Work out study/stage/model/method/task/setting of an output folder under ``root``.
 
-    The execution's ``run.json`` says what ran; only the part of the path below it (a study's
-    sub-run folders: ``<method>/``, ``<model>-<task>/``) adds method, task and setting. Folders
-    written before run records existed are read off their path and ``.hydra`` folder instead.
+    The execution's ``run.json`` says what ran; a study's sub-run folders below it add method, task
+    and setting from their own result files (:func:`interpipe.report.identity.sub_run_identity`),
+    read off their names only where they hold none. Folders written before run records existed are
+    read off their path and ``.hydra`` folder instead.
     """
     found = run_record_of(folder, root)
     if found is not None:
@@ -258,7 +255,7 @@ def _identify_by_path(folder: Path, root: Path, repo: Path, settings: ReportSett
         rest.remove(model)
     elif not model and rest and not info.config:
         model = rest.pop(0)
-    task, method, rest = _split_part(rest, model, "", "", settings)
+    task, method, rest = split_names(rest, model, "", "", settings)
     if stage in settings.model_free:
         model = ""
     swept: list[str] = []

@@ -110,6 +110,25 @@ def test_pair_setting_and_settings_validation():
         QuantInterpSettings(effect_method="best")
 
 
+def test_pair_setting_from_the_quantized_models_card(tmp_path):
+    """The card's ``extra.quantization`` names method and bits, whatever the folder is called."""
+    import json
+
+    from interpipe.quant_interp.inputs import pairs_of
+    from interpipe.settings.quant_interp import QuantInterpSettings
+
+    folder = tmp_path / "toy-q"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps({"name": "toy-q", "extra": {
+        "base_model": "toy", "quantization": {"method": "osplus", "bits": "w6a6", "protocol": "paper"}}}))
+    assert Pair("toy", "toy-q").setting == ("q", "")  # the name alone says nothing of the bits
+    assert Pair("toy", "toy-q").with_card(tmp_path).setting == ("osplus", "w6a6")
+    assert Pair("toy", "toy-rtn-w4a8").with_card(tmp_path).setting == ("rtn", "w4a8")  # no folder: its name
+    assert Pair("toy", "toy").with_card(tmp_path).setting == ("fp", "")
+    pairs = pairs_of(QuantInterpSettings(pairs=[{"fp": "toy", "quantized": "toy-q"}]), tmp_path)
+    assert [p.setting for p in pairs] == [("osplus", "w6a6")]
+
+
 def _circuit_folder(root, model, with_circuit):
     from interpipe.io import write_json
 
