@@ -35,13 +35,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = ("prepare", "model@smollm2")  # what both branches read
-# Two branches of about equal CPU time (estimated from a fresh clone's run: ~860 and ~800 CPU-s); the toy's training
+# Two branches of about equal wall time (a fresh clone's run, stage walls + DVC's ~4 s a stage: ~860 and ~820 s); the toy's training
 # runs on one thread, leaving a core to the other branch's two-thread stages.
 BRANCHES = {
-    "toy, MiniLM, SmolLM2's weight studies": ["model@toy", "evaluate@toy", "weights@*-toy", "circuits@toy*",
-                                              "attribute@toy", "quantize@toy", "*@minilm-sentiment",
-                                              "evaluate@smollm2", "weights@*-smollm2", "attribute@smollm2"],
-    "SmolLM2's circuits and quantization": ["quantize@smollm2", "circuits@smollm2*", "attribute@smollm2-*"],
+    "toy, MiniLM, SmolLM2's weight studies and attribution": ["model@toy", "evaluate@toy", "weights@*-toy",
+                                                              "circuits@toy*", "attribute@toy", "quantize@toy",
+                                                              "*@minilm-sentiment", "weights@*-smollm2",
+                                                              "attribute@smollm2"],
+    "SmolLM2's evaluation, circuits and quantization": ["evaluate@smollm2", "quantize@smollm2", "circuits@smollm2*",
+                                                        "attribute@smollm2-*"],
 }
 
 
