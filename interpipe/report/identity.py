@@ -89,18 +89,32 @@ def name_parts(part: str, model: str) -> list[str]:
     return part[len(model) + 1:].split("-", 1) if model and part.startswith(model + "-") else [part]
 
 
+def _take_task_and_method(words: list[str], task: str, method: str,
+                          settings: ReportSettings) -> tuple[str, str, set[int]]:
+    """Fill an unknown ``task`` with the first word of ``words`` that names a known task, then an
+    unknown ``method`` with the first other word; also the indices of the words so taken."""
+    taken: set[int] = set()
+    if not task:
+        found = next((i for i, w in enumerate(words) if w in settings.tasks), None)
+        if found is not None:
+            task = words[found]
+            taken.add(found)
+    if not method:
+        first = next((i for i in range(len(words)) if i not in taken), None)
+        if first is not None:
+            method = words[first]
+            taken.add(first)
+    return task, method, taken
+
+
 def split_names(parts: list[str], model: str, task: str, method: str,
                 settings: ReportSettings) -> tuple[str, str, list[str]]:
     """``(task, method, rest)`` read off folder names alone (the fallback for folders that do not
     describe themselves): the first word that names a known task is the task (unless ``task`` is
     given), the first other word the method (unless ``method`` is given), the rest the setting."""
-    rest = [q for p in parts for q in name_parts(p, model)]
-    found = "" if task else next((p for p in rest if p in settings.tasks), "")
-    if found:
-        rest.remove(found)
-    if not method and rest:
-        method = rest.pop(0)
-    return found or task, method, rest
+    words = [q for p in parts for q in name_parts(p, model)]
+    task, method, taken = _take_task_and_method(words, task, method, settings)
+    return task, method, [w for i, w in enumerate(words) if i not in taken]
 
 
 def sub_run_identity(folder: Path, home: Path, model: str, method: str,
@@ -122,20 +136,10 @@ def sub_run_identity(folder: Path, home: Path, model: str, method: str,
         else:
             task, own_method = task or own.task, own_method or own.method
             words += [(w, False) for w in own.setting]
-    method = method or own_method
     named = [i for i, (_, from_name) in enumerate(words) if from_name]
-    taken = set()
-    if not task:
-        found = next((i for i in named if words[i][0] in settings.tasks), None)
-        if found is not None:
-            task, _ = words[found]
-            taken.add(found)
-    if not method:
-        first = next((i for i in named if i not in taken), None)
-        if first is not None:
-            method, _ = words[first]
-            taken.add(first)
-    return task, method, [w for i, (w, _) in enumerate(words) if i not in taken]
+    task, method, taken = _take_task_and_method([words[i][0] for i in named], task, method or own_method, settings)
+    taken_words = {named[j] for j in taken}
+    return task, method, [w for i, (w, _) in enumerate(words) if i not in taken_words]
 
 
 __all__ = ["SubRun", "describe_sub_run", "name_parts", "split_names", "sub_run_identity"]
