@@ -105,15 +105,6 @@ class Component:
         return cls.neuron(int(layer), int(neuron)) if neuron is not None else cls.mlp(int(layer))
 
 
-def as_components(items: Iterable[Component | str]) -> list[Component]:
-    """``items`` as components: components pass through, names (as read back from a JSON or CSV file) are parsed.
-
-    >>> as_components([Component.mlp(0), "L1H2"])
-    [Component(kind='mlp', layer=0, index=-1), Component(kind='head', layer=1, index=2)]
-    """
-    return [c if isinstance(c, Component) else Component.parse(c) for c in items]
-
-
 def heads_of(components: Iterable[Component]) -> list[Component]:
     """The heads among ``components``, in their order."""
     return [c for c in components if c.kind == "head"]

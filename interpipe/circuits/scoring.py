@@ -20,8 +20,8 @@ template-aligned mean over the corrupted distribution, :func:`interpipe.circuits
   model under the same knockout) and ``F(C) − F(C \\ v)`` (large when ``v`` matters inside ``C``);
   summarised as the largest gap and the smallest effect, in units of the full model's mean ``F(M)``.
 
-Circuits are lists of :class:`~interpipe.components.Component`; where one arrives as names (a
-circuit read back from ``circuit.json``) it is parsed on entry.
+Circuits are lists of :class:`~interpipe.components.Component` (a circuit read back from
+``circuit.json`` is parsed where it is read).
 
 >>> smallest_above([0, 2, 4], [Interval(0.1, 0.0, 0.2, 8), Interval(0.9, 0.7, 1.0, 8), Interval(1.0, 0.85, 1.1, 8)], 0.8)
 4
@@ -40,7 +40,7 @@ from interpipe.circuits.ablation import ablation_sources, all_components, hook_o
 from interpipe.circuits.bridge import PromptBatch
 from interpipe.circuits.engine import capture, run_variants
 from interpipe.circuits.metrics import logit_diff
-from interpipe.components import Component, as_components, heads_of
+from interpipe.components import Component, heads_of
 from interpipe.stats import Interval, bootstrap, seed_interval, to_metrics
 
 
@@ -93,13 +93,13 @@ class Scorer:
         out = out[[unique.index(k) for k in keys]]  # (variant, 2, batch)
         return out[:, 0], out[:, 1]
 
-    def circuits(self, circuits: Sequence[Sequence[Component | str]]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`run` for circuits (components, or their names): everything in the pool outside each is ablated."""
+    def circuits(self, circuits: Sequence[Sequence[Component]]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run` for circuits: everything in the pool outside each is ablated."""
         return self.run([self.outside(circuit) for circuit in circuits])
 
-    def outside(self, circuit: Sequence[Component | str]) -> list[Component]:
+    def outside(self, circuit: Sequence[Component]) -> list[Component]:
         """The pool's components not in ``circuit`` (the ones its run ablates), in pool order."""
-        keep = set(as_components(circuit))
+        keep = set(circuit)
         return [c for c in self.components if c not in keep]
 
     def faithfulness(self, circuit_ld: np.ndarray) -> dict[str, Interval]:
@@ -133,7 +133,7 @@ def random_circuits(pool: Sequence[Component], size_like: Sequence[Component], n
     return [rng.sample(heads, n_heads) + rng.sample(mlps, len(size_like) - n_heads) for _ in range(n)]
 
 
-def score_heldout(scorer: Scorer, circuit: Sequence[Component | str], n_random: int, completeness_heads: int = 0,
+def score_heldout(scorer: Scorer, circuit: Sequence[Component], n_random: int, completeness_heads: int = 0,
                   seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Everything reported about ``circuit`` on the held-out ``scorer``: metrics and the per-head table.
 
@@ -145,7 +145,6 @@ def score_heldout(scorer: Scorer, circuit: Sequence[Component | str], n_random: 
     over the first ``completeness_heads`` heads of ``circuit``. The table has one row per such head
     (``head``: the component).
     """
-    circuit = as_components(circuit)
     draws = random_circuits(scorer.components, circuit, n_random, seed) if n_random else []
     heads = heads_of(circuit)[:completeness_heads]
     pool_c = scorer.outside(circuit)

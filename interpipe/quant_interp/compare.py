@@ -10,10 +10,12 @@
   quantized model, the attention score that defines the class and its patching effect in both;
   a class *survives* in a head that keeps it.
 
-Heads arrive by name, as the circuit study wrote them (``circuit.json``, ``ioi_heads.csv``); they are
-matched as :class:`~interpipe.components.Component` values and written back by name.
+Circuits are :class:`~interpipe.components.Component` values (parsed where ``circuit.json`` is read,
+:func:`~interpipe.quant_interp.inputs.read_circuit_run`); the ``component`` names of the head-class
+tables (``ioi_heads.csv``) are parsed here, and the tables written back by name.
 
->>> overlap(["L0H1", "L2H3"], ["L2H3", "L3H0", "L4H4"])
+>>> H = Component.head
+>>> overlap([H(0, 1), H(2, 3)], [H(2, 3), H(3, 0), H(4, 4)])
 {'circuit_jaccard': 0.25, 'circuit_containment': 0.5, 'circuit_shared_heads': 1.0}
 >>> round(pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0])), 4)
 0.9934
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from interpipe.circuits.discovery import circuit_containment, circuit_overlap
-from interpipe.components import Component, as_components
+from interpipe.components import Component
 from interpipe.stats import Interval, bootstrap
 
 # the attention score that defines each IOI head class (interpipe.circuits.heads.classify)
@@ -35,9 +37,8 @@ CLASS_SCORES = {"name mover": "attn_end_io", "negative name mover": "attn_end_io
                 "induction": "attn_s2_s1_next"}
 
 
-def overlap(fp_heads: list[Component | str], quantized_heads: list[Component | str]) -> dict[str, float]:
+def overlap(fp: list[Component], quantized: list[Component]) -> dict[str, float]:
     """Jaccard, containment (share of the FP heads kept) and the number of heads shared."""
-    fp, quantized = as_components(fp_heads), as_components(quantized_heads)
     return {"circuit_jaccard": circuit_overlap(fp, quantized),
             "circuit_containment": circuit_containment(fp, quantized),
             "circuit_shared_heads": float(len(set(fp) & set(quantized)))}
@@ -68,14 +69,14 @@ def effect_correlation(paired: Any, n_resamples: int) -> Interval:
                      n_resamples=n_resamples)
 
 
-def head_class_table(fp_classes: Any, quantized_classes: Any, paired: Any, fp_heads: list[Component | str],
-                     quantized_heads: list[Component | str]) -> Any:
+def head_class_table(fp_classes: Any, quantized_classes: Any, paired: Any, fp_heads: list[Component],
+                     quantized_heads: list[Component]) -> Any:
     """One row per head the FP model classes: its class, defining score and effect, FP vs quantized."""
     import pandas as pd
 
     q = quantized_classes.set_index("component")
     effects = {Component.head(r.layer, r.head): (r.effect_fp, r.effect_quantized) for r in paired.itertuples()}
-    fp_circuit, quantized_circuit = set(as_components(fp_heads)), set(as_components(quantized_heads))
+    fp_circuit, quantized_circuit = set(fp_heads), set(quantized_heads)
     rows = []
     for r in fp_classes[fp_classes["class"] != ""].to_dict("records"):
         head, score, theirs = Component.parse(r["component"]), CLASS_SCORES.get(r["class"]), q.loc[r["component"]]

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from interpipe.components import Component, heads_of
 from interpipe.io import read_json
 from interpipe.settings.circuits import CircuitSettings
 from interpipe.settings.quant_interp import QuantInterpSettings
@@ -131,8 +132,8 @@ class CircuitRun:
 
     model: str
     metrics: dict[str, Any]
-    heads: list[str]  # the selected circuit's heads ([] when the task was not solved)
-    components: list[str]  # every selected component (heads, and MLPs when they were ablated)
+    heads: list[Component]  # the selected circuit's heads ([] when the task was not solved)
+    components: list[Component]  # every selected component (heads, and MLPs when they were ablated)
     effects: Any  # DataFrame: the z_head effects (layer, head, effect) of ``effect_method``, denoising
     head_classes: Any  # DataFrame: ioi_heads.csv (per-head attention scores, direct effect, class)
 
@@ -155,8 +156,8 @@ def read_circuit_run(roots: Roots, model: str, task: str, effect_method: str) ->
         found = sorted(set(effects.loc[effects["analysis"] == "z_head", "method"]))
         raise ValueError(f"{folder / 'effects.parquet'} has no z_head {effect_method} denoising effects "
                          f"(it has z_head methods {found}); set quant_interp.effect_method to one of them")
-    components = list(circuit["components"])
-    return CircuitRun(model, metrics, [c for c in components if "H" in c], components,
+    components = [Component.parse(name) for name in circuit["components"]]  # names in the file, components from here on
+    return CircuitRun(model, metrics, heads_of(components), components,
                       chosen[["layer", "head", "effect"]].astype({"layer": int, "head": int}), classes)
 
 

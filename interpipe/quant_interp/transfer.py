@@ -23,6 +23,7 @@ import torch
 from interpipe.circuits import scoring
 from interpipe.circuits.bridge import PromptBatch, batch_from_task
 from interpipe.circuits.metrics import logit_diff
+from interpipe.components import Component
 from interpipe.settings.circuits import CircuitSettings
 from interpipe.stats import Interval, bootstrap
 
@@ -63,11 +64,11 @@ def heldout_scorer(bridge: Any, batch: PromptBatch, settings: CircuitSettings, m
                           sources=sources)
 
 
-def score_fp_circuit(scorer: scoring.Scorer, circuit: list[str], n_random: int) -> dict[str, float]:
-    """The held-out metrics of ``circuit`` (component names) on ``scorer``: faithfulness, random baseline, accuracy."""
+def score_fp_circuit(scorer: scoring.Scorer, circuit: list[Component], n_random: int) -> dict[str, float]:
+    """The held-out metrics of ``circuit`` on ``scorer``: faithfulness, random baseline, accuracy."""
     if not circuit:
         raise ValueError("the FP circuit is empty: the FP model did not solve the task, so there is no circuit to score")
-    unknown = sorted(set(circuit) - {c.name for c in scorer.components})
+    unknown = [c.name for c in sorted(set(circuit) - set(scorer.components))]
     if unknown:
         raise ValueError(f"FP circuit components {unknown} are not in the quantized model's pool: "
                          f"the two models must have the same layers and heads")

@@ -17,6 +17,8 @@ from interpipe.circuits.ablation import ablation_sources
 from interpipe.circuits.metrics import logit_diff
 from interpipe.circuits.scoring import pool
 from interpipe.components import Component
+
+H = Component.head
 from interpipe.stats import Interval
 from tests.circuits.conftest import PLANTED, planted_batch
 
@@ -57,7 +59,7 @@ def test_mean_ablation_is_aligned_by_template_and_position(planted):
 def test_planted_circuit_is_fully_faithful_and_its_ablation_matches_a_hand_hook(planted):
     batch = planted_batch(planted)
     scorer = Scorer(planted, batch, pool(planted))
-    ld, _ = scorer.circuits([["L1H2"], [], ["L0H0", "L1H3"]])
+    ld, _ = scorer.circuits([[H(1, 2)], [], [H(0, 0), H(1, 3)]])
     faithful = scorer.faithfulness(ld[0])
     assert faithful["faithfulness"].estimate == pytest.approx(1.0, abs=1e-5)
     assert faithful["faithfulness_per_prompt"].estimate == pytest.approx(1.0, abs=1e-4)
@@ -84,7 +86,7 @@ def test_random_baseline_has_the_circuit_size_and_the_value_of_its_draws(planted
     draws = random_circuits(scorer.components, [Component.head(1, 2), Component.head(0, 1)], 20, seed=0)
     assert len(draws) == 20 and all(len(set(d)) == 2 for d in draws)
     assert len({tuple(sorted(d)) for d in draws}) > 5  # drawn, not repeated
-    metrics, table = score_heldout(scorer, ["L1H2", "L0H1"], n_random=20, completeness_heads=2, seed=0)
+    metrics, table = score_heldout(scorer, [H(1, 2), H(0, 1)], n_random=20, completeness_heads=2, seed=0)
     # a draw is fully faithful exactly when it holds L1H2; otherwise it scores the planted head ablated
     ld, _ = scorer.circuits([[]])
     empty = float(np.mean(ld[0]) / np.mean(scorer.clean_ld))
@@ -147,7 +149,7 @@ def test_ablation_attribution_ranks_the_planted_head_first_and_tracks_exact_abla
 def test_the_whole_pool_scores_as_the_full_model(planted):
     batch = planted_batch(planted, n=12)
     scorer = Scorer(planted, batch, pool(planted))
-    metrics, _ = score_heldout(scorer, [c.name for c in scorer.components], n_random=0)
+    metrics, _ = score_heldout(scorer, list(scorer.components), n_random=0)
     assert metrics["faithfulness"] == pytest.approx(1.0, abs=1e-6)
     assert metrics["circuit_accuracy"] == metrics["heldout_accuracy"]  # one accuracy rule for circuit and model
     assert metrics["heldout_logit_diff"] == pytest.approx(float(np.mean(scorer.clean_ld)))

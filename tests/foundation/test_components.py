@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interpipe.components import Component, as_components, heads_of
+from interpipe.components import Component, heads_of
 
 EVERY_KIND = [(Component.head(2, 3), "L2H3"), (Component.mlp(2), "L2.mlp"), (Component.neuron(2, 17), "L2.n17"),
               (Component.head(0, 0), "L0H0"), (Component.head(11, 10), "L11H10"), (Component.neuron(0, 3071), "L0.n3071")]
@@ -61,8 +61,8 @@ def test_invalid_fields_are_refused(kind, layer, index):
         Component(kind, layer, index)
 
 
-def test_as_components_and_heads_of():
-    mixed = as_components(["L0H1", Component.mlp(0), "L1.n2", "L1H0"])
+def test_heads_of():
+    mixed = [Component.parse(name) for name in ["L0H1", "L0.mlp", "L1.n2", "L1H0"]]
     assert mixed == [Component.head(0, 1), Component.mlp(0), Component.neuron(1, 2), Component.head(1, 0)]
     assert heads_of(mixed) == [Component.head(0, 1), Component.head(1, 0)]
 

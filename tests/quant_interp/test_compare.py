@@ -9,13 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
+from interpipe.components import Component
 from interpipe.quant_interp import compare, drift
 from interpipe.quant_interp.inputs import Pair
 from tests.quant_interp.conftest import FP_COMPREHENSIVENESS, FP_SCORES, write_attributions
 
 
+def _heads(*names: str) -> list[Component]:
+    return [Component.parse(name) for name in names]
+
+
 def test_overlap_known_answer():
-    out = compare.overlap(["L0H0", "L1H1", "L2H2", "L3H3"], ["L1H1", "L3H3", "L4H0"])
+    out = compare.overlap(_heads("L0H0", "L1H1", "L2H2", "L3H3"), _heads("L1H1", "L3H3", "L4H0"))
     assert out == {"circuit_jaccard": 2 / 5, "circuit_containment": 2 / 4, "circuit_shared_heads": 2.0}
     assert compare.overlap([], [])["circuit_jaccard"] == 0.0
 
@@ -51,7 +56,7 @@ def test_head_class_table_and_survival():
                   ("L1H1", "duplicate token", {})])
     paired = compare.paired_effects(_effects({(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.2, (1, 1): 0.0}),
                                     _effects({(0, 0): 0.9, (0, 1): 0.1, (1, 0): 0.3, (1, 1): 0.0}))
-    table = compare.head_class_table(fp, q, paired, ["L0H0"], ["L0H0", "L1H0"]).set_index("component")
+    table = compare.head_class_table(fp, q, paired, _heads("L0H0"), _heads("L0H0", "L1H0")).set_index("component")
     assert list(table.index) == ["L0H0", "L0H1", "L1H0"]  # the FP model's classed heads only
     assert table.loc["L0H1", "survives"] == 0 and table.loc["L0H1", "score"] == "attn_s2_s1_next"
     assert (table.loc["L0H1", "score_fp"], table.loc["L0H1", "score_quantized"]) == (0.5, 0.1)
@@ -149,9 +154,9 @@ def test_read_circuit_run_unsolved_and_wrong_effect_method(tmp_path):
     roots = Roots(tmp_path / "models", tmp_path / "data", tmp_path / "circuits", tmp_path / "attribute")
     _circuit_folder(roots.circuits, "fp", True)
     _circuit_folder(roots.circuits, "q", False)
-    assert read_circuit_run(roots, "fp", "ioi", "attribution").heads == ["L0H1"]
+    assert read_circuit_run(roots, "fp", "ioi", "attribution").heads == [Component.head(0, 1)]
     unsolved = read_circuit_run(roots, "q", "ioi", "attribution")
-    assert unsolved.heads == [] and compare.overlap(["L0H1"], unsolved.heads)["circuit_containment"] == 0.0
+    assert unsolved.heads == [] and compare.overlap(_heads("L0H1"), unsolved.heads)["circuit_containment"] == 0.0
     with pytest.raises(ValueError, match="quant_interp.effect_method"):
         read_circuit_run(roots, "fp", "ioi", "exact")
 
