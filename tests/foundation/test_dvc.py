@@ -15,9 +15,12 @@ from tests.conftest import ROOT
 BIN = Path(sys.executable).parent
 
 
-def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def _dvc(cwd: Path, *args: str, bytecode: bool = False) -> subprocess.CompletedProcess:
+    """``dvc *args`` in ``cwd``; ``bytecode``: Python writes ``__pycache__`` as on an ordinary install."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "WANDB_MODE": "disabled",
            "DVC_NO_ANALYTICS": "1"}
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     return subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -32,18 +35,20 @@ def test_dvc_yaml_stages_are_wired_to_stage_modules():
 
 
 def test_repro_then_noop(tmp_path):
-    """`dvc repro prepare` runs the stage; a second one changes nothing and says so."""
+    """`dvc repro prepare` runs the stage; a second one changes nothing and says so, also where the
+    first run wrote bytecode into the stage's directory deps (``.dvcignore``)."""
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for item in ("conf", "stages", "interpipe", "dvc.yaml", "pyproject.toml"):
+    (repo / "pipelines").mkdir(parents=True)
+    for item in ("conf", "stages", "interpipe", "dvc.yaml", "pyproject.toml", ".dvcignore", "pipelines/python"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     assert _dvc(repo, "init", "-q").returncode == 0
-    first = _dvc(repo, "repro", "prepare")
+    first = _dvc(repo, "repro", "prepare", bytecode=True)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (repo / "outputs" / "data" / "ioi" / "dataset_dict.json").exists()
     assert (repo / "dvc.lock").exists()
-    second = _dvc(repo, "repro", "prepare")
+    assert list((repo / "interpipe" / "data").glob("__pycache__/*.pyc")), "the run wrote no bytecode"
+    second = _dvc(repo, "repro", "prepare", bytecode=True)
     assert second.returncode == 0
     assert "didn't change" in second.stdout and "Running stage" not in second.stdout
