@@ -14,6 +14,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from interpipe.divergence import DivergenceGuard
 from interpipe.settings.models import FinetuneSettings
 
 
@@ -63,8 +64,9 @@ def finetune_classifier(model, tokenizer, rows: list[dict], settings: FinetuneSe
     curve: list[dict] = []
     window_loss, window_correct, window_n = 0.0, 0, 0
     start = time.perf_counter()
+    guard = DivergenceGuard("classifier fine-tuning", f"lower model.finetune.lr (now {s.lr})")
     model.train()
-    for step in tqdm(range(1, s.steps + 1), desc="fine-tune classifier"):
+    for step in tqdm(range(1, s.steps + 1), desc=guard.loop):
         if len(order) < s.batch_size:
             fresh = list(range(len(rows)))
             rng.shuffle(fresh)
@@ -75,11 +77,13 @@ def finetune_classifier(model, tokenizer, rows: list[dict], settings: FinetuneSe
         target = labels[idx].to(device)
         logits = model(**enc).logits
         loss = torch.nn.functional.cross_entropy(logits, target)
+        value = guard.loss(step, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        guard.gradients(step, model.parameters())
         optimizer.step()
         schedule.step()
-        window_loss += loss.item() * len(idx)
+        window_loss += value * len(idx)
         window_correct += int((logits.argmax(-1) == target).sum())
         window_n += len(idx)
         if step % s.log_every == 0 or step == s.steps:

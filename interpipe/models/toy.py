@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from interpipe.divergence import DivergenceGuard
 from interpipe.models.packing import pack, packed_loss
 from interpipe.settings.models import ToySettings
 
@@ -112,7 +113,9 @@ def _train(train_texts: list[str], val_texts: list[str], settings: ToySettings, 
     curve: list[dict] = []
     start = time.perf_counter()
     running = 0.0
-    bar = tqdm(range(settings.steps), desc="train toy GPT-2")
+    guard = DivergenceGuard("toy GPT-2 training", f"lower model.toy.lr (now {settings.lr}) or raise "
+                                                  f"model.toy.warmup_steps (now {settings.warmup_steps})")
+    bar = tqdm(range(settings.steps), desc=guard.loop)
     for step in bar:
         batch = torch.randint(0, len(ids), (settings.batch_size,), generator=gen)
         packed = pack([ids[i, :lengths[i]] for i in batch.tolist()], settings.n_positions,
@@ -122,11 +125,12 @@ def _train(train_texts: list[str], val_texts: list[str], settings: ToySettings, 
         logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
                        attention_mask=packed.attention_mask).logits  # (R, T, V)
         loss = packed_loss(logits, packed)
+        running += guard.loss(step + 1, loss)  # steps counted from 1, as in the curve
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        guard.gradients(step + 1, model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        running += loss.item()
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             n = settings.log_every if (step + 1) % settings.log_every == 0 else (step + 1) % settings.log_every
             point = {"step": step + 1, "loss": running / n, "lr": lr_at(step, settings)}

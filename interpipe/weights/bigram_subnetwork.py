@@ -36,8 +36,9 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from interpipe.weights.checkpoint import (batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
-                                          remove_checkpoint, restore_optimizer, save_checkpoint)
+from interpipe.divergence import DivergenceGuard
+from interpipe.weights.checkpoint import (batch_generator, checkpoint_file, fingerprint, load_checkpoint,
+                                          optimizer_tensors, remove_checkpoint, restore_optimizer, save_checkpoint)
 from interpipe.weights.common import token_losses
 from interpipe.weights.result import StudyResult
 
@@ -67,11 +68,15 @@ def maskable_weights(model) -> dict[str, torch.nn.Parameter]:
 
 
 def masked_logits(model, masks: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
-    """Logits of ``model`` with every named weight multiplied by its mask (base weights untouched)."""
+    """Logits of ``model`` with every named weight multiplied by its mask (base weights untouched).
+
+    The (float32) masks are cast to each weight's device and dtype, so a bfloat16 model runs in
+    bfloat16 while the gradient still reaches the float32 mask logits.
+    """
     params = {}
     for name, mask in masks.items():
         weight = model.get_parameter(name)
-        params[name] = weight * mask.to(weight.device)
+        params[name] = weight * mask.to(weight)  # (same shape as weight), in the weight's dtype
     return functional_call(model, params, args=(), kwargs=inputs).logits
 
 
@@ -202,7 +207,8 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
         start, curve = state["step"], state["curve"]
     device = next(model.parameters()).device
     table = table.to(device)
-    for step in tqdm(range(start, s.steps), desc="bigram masks", initial=start, total=s.steps):
+    guard = _bigram_guard(s, checkpoint_dir)
+    for step in tqdm(range(start, s.steps), desc=guard.loop, initial=start, total=s.steps):
         beta = s.temperature_growth ** step
         idx = torch.randint(len(ids), (s.batch_size,), generator=batch_generator(seed, step))
         m = mask[idx]
@@ -212,8 +218,10 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
         ce = table.cross_entropy(masked_logits(model, soft, input_ids=b_ids, attention_mask=b_mask), b_ids, b_mask)
         density = sum(v.sum() for v in soft.values()) / n_total
         loss = ce + s.l0_lambda * density
+        guard.loss(step, loss)
         opt.zero_grad()
         loss.backward()
+        guard.gradients(step, logits_s.values())
         opt.step()
         undecided = undecided_fraction({n: v.detach() for n, v in soft.items()})  # before this step's update
         curve.append({"step": step, "bigram_ce": ce.item(), "expected_density": density.item(), "beta": beta,
@@ -225,6 +233,12 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
             save_checkpoint(checkpoint_dir, {**{f"s/{n}": logits_s[n] for n in names}, **optimizer_tensors(opt, names)},
                             {"fingerprint": key, "step": step + 1, "curve": curve})
     return {n: (logits_s[n] > 0).float().detach() for n in names}, curve
+
+
+def _bigram_guard(s, checkpoint_dir: Path | None) -> DivergenceGuard:
+    fix = (f"lower weights.bigram.lr (now {s.lr}) or weights.bigram.temperature_growth (now {s.temperature_growth}: "
+           f"beta = growth ** step overflows on long schedules), or cap weights.bigram.steps (now {s.steps})")
+    return DivergenceGuard("bigram masks", fix, checkpoint_file(checkpoint_dir) if checkpoint_dir else None)
 
 
 @torch.no_grad()

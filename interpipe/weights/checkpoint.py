@@ -22,6 +22,11 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def checkpoint_file(folder: Path) -> Path:
+    """The checkpoint a run keeps in ``folder``."""
+    return folder / "checkpoint.safetensors"
+
+
 def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
     """Write ``tensors`` (safetensors) and ``state`` (JSON in the metadata) atomically."""
     from safetensors.torch import save_file
@@ -30,7 +35,7 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict)
     tmp = folder / ".checkpoint.tmp.safetensors"
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"state": json.dumps(state)})
-    os.replace(tmp, folder / "checkpoint.safetensors")
+    os.replace(tmp, checkpoint_file(folder))
 
 
 def load_checkpoint(folder: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -38,7 +43,7 @@ def load_checkpoint(folder: Path, fingerprint: str) -> tuple[dict[str, torch.Ten
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = folder / "checkpoint.safetensors"
+    path = checkpoint_file(folder)
     if not path.exists():
         return None
     with safe_open(str(path), framework="pt") as handle:
@@ -74,6 +79,6 @@ def fingerprint(*parts) -> str:
 
 def remove_checkpoint(folder: Path) -> None:
     """Delete a finished run's checkpoint (and its folder when that is then empty)."""
-    (folder / "checkpoint.safetensors").unlink(missing_ok=True)
+    checkpoint_file(folder).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()

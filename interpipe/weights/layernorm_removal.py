@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 
 from interpipe.models.arch import UnsupportedArchitecture
 from interpipe.models.loading import LoadedModel
-from interpipe.weights.checkpoint import (batch_generator, fingerprint, load_checkpoint, optimizer_tensors,
-                                          remove_checkpoint, restore_optimizer, save_checkpoint)
+from interpipe.divergence import DivergenceGuard
+from interpipe.weights.checkpoint import (batch_generator, checkpoint_file, fingerprint, load_checkpoint,
+                                          optimizer_tensors, remove_checkpoint, restore_optimizer, save_checkpoint)
 from interpipe.weights.common import architecture, token_losses
 from interpipe.weights.result import StudyResult
 
@@ -247,24 +248,18 @@ def finetune_lnfree(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, 
     device = next(model.parameters()).device
     for ln in wrapped.values():
         ln.track = True
-    desc = "LayerNorm removal" if freeze else "fine-tune control (LN kept)"
+    guard = _lnfree_guard(s, freeze, checkpoint_dir)
     last_freeze = max(freeze_at, default=0)
-    for step in tqdm(range(start, total), desc=desc, initial=start, total=total):
+    for step in tqdm(range(start, total), desc=guard.loop, initial=start, total=total):
         for name in freeze_at.get(step, ()):
             wrapped[name].frozen.fill_(True)
+            guard.statistics(step, {f"{name}'s frozen scale": wrapped[name].frozen_scales()})
         if step > last_freeze:  # extra steps: release the first position's own scale gradually
             for ln in wrapped.values():
                 ln.first_mix.fill_((step - last_freeze) / s.extra_steps)
         idx = torch.randint(len(ids), (s.batch_size,), generator=batch_generator(seed, step))
-        m = mask[idx]
-        width = int(m.sum(1).max())
-        b_ids, b_mask = ids[idx, :width].to(device), m[:, :width].to(device)  # (B, T)
-        set_token_mask(wrapped, b_mask)  # scales averaged over real tokens only
-        loss = token_losses(model(input_ids=b_ids, attention_mask=b_mask).logits, b_ids, b_mask).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        curve.append({"step": step, "loss": loss.item(), "n_frozen": sum(bool(w.frozen) for w in wrapped.values())})
+        loss = _lnfree_step(model, wrapped, ids[idx], mask[idx], device, opt, guard, step)
+        curve.append({"step": step, "loss": loss, "n_frozen": sum(bool(w.frozen) for w in wrapped.values())})
         if checkpoint_dir and (step + 1) % s.checkpoint_every == 0 and step + 1 < total:
             save_checkpoint(checkpoint_dir, {**{f"model/{k}": v for k, v in model.state_dict().items()},
                                              **optimizer_tensors(opt, param_names)},
@@ -277,6 +272,30 @@ def finetune_lnfree(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, 
     schedule = [{"step": step, "layernorm": name, "frozen_std": float(wrapped[name].avg_std)}
                 for step, group in sorted(freeze_at.items()) for name in group]
     return model, wrapped, curve, schedule
+
+
+def _lnfree_guard(s, freeze: bool, checkpoint_dir: Path | None) -> DivergenceGuard:
+    fix = (f"lower weights.lnfree.lr (now {s.lr}), raise weights.lnfree.gap (now {s.gap}) or lower "
+           f"weights.lnfree.norms_per_step (now {s.norms_per_step}); scale_stat={s.scale_stat!r} "
+           "('max' where the mean overflows)")
+    return DivergenceGuard("LayerNorm removal" if freeze else "fine-tune control (LN kept)", fix,
+                           checkpoint_file(checkpoint_dir) if checkpoint_dir else None)
+
+
+def _lnfree_step(model, wrapped: dict[str, FrozenScaleNorm], ids: torch.Tensor, mask: torch.Tensor,
+                 device: torch.device, opt: torch.optim.Optimizer, guard: DivergenceGuard, step: int) -> float:
+    """One fine-tuning step on the batch ``ids``/``mask`` (B, T); returns its loss. Stops (through
+    ``guard``) at a non-finite loss or gradient before the weights are updated."""
+    width = int(mask.sum(1).max())
+    b_ids, b_mask = ids[:, :width].to(device), mask[:, :width].to(device)  # (B, T)
+    set_token_mask(wrapped, b_mask)  # scales averaged over real tokens only
+    loss = token_losses(model(input_ids=b_ids, attention_mask=b_mask).logits, b_ids, b_mask).mean()
+    value = guard.loss(step, loss)
+    opt.zero_grad()
+    loss.backward()
+    guard.gradients(step, (p for group in opt.param_groups for p in group["params"]))
+    opt.step()
+    return value
 
 
 class LNFreeResult(StudyResult):
