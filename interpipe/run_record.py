@@ -1,7 +1,7 @@
 """The run record: what one stage execution was, written as ``run.json`` beside its ``metrics.json``.
 
 It says what ran (stage, study, model and its origin, tasks, method, seed, the resolved-config hash),
-on what (git revision and whether the tree was dirty, library versions, device, dtype) and what it
+on what (git revision and whether tracked source files differed from it, ``dvc.lock`` aside, library versions, device, dtype) and what it
 cost (wall seconds of the whole process including imports, CPU seconds, peak resident memory).
 ``stage_seconds`` in ``metrics.json`` counts the library call alone; ``wall_seconds`` here counts the
 process from its start, which is what a pipeline run waits for.
@@ -17,9 +17,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from interpipe.runtime import git, git_revision
+from interpipe.runtime import changed_source_files, git_revision
 
 LIBRARIES = ("torch", "transformers", "transformer-lens", "interpipe")
+MAX_CHANGED_SHOWN = 20  # changed source files listed in run.json (git_dirty counts them all)
 
 
 def config_hash(config: dict) -> str:
@@ -71,12 +72,13 @@ def run_identity(*, stage: str, study: str, model: dict, config: dict, seed: int
 
     Stages hand it to the library, whose results keep it as their ``info``.
     """
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    changed = changed_source_files()
     return {
         "stage": stage, "study": study, "model": model, "tasks": list(tasks or []), "method": method,
         "setting": setting, "overrides": list(overrides or []), "multirun": multirun,
         "seed": seed, "config_hash": config_hash(config),
-        "git_revision": git_revision(), "git_dirty": None if dirty is None else bool(dirty),
+        "git_revision": git_revision(), "git_dirty": None if changed is None else bool(changed),
+        "git_changed_files": (changed or [])[:MAX_CHANGED_SHOWN],
         "libraries": library_versions(), "device": device, "dtype": dtype, "argv": sys.argv[1:],
     }
 

@@ -43,10 +43,14 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}") from None
 
 
-def git(*args: str) -> str | None:
-    """The stripped output of ``git <args>`` in the working directory, or None when git fails."""
+# What a pipeline run rewrites itself (DVC's lock files): a change there says nothing about the code that ran.
+RUN_WRITTEN = ("dvc.lock",)
+
+
+def git(*args: str, cwd: str | os.PathLike | None = None) -> str | None:
+    """The stripped output of ``git <args>`` in ``cwd`` (default: the working directory), or None when git fails."""
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -55,3 +59,15 @@ def git(*args: str) -> str | None:
 def git_revision() -> str | None:
     """The current git commit of the working directory, or None outside a repository."""
     return git("rev-parse", "HEAD") or None
+
+
+def changed_source_files(cwd: str | os.PathLike | None = None) -> list[str] | None:
+    """Tracked files of the whole repository that differ from its commit (staged or not), leaving out
+    what a run rewrites itself (:data:`RUN_WRITTEN`, at any depth); None outside a repository.
+
+    Untracked files are left out: outputs are ignored, and a new file a stage imports is a dep in
+    ``dvc.yaml`` whose hash DVC records.
+    """
+    excluded = [f":(top,exclude,glob)**/{name}" for name in RUN_WRITTEN]
+    out = git("diff", "--name-only", "HEAD", "--", ":(top)", *excluded, cwd=cwd)
+    return None if out is None else out.splitlines()

@@ -52,6 +52,7 @@ class Report:
         out: dict[str, float] = {
             "n_runs": len(self.records), "n_rows": len(self.results), "n_studies": len(self.tables),
             "n_figures": sum(len(v) for v in self.figures.values()),
+            "n_runs_changed_source": sum(r.source_changed for r in self.records),
         }
         for study, table in self.tables.items():
             out[f"{study}/n_rows"] = len(table.frame)
@@ -133,7 +134,8 @@ def collect(settings: ReportSettings, repo: str | Path = ".", env: Mapping[str, 
         file = re.sub(r"[^A-Za-z0-9_.=-]+", "_", rel.split("/", 1)[-1].replace("/", "__"))
         figures.setdefault(study, []).append({"caption": rel, "png": png, "width": width, "height": height,
                                               "thumbnail": thumb, "file": file, "headline": headline})
-    info = {"revision": revision_info(repo, env), "cards": model_cards(repo / settings.models_dir)}
+    revision = {**revision_info(repo, env), "changed_source_runs": sorted({r.run_dir for r in records if r.source_changed})}
+    info = {"revision": revision, "cards": model_cards(repo / settings.models_dir)}
     return Report(results=results, tables=study_tables(results, settings), records=records,
                   figures=figures, n_hidden=hidden, info=info, headlines=collect_headlines(repo, settings),
                   key_tables=collect_key_tables(repo, settings))

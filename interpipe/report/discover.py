@@ -70,6 +70,7 @@ class RunRecord:
     config_hash: str
     metrics: dict[str, Any] = field(default_factory=dict)
     mtime: float = 0.0  # of metrics.json; the latest run wins in comparison tables
+    source_changed: bool = False  # run.json's git_dirty: tracked source files differed from the commit
 
 
 @dataclass
@@ -218,7 +219,7 @@ def _identify_by_record(folder: Path, home: Path, record: dict, repo: Path, sett
     return RunRecord(
         run_dir=_run_dir(folder, repo),
         study=settings.study_of(stage), stage=stage, model=model, method=method, task=task, setting=setting,
-        config_hash=str(record.get("config_hash") or ""),
+        config_hash=str(record.get("config_hash") or ""), source_changed=bool(record.get("git_dirty")),
     )
 
 

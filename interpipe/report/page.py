@@ -12,12 +12,13 @@ import base64
 import hashlib
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
 from interpipe.headline import format_number
 from interpipe.report.compare import KEYS, StudyTable
+from interpipe.run_record import MAX_CHANGED_SHOWN
+from interpipe.runtime import changed_source_files, git
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -39,17 +40,22 @@ nav a { margin-right: 1rem; }
 figure { margin: 0; max-width: 440px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .75rem; color: #555; word-break: break-all; }
 figure.key { max-width: 680px; } figure.thumb { max-width: 240px; } .headline table td { white-space: nowrap; }
+.warn { color: #8a4b00; }
 details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 </style>
 </head>
 <body>
 <header>
 <h1>{{ title }}</h1>
-<p class="muted">git {{ revision.git_commit }}{% if revision.git_dirty %} (uncommitted changes){% endif %}
+<p class="muted">git {{ revision.git_commit }}{% if revision.git_dirty %} (uncommitted changes to
+{{ revision.get("git_changed_files", []) | join(", ") }}){% endif %}
 {% if revision.git_branch %} on {{ revision.git_branch }}{% endif %}
 &middot; dvc.lock {{ revision.dvc_lock or "absent" }}
 {% if revision.dvc_exp_name %}&middot; experiment {{ revision.dvc_exp_name }}{% endif %}
 &middot; {{ n_runs }} runs, {{ n_rows }} results</p>
+{% if revision.get("changed_source_runs") %}<p class="warn">{{ revision.changed_source_runs | length }} of
+{{ n_runs }} runs were made from source files that differed from their commit (their run.json: git_dirty,
+git_changed_files): {{ revision.changed_source_runs | join(", ") }}</p>{% endif %}
 <nav>{% for s in studies %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}<a href="#models">models</a></nav>
 <h2 id="models">Models</h2>
 {% if cards %}<div class="scroll"><table>
@@ -103,14 +109,6 @@ CARD_COLUMNS = ["name", "source", "kind", "architecture", "revision", "n_params"
                 "d_model", "d_vocab", "n_ctx", "dtype", "seconds"]
 
 
-def _git(repo: Path, *args: str) -> str:
-    try:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def revision_info(repo: str | Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Git commit/branch/dirty state, the hash of ``dvc.lock`` and the DVC experiment, if any.
 
@@ -120,10 +118,11 @@ def revision_info(repo: str | Path, env: Mapping[str, str] | None = None) -> dic
     repo = Path(repo)
     env = env or {}
     lock = repo / "dvc.lock"
+    changed = changed_source_files(repo) or []
     return {
-        "git_commit": _git(repo, "rev-parse", "--short=12", "HEAD") or "(no commit)",
-        "git_branch": _git(repo, "rev-parse", "--abbrev-ref", "HEAD"),
-        "git_dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no")),
+        "git_commit": git("rev-parse", "--short=12", "HEAD", cwd=repo) or "(no commit)",
+        "git_branch": git("rev-parse", "--abbrev-ref", "HEAD", cwd=repo) or "",
+        "git_dirty": bool(changed), "git_changed_files": changed[:MAX_CHANGED_SHOWN],
         "dvc_lock": hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.exists() else "",
         "dvc_exp_name": env.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline": env.get("DVC_EXP_BASELINE_REV", ""),
