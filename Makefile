@@ -12,15 +12,22 @@ DEV_STAMP := $(VENV)/.installed-dev
 # configuration, so pip's find-links and extra indexes (files and PIP_* variables: where a local CPU
 # build of torch lies) are passed on; unsafe-best-match is pip's own rule (every index is equal).
 # Without uv (`make INSTALLER=pip`), pip does the same installs.
-PIP_LINKS := $(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-PIP_INDEXES := $(sort $(PIP_EXTRA_INDEX_URL) $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null))
+# (read from `pip config list`, which shows each setting as pip resolves it from all its files; `pip config
+# get` finds only some of them)
+pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^\(global\|install\)\.$(1)='\(.*\)'$$/\2/p")
+PIP_LINKS := $(sort $(PIP_FIND_LINKS) $(call pip_setting,find-links))
+PIP_INDEXES := $(sort $(PIP_EXTRA_INDEX_URL) $(call pip_setting,extra-index-url))
+# Nor does uv read pip's certificate setting: a CA bundle pip is told of (PIP_CERT, or `pip config set
+# global.cert ...`, as behind a corporate proxy) is handed to uv as SSL_CERT_FILE, unless that is set already.
+PIP_CERT_FILE := $(or $(PIP_CERT),$(lastword $(call pip_setting,cert)))
+UV_CERT := $(if $(and $(PIP_CERT_FILE),$(if $(SSL_CERT_FILE),,set)),SSL_CERT_FILE=$(PIP_CERT_FILE) )
 INSTALLER ?= uv
 ifeq ($(INSTALLER),uv)
 GET_INSTALLER = $(BIN)/pip install -q uv==0.13.8
 # (a find-links folder that does not exist is skipped, as pip does; uv would stop on it)
 # --compile-bytecode as pip does: without .pyc files (or where PYTHONDONTWRITEBYTECODE is set) every
 # stage process compiles torch's and transformers' sources again (about 3 s a stage, 28 stages)
-INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode \
+INSTALL = $(UV_CERT)$(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode \
 	$(foreach l,$(PIP_LINKS),$(if $(or $(findstring ://,$(l)),$(wildcard $(l))),--find-links $(l))) \
 	$(foreach i,$(PIP_INDEXES),--extra-index-url $(i))
 else
