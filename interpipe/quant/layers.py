@@ -28,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Bool
 from torch import nn
@@ -131,8 +132,10 @@ class QuantLinear(nn.Module):
         return self._qweight
 
     def set_range(self, x_min: Tensor, x_max: Tensor) -> None:
-        """The calibrated range of this layer's (shifted) input, for static activation grids."""
-        self.x_min, self.x_max = x_min.to(self.weight), x_max.to(self.weight)
+        """The calibrated range of this layer's (shifted) input, for static activation grids (kept in
+        float32 on the weight's device: the grid's scale is computed from it)."""
+        device = self.weight.device
+        self.x_min, self.x_max = x_min.to(device, torch.float32), x_max.to(device, torch.float32)
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:

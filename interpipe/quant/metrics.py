@@ -125,7 +125,8 @@ class EndMetrics:
                 for batch in batches:
                     batch, hidden, head = self._hidden(model, batch, tokens)
                     last = batch.attention_mask.sum(1) - 1  # (batch,) last real position
-                    last_logits.append(head(hidden[torch.arange(len(last)), last]).float().cpu())  # (batch, vocab)
+                    examples = torch.arange(len(last), device=last.device)  # (batch,)
+                    last_logits.append(head(hidden[examples, last]).float().cpu())  # (batch, vocab)
                 logits = torch.cat(last_logits)  # (n, vocab)
                 raw[f"pred/{task}"] = logits.argmax(-1)
                 answers = self.tasks[task][1]

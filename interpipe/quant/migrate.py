@@ -41,7 +41,7 @@ from torch import nn
 
 from interpipe.quant.arch import Arch, Pair, get_module, is_conv1d, linear_weight
 from interpipe.quant.calibrate import Calibration
-from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
+from interpipe.quant.fake import ActSpec, WeightSpec, compute_dtype, quantize_activation, quantize_weight
 from interpipe.quant.observers import Observer
 from interpipe.quant.recipe import ShortcutRestore
 from interpipe.typing import Float, Tensor
@@ -128,13 +128,17 @@ class Migration:
 def smoothquant_scales(act_absmax: Float[Tensor, "d"], weights: list[Tensor], alpha: float = 0.5) -> Float[Tensor, "d"]:
     """SmoothQuant's ``s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha)`` (weights ``[out, in]``).
 
-    Both maxima are clamped at 1e-5 as in the reference implementation.
+    Both maxima are clamped at 1e-5 as in the reference implementation. The scales lie on the weights'
+    device (the activation maximum comes from the calibration statistics, on the CPU) in float32, or
+    float64 when either input is.
 
     >>> smoothquant_scales(torch.tensor([4.0, 1.0]), [torch.tensor([[1.0, 4.0]])], alpha=0.5)
     tensor([2.0000, 0.5000])
     """
-    w_absmax = torch.cat([w.abs() for w in weights], dim=0).amax(dim=0).clamp(min=1e-5)  # (d,)
-    return (act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
+    work = compute_dtype(torch.promote_types(act_absmax.dtype, weights[0].dtype))
+    w_absmax = torch.cat([w.detach().abs().to(work) for w in weights], dim=0).amax(dim=0).clamp(min=1e-5)  # (d,)
+    a_absmax = act_absmax.to(device=w_absmax.device, dtype=work).clamp(min=1e-5)  # (d,)
+    return (a_absmax.pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
 
 
 @torch.no_grad()

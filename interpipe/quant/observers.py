@@ -85,12 +85,14 @@ def static_range(ex_min: Tensor, ex_max: Tensor, kind: str, per_channel: bool = 
 
     With a migration the input's channels become ``(x - shift) / scale`` (``scale > 0`` keeps each
     channel's order), so the migrated range follows from the unmigrated calibration pass:
-    exact at full precision, where migration leaves every other input unchanged.
+    exact at full precision, where migration leaves every other input unchanged. The arithmetic is
+    float64 on the ranges' device (the calibration statistics'), wherever ``shift`` and ``scale`` live.
     """
     lo, hi = ex_min.double(), ex_max.double()  # (n_examples, d)
     if scale is not None:
-        z = torch.zeros_like(scale) if shift is None else shift
-        lo, hi = (lo - z.double()) / scale.double(), (hi - z.double()) / scale.double()
+        s = scale.to(lo)  # (d,)
+        z = torch.zeros_like(s) if shift is None else shift.to(lo)  # (d,)
+        lo, hi = (lo - z) / s, (hi - z) / s
     if not per_channel:
         lo, hi = lo.amin(dim=-1), hi.amax(dim=-1)  # (n_examples,)
     obs = Observer(kind)

@@ -124,8 +124,8 @@ class ActQuantizer:
 
     def quantize(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         shifted = x if self.shift is None else x - self.shift.to(x)  # (..., d_in) what the quantizer sees
-        lo = None if self.x_min is None else self.x_min.to(x)
-        hi = None if self.x_max is None else self.x_max.to(x)
+        lo = None if self.x_min is None else self.x_min.to(x.device)  # float32: the grid's scale comes from it
+        hi = None if self.x_max is None else self.x_max.to(x.device)
         return quantize_activation(shifted, self.spec, lo, hi)
 
     def __call__(self, module: nn.Module, args: tuple):

@@ -158,6 +158,17 @@ def lnfree_architecture(model):
     return spec
 
 
+def require_float32(model, lr: float) -> None:
+    """Refuse to fine-tune a half-precision model, before any work: the weights are the optimiser's own
+    parameters, and a bfloat16 weight ``w`` moves only in steps of about ``2^-8 |w|``, so AdamW's steps of
+    about ``lr`` vanish in the rounding (GPT-2's lr of 6e-5 against weights of ~0.1)."""
+    dtype = next(model.parameters()).dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        raise ValueError(f"the lnfree study fine-tunes every weight of the model, and in {str(dtype).split('.')[-1]} "
+                         f"AdamW's steps (about lr={lr:g}) fall below the weights' rounding step (2^-8 of each "
+                         f"weight in bfloat16), so most updates would be lost; use dtype=float32 for lnfree")
+
+
 def layernorm_schedule(model) -> list[str]:
     """Norm module paths in removal order: each block's MLP norm, each block's attention norm, the final norm."""
     spec = lnfree_architecture(model)
@@ -314,12 +325,13 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
     """Remove every norm of ``loaded`` by fine-tuning; save the LN-free folder; compare it, reloaded
     with stock ``transformers``, with the original and the LN-kept control.
 
-    Refuses unsupported architectures (naming the ``model_type``) before any work.
+    Refuses unsupported architectures (naming the ``model_type``) and half-precision models before any work.
     """
     import pandas as pd
 
     from interpipe.weights.lnfree_eval import compare_models, headline_frame, task_list
 
+    require_float32(loaded.model, s.lr)
     spec = lnfree_architecture(loaded.model)
     tasks = task_list(data_root, s.tasks)
     train, valid, ids, mask = _corpus(loaded, data_root, s)

@@ -161,12 +161,25 @@ def test_real_minilm_migration_is_exact_and_finds_channel_99(tmp_path, data_root
 
 @pytest.mark.gpu
 def test_grid_runs_on_cuda(toy_folder, data_root, tmp_path):
+    """The grid on CUDA: every migration still exact, and RTN / SmoothQuant measure what they do on the CPU.
+
+    CUDA and CPU may round an entry at a bin edge differently (one grid step, a few entries in 10^3,
+    tests/quant/test_fake.py), which moves the losses by far less than 1e-3 relative and the mean SQNR
+    by far less than 0.5 dB. OS+ is held to its exactness only: a near-tie of its threshold search may
+    pick another threshold on the other device.
+    """
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     s = QuantSettings(bits=["w8a8"], calib_samples=8, eval_samples=8, probe_samples=8, osplus_steps=4,
                       save_migrated=False, calib_seeds=[0])
-    study = run_quantize(s, toy_folder, data_root, tmp_path / "out", device="cuda")
-    assert all(r.metrics.get("equiv_rel_diff", 0.0) < 1e-4 for r in study.settings)
+    on_cuda = run_quantize(s, toy_folder, data_root, tmp_path / "cuda", device="cuda")
+    on_cpu = {r.name: r.metrics for r in run_quantize(s, toy_folder, data_root, tmp_path / "cpu").settings}
+    assert all(r.metrics.get("equiv_rel_diff", 0.0) < 1e-4 for r in on_cuda.settings)
+    for r in (r for r in on_cuda.settings if r.method in ("rtn", "smoothquant")):
+        cpu = on_cpu[r.name]
+        assert r.metrics["fp_loss"] == pytest.approx(cpu["fp_loss"], rel=1e-4)
+        assert r.metrics["loss"] == pytest.approx(cpu["loss"], rel=1e-3)
+        assert r.metrics["sqnr_mean_db"] == pytest.approx(cpu["sqnr_mean_db"], abs=0.5)
 
 
 def test_massive_activation_summary_by_hand():
