@@ -65,8 +65,17 @@ def _from_gguf(req: BuildRequest):
 
 def build_model(req: BuildRequest, data_root: str | Path, out_dir: str | Path, device: str = "cpu",
                 dtype: str = "float32") -> dict:
-    """Write the canonical folder for ``req`` into ``out_dir``; return summary metrics."""
+    """Write the canonical folder for ``req`` into ``out_dir``; return summary metrics.
+
+    The toy is always trained in float32; a model fine-tuned here (``finetune_task``) must be loaded
+    in float32 too (refused otherwise, before any work): in half precision AdamW's steps fall below
+    the weights' rounding step and most updates are lost.
+    """
     out_dir = Path(out_dir)
+    if req.finetune_task and dtype != "float32":
+        raise ValueError(f"model.finetune_task={req.finetune_task!r} fine-tunes every weight, and in dtype={dtype} most "
+                         "AdamW updates fall below the weights' rounding step; build it with dtype=float32 (studies "
+                         "can load the saved folder in bfloat16)")
     if req.source == "toy":
         from datasets import load_from_disk
 

@@ -32,7 +32,8 @@ class TalkingHeadsSettings:
     n_inhibition_prompts: int = 32  # selection prompts the inhibition scores are measured on (the first ones)
     edit_candidates: int = 2  # components with the largest inhibition scores tried as edits
     edit_scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 3.0])  # alpha grid; 1 = no edit (wins ties)
-    select_lengths: list[int] = field(default_factory=lambda: [6, 7, 8])  # failing lengths the receiver and edit are chosen at (the toy trains on 2-5)
+    select_lengths: list[int] = field(default_factory=lambda: [6, 7, 8])  # lengths of the selection prompts (the toy trains on 2-5)
+    failing_accuracy: float = 0.8  # selection lengths below this unedited accuracy are the failing ones the edit is chosen at
     n_select: int = 48  # selection prompts, spread over select_lengths (own generation seed)
     test_lengths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])  # held-out lengths accuracy is reported at
     n_test_per_length: int = 32  # held-out prompts per length (another seed; no key shared with selection or training)
@@ -43,6 +44,8 @@ class TalkingHeadsSettings:
                   inhibition_components=self.inhibition_components,
                   n_inhibition_prompts=self.n_inhibition_prompts, edit_candidates=self.edit_candidates,
                   n_select=self.n_select, n_test_per_length=self.n_test_per_length, batch_size=self.batch_size)
+        if not 0 < self.failing_accuracy <= 1:
+            raise ValueError(f"weights.talking_heads.failing_accuracy={self.failing_accuracy} must be in (0, 1]")
         if self.max_senders < 0:
             raise ValueError(f"weights.talking_heads.max_senders={self.max_senders} must be >= 0 (0 = all)")
         if not self.edit_scales or any(s < 0 for s in self.edit_scales):

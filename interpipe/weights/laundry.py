@@ -61,14 +61,29 @@ def laundry_positions(tokenizer, prompt: str, answer: str) -> tuple[int, list[in
     return answer_pos, every, first
 
 
+def taken_items(prompt: str) -> list[str]:
+    """The items a Laundry List prompt takes out again (every list item but the kept one), in order.
+
+    >>> taken_items("The bag has a cup , a key and a box . I took out the box and the cup and kept the")
+    ['box', 'cup']
+    """
+    items = _item_words()
+    return [w for w in prompt.split(" . ", 1)[-1].split(" ") if w in items]
+
+
 class LaundryBatch:
     """Encoded Laundry List prompts: ids (batch, pos), final positions, answer ids, list lengths,
-    the kept item's position and masks (batch, pos) of the repeated items' mentions."""
+    the kept item's position and masks (batch, pos) of the repeated items' mentions; ``foils``
+    (batch, max taken) the taken-out items' answer-token ids, ``foil_mask`` where they are real."""
 
     def __init__(self, tokenizer, model, rows: list[dict]):
-        self.rows = rows
+        self.rows, self.tokenizer, self.model = rows, tokenizer, model
         self.ids, _, self.last = encode_prompts(tokenizer, [r["prompt"] for r in rows], context_length(model))
         self.answers = torch.tensor([answer_token_id(tokenizer, r["answer"]) for r in rows])
+        taken = [[answer_token_id(tokenizer, w) for w in taken_items(r["prompt"])] for r in rows]
+        width = max(map(len, taken), default=0)
+        self.foils = torch.tensor([t + [0] * (width - len(t)) for t in taken], dtype=torch.long).reshape(len(rows), width)
+        self.foil_mask = torch.tensor([[True] * len(t) + [False] * (width - len(t)) for t in taken]).reshape(len(rows), width)
         self.lengths = torch.tensor([int(r["n_items"]) for r in rows])
         pos = [laundry_positions(tokenizer, r["prompt"], r["answer"]) for r in rows]
         self.answer_pos = torch.tensor([p[0] for p in pos])
@@ -77,6 +92,10 @@ class LaundryBatch:
         for i, (_, every, first) in enumerate(pos):
             self.repeated[i, every] = True
             self.repeated_first[i, first] = True
+
+    def subset(self, keep: torch.Tensor) -> "LaundryBatch":
+        """The prompts where the boolean ``keep`` (batch,) holds, as a batch of their own."""
+        return LaundryBatch(self.tokenizer, self.model, [r for r, k in zip(self.rows, keep.tolist()) if k])
 
 
 def laundry_rows(lengths: list[int], n_per_length: int, seed_name: str, exclude: set[str] = frozenset(),
@@ -187,3 +206,13 @@ def hf_final_logits(model, batch: LaundryBatch, batch_size: int) -> torch.Tensor
 def correct(logits: torch.Tensor, batch: LaundryBatch) -> torch.Tensor:
     """Per-prompt correctness (batch,) as floats: the top final-position token is the kept item."""
     return (logits.argmax(-1) == batch.answers).float()
+
+
+def item_margin(logits: torch.Tensor, batch: LaundryBatch) -> torch.Tensor:
+    """Per-prompt logit difference (batch,), float32: the kept item's logit minus the largest logit of
+    the items taken out. Continuous where accuracy moves in steps of one prompt; positive when the kept
+    item beats every listed distractor (the task's own foils)."""
+    logits = logits.float()  # (batch, d_vocab)
+    answer = logits.gather(1, batch.answers[:, None])[:, 0]  # (batch,)
+    foils = logits.gather(1, batch.foils).masked_fill(~batch.foil_mask, float("-inf"))  # (batch, max taken)
+    return answer - foils.max(1).values

@@ -70,11 +70,13 @@ def plot_talking_heads(result) -> dict:
     acc = acc[acc["group"].astype(str).str.startswith("len")]
     n_items = acc["group"].str[3:].astype(int).to_numpy()
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for k, (column, style) in enumerate((("before", "o-"), ("weight_edit", "s--"), ("activation_edit", "x:"))):
+    variants = (("before", "o-"), ("weight_edit", "s--"), ("activation_edit", "x:"), ("random_component", "d-."))
+    for k, (column, style) in enumerate(v for v in variants if v[0] in acc):
         y = acc[column].to_numpy()
         err = np.stack([y - acc[f"{column}_ci_low"].to_numpy(), acc[f"{column}_ci_high"].to_numpy() - y])
-        ax.errorbar(n_items + (k - 1) * 0.08, y, yerr=err, fmt=style, capsize=3, label=column.replace("_", " "))
-    for n in result.info["settings"]["select_lengths"]:
+        label = "random component (floor)" if column == "random_component" else column.replace("_", " ")
+        ax.errorbar(n_items + (k - 1.5) * 0.08, y, yerr=err, fmt=style, capsize=3, label=label)
+    for n in result.info.get("failing_lengths", result.info["settings"]["select_lengths"]):
         ax.axvspan(n - 0.4, n + 0.4, color="tab:red", alpha=0.06, lw=0)
     ax.set_xlabel("list length (items; shaded: failing lengths the edit was chosen at)")
     ax.set_ylabel("held-out accuracy (95 % CI)"), ax.set_ylim(-0.02, 1.02)

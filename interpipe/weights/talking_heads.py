@@ -60,9 +60,8 @@ from tqdm.auto import tqdm
 from interpipe.components import Component
 from interpipe.weights.common import out_projection
 from interpipe.weights.result import StudyResult
-from interpipe.weights.laundry import LaundryBatch, correct, laundry_forward, laundry_rows, run_laundry
-
-VARIANTS = ("before", "activation_edit", "weight_edit")
+from interpipe.weights.laundry import LaundryBatch, correct, item_margin, laundry_forward, laundry_rows, run_laundry
+from interpipe.weights.talking_heads_tables import accuracy_table, headline_frame, summary_metrics
 
 
 def scale_component_hook(alpha: float, head: int, read: torch.Tensor, write: torch.Tensor):
@@ -179,30 +178,54 @@ def pick_receiver(model, spec, batch: LaundryBatch, batch_size: int) -> tuple[Co
 
 def choose_edit(model, spec, weights, comps, inhibition, select: LaundryBatch, base_logits: torch.Tensor, scales,
                 n_candidates: int, batch_size: int):
-    """Try each scale on the ``n_candidates`` most inhibiting components (selection prompts,
-    ``base_logits`` their logits without an edit). ``alpha = 1`` needs no forward (it is the
-    unedited model). Returns the trials (DataFrame, best first: highest selection accuracy, then
-    ``alpha = 1``, then the smallest change ``|log alpha|``) and the selection accuracy without an edit."""
+    """Try each scale on the ``n_candidates`` most inhibiting components, scored on the selection
+    prompts ``select`` (``base_logits`` their logits without an edit) by the mean item margin — the kept
+    item's logit minus the largest taken-out item's (:func:`~interpipe.weights.laundry.item_margin`):
+    continuous, so trials differ where top-1 accuracy moves in steps of one prompt. ``alpha = 1`` needs no
+    forward (the unedited model). Returns the trials (DataFrame, best first: highest margin, then
+    ``alpha = 1``, then the smallest change ``|log alpha|``; accuracy listed beside) and the unedited
+    model's selection scores ``{"accuracy", "margin"}``."""
     import pandas as pd
 
-    base_acc = float(correct(base_logits, select).mean())
+    base = {"accuracy": float(correct(base_logits, select).mean()), "margin": float(item_margin(base_logits, select).mean())}
     trials = []
     top = inhibition.head(n_candidates)
     candidates = [(Component.parse(sender), int(comp)) for sender, comp in zip(top["sender"], top["comp"])]
     for (sender, comp), alpha in tqdm([(c, alpha) for c in candidates for alpha in scales], desc="edit trials"):
         read, write = edit_vectors(weights, comps, sender, comp)
         if alpha == 1.0:
-            acc = base_acc
+            scores = base
         else:
             hook = scale_component_hook(alpha, sender.index, read, write)
             logits, _ = run_laundry(model, spec, select, batch_size, edits=[(sender.layer, hook)])
-            acc = float(correct(logits, select).mean())
-        trials.append({"sender": sender.name, "comp": comp, "alpha": float(alpha), "select_accuracy": acc})
+            scores = {"accuracy": float(correct(logits, select).mean()), "margin": float(item_margin(logits, select).mean())}
+        trials.append({"sender": sender.name, "comp": comp, "alpha": float(alpha), "select_margin": scores["margin"],
+                       "select_accuracy": scores["accuracy"]})
     trials = pd.DataFrame(trials)
     change = np.abs(np.log(np.maximum(trials["alpha"].to_numpy(), 1e-3)))  # alpha = 0 ranks as the largest change
     trials = trials.assign(_no_edit=(trials["alpha"] != 1.0).astype(int), _change=change)
-    trials = trials.sort_values(["select_accuracy", "_no_edit", "_change"], ascending=[False, True, True], kind="stable")
-    return trials.drop(columns=["_no_edit", "_change"]).reset_index(drop=True), base_acc
+    trials = trials.sort_values(["select_margin", "_no_edit", "_change"], ascending=[False, True, True], kind="stable")
+    return trials.drop(columns=["_no_edit", "_change"]).reset_index(drop=True), base
+
+
+def failing_lengths(select: LaundryBatch, logits: torch.Tensor, below: float) -> list[int]:
+    """The list lengths the unedited model fails, read off the selection prompts: those whose accuracy
+    is below ``below``; if none is, the one with the lowest accuracy (then the lowest item margin)."""
+    ok, margin, lengths = correct(logits, select), item_margin(logits, select), select.lengths
+    stats = {int(n): (float(ok[lengths == n].mean()), float(margin[lengths == n].mean())) for n in lengths.unique()}
+    failing = sorted(n for n, (acc, _) in stats.items() if acc < below)
+    return failing or [min(stats, key=lambda n: stats[n])]
+
+
+def random_component(edit: dict, n_heads: int, seed: int) -> dict | None:
+    """The floor of an edit: the same ``alpha`` on the same-rank component of a head drawn at random
+    (seeded) among the heads before the receiver, other than the edited one; None if there is none."""
+    sender, receiver = edit["sender"], edit["receiver"]
+    heads = [Component.head(layer, h) for layer in range(receiver.layer) for h in range(n_heads)
+             if (layer, h) != (sender.layer, sender.index)]
+    if not heads:
+        return None
+    return {**edit, "sender": heads[int(np.random.default_rng(seed).integers(len(heads)))]}
 
 
 def evaluation_prompts(data_root, s, seed: int, max_len: int, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -253,31 +276,36 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
         select_logits = run_laundry(model, spec, select, batch_size)[0]
     else:
         receiver, select_logits = pick_receiver(model, spec, select, batch_size)
+    failing = failing_lengths(select, select_logits, s.failing_accuracy)
+    at_failing = torch.isin(select.lengths, torch.tensor(failing))  # (n_select,)
     probe = LaundryBatch(tok, model, select_rows[: s.n_inhibition_prompts])
     inhibition, _ = inhibition_scores(model, spec, weights, comps, probe, receiver,
                                       min(s.inhibition_components, s.n_components), batch_size, s.max_senders)
-    trials, base_acc = choose_edit(model, spec, weights, comps, inhibition, select, select_logits, s.edit_scales,
-                                   s.edit_candidates, batch_size)
+    trials, base = choose_edit(model, spec, weights, comps, inhibition, select.subset(at_failing),
+                               select_logits[at_failing], s.edit_scales, s.edit_candidates, batch_size)
     chosen = trials.iloc[0]
     sender, comp, alpha = Component.parse(chosen["sender"]), int(chosen["comp"]), float(chosen["alpha"])
     edit = {"sender": sender, "comp": comp, "alpha": alpha, "receiver": receiver}
+    floor = random_component(edit, spec.n_heads, seed)
 
-    logits = held_out_logits(loaded, model_folder, spec, weights, comps, test, edit, batch_size, out_dir)
-    table, acc_metrics = accuracy_table(test, logits, s.select_lengths)
+    logits = held_out_logits(loaded, model_folder, spec, weights, comps, test, edit, batch_size, out_dir, floor)
+    table, acc_metrics = accuracy_table(test, logits, failing)
     metrics = {
         "receiver_layer": receiver.layer, "receiver_head": receiver.index, "edit_sender_layer": sender.layer,
         "edit_sender_head": sender.index, "edit_comp": comp, "edit_alpha": alpha, "edit_applied": int(alpha != 1.0),
-        "select_accuracy_before": base_acc, "select_accuracy_after": float(chosen["select_accuracy"]),
-        "n_select": len(select_rows), "n_test": len(test_rows),
+        "select_accuracy_before": base["accuracy"], "select_accuracy_after": float(chosen["select_accuracy"]),
+        "select_margin_before": base["margin"], "select_margin_after": float(chosen["select_margin"]),
+        "n_select": len(select_rows), "n_select_failing": int(at_failing.sum()), "n_test": len(test_rows),
         **acc_metrics, **summary_metrics(channels, inhibition, weights, logits),
     }
     tensors = {"ov_out": comps.ov_out, "ov_s": comps.ov_s, "qk_s": comps.qk_s, "ov_in": comps.ov_in,
                "qk_q": comps.qk_q, "qk_k": comps.qk_k}
     info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "edit": written_edit(edit),
+            "failing_lengths": failing, "random_component": written_edit(floor) if floor else None,
             "architecture": spec.to_dict(),
             "top_channel": " ".join(str(channels[c].iloc[0]) for c in ("mode", "sender", "sender_comp", "receiver", "receiver_comp"))}
     tables = {"top_channels": channels, "head_composition": pairs, "inhibition": inhibition, "edit_trials": trials,
-              "laundry_accuracy": table, "headline": headline_frame(loaded.card.name, metrics, s.select_lengths)}
+              "laundry_accuracy": table, "headline": headline_frame(loaded.card.name, metrics, failing)}
     return TalkingHeadsResult(metrics, tables, tensors, info)
 
 
@@ -287,11 +315,12 @@ def written_edit(edit: dict) -> dict:
 
 
 def held_out_logits(loaded, model_folder, spec, weights, comps, test: LaundryBatch, edit: dict, batch_size: int,
-                    out_dir) -> dict[str, torch.Tensor]:
+                    out_dir, floor: dict | None = None) -> dict[str, torch.Tensor]:
     """Final-position logits (batch, d_vocab) on the held-out prompts: before, with the activation edit,
-    and with the weight edit — the latter from the saved folder reloaded with stock
-    ``AutoModelForCausalLM.from_pretrained`` when ``out_dir`` is given (else from the edited copy).
-    ``edit``: ``sender`` and ``receiver`` heads, ``comp`` and ``alpha``."""
+    with the weight edit — the latter from the saved folder reloaded with stock
+    ``AutoModelForCausalLM.from_pretrained`` when ``out_dir`` is given (else from the edited copy) — and,
+    given a ``floor`` (:func:`random_component`), with its activation edit. ``edit``: ``sender`` and
+    ``receiver`` heads, ``comp`` and ``alpha``."""
     import copy
 
     from interpipe.models import describe, save_model_folder
@@ -299,12 +328,16 @@ def held_out_logits(loaded, model_folder, spec, weights, comps, test: LaundryBat
     model = loaded.model
     sender, comp, alpha = edit["sender"], edit["comp"], edit["alpha"]
     before = run_laundry(model, spec, test, batch_size)[0]
-    if alpha == 1.0:  # no edit won the selection: both edits are the identity
-        act = before
-    else:
-        read, write = edit_vectors(weights, comps, sender, comp)
-        hook = scale_component_hook(alpha, sender.index, read, write)
-        act = run_laundry(model, spec, test, batch_size, edits=[(sender.layer, hook)])[0]
+
+    def activation_edit(head: Component) -> torch.Tensor:
+        if alpha == 1.0:  # no edit won the selection: every edit is the identity
+            return before
+        read, write = edit_vectors(weights, comps, head, comp)
+        hook = scale_component_hook(alpha, head.index, read, write)
+        return run_laundry(model, spec, test, batch_size, edits=[(head.layer, hook)])[0]
+
+    act = activation_edit(sender)
+    floor_logits = {} if floor is None else {"random_component": activation_edit(floor["sender"])}
     edited = copy.deepcopy(model)
     apply_weight_edit(edited, spec, comps, sender, comp, alpha)
     if out_dir is not None:
@@ -315,7 +348,7 @@ def held_out_logits(loaded, model_folder, spec, weights, comps, test: LaundryBat
         del edited
         edited = load_stock(folder)
     weight = before if alpha == 1.0 and out_dir is None else run_laundry(edited, spec, test, batch_size)[0]
-    return {"before": before, "activation_edit": act, "weight_edit": weight}
+    return {"before": before, "activation_edit": act, "weight_edit": weight, **floor_logits}
 
 
 def load_stock(folder):
@@ -323,79 +356,3 @@ def load_stock(folder):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-
-
-def accuracy_table(test: LaundryBatch, logits: dict[str, torch.Tensor], failing: list[int]):
-    """Held-out accuracy by length for every variant with bootstrap intervals over prompts, and the
-    paired gain of each edit over ``before`` at each length and pooled over the ``failing`` lengths.
-    Returns (tidy DataFrame, flat metrics)."""
-    import pandas as pd
-
-    from interpipe.stats import bootstrap, to_metrics
-
-    paired = lambda a, b: float(np.mean(a - b))  # noqa: E731
-    ok = {k: correct(v, test).numpy() for k, v in logits.items()}  # (batch,) each
-    lengths = test.lengths.numpy()
-    groups = [(f"len{n}", lengths == n) for n in sorted(set(lengths.tolist()))]
-    groups += [("all", np.ones_like(lengths, dtype=bool)), ("failing", np.isin(lengths, failing))]
-    rows, metrics = [], {}
-    for name, sel in groups:
-        if not sel.any():
-            continue
-        row = {"group": name, "n": int(sel.sum())}
-        for k in VARIANTS:
-            iv = bootstrap(ok[k][sel])
-            metrics.update(to_metrics(f"accuracy_{name}_{k}", iv))
-            row.update({k: iv.estimate, f"{k}_ci_low": iv.low, f"{k}_ci_high": iv.high})
-        for k in VARIANTS[1:]:
-            iv = bootstrap(ok[k][sel], ok["before"][sel], statistic=paired)
-            metrics.update(to_metrics(f"gain_{name}_{k}", iv))
-            row.update({f"gain_{k}": iv.estimate, f"gain_{k}_ci_low": iv.low, f"gain_{k}_ci_high": iv.high})
-        rows.append(row)
-    if "gain_failing_weight_edit" in metrics:
-        metrics["gain_failing_real"] = int(metrics["gain_failing_weight_edit_ci_low"] > 0)  # paired interval above 0
-    return pd.DataFrame(rows), metrics
-
-
-def headline_frame(model: str, metrics: dict, failing: list[int]):
-    """The quoted numbers: held-out accuracy at the failing lengths after the weight edit (baseline:
-    the unedited model), the paired gain there (baseline 0), and accuracy over all lengths."""
-    import pandas as pd
-
-    rows = []
-    for group in ("failing", "all"):
-        for variant in VARIANTS[1:]:
-            key = f"accuracy_{group}_{variant}"
-            if key in metrics:
-                rows.append({"model": model, "task": "laundry_list", "method": variant, "metric": f"accuracy_{group}",
-                             "value": metrics[key], "ci_low": metrics[key + "_ci_low"], "ci_high": metrics[key + "_ci_high"],
-                             "baseline": "unedited model", "baseline_value": metrics[f"accuracy_{group}_before"],
-                             "note": f"failing lengths {list(failing)}" if group == "failing" else "every held-out length"})
-        key = f"gain_{group}_weight_edit"
-        if key in metrics:
-            rows.append({"model": model, "task": "laundry_list", "method": "weight_edit", "metric": f"gain_{group}",
-                         "value": metrics[key], "ci_low": metrics[key + "_ci_low"], "ci_high": metrics[key + "_ci_high"],
-                         "baseline": "no change", "baseline_value": 0.0, "note": "paired over the same held-out prompts"})
-    return pd.DataFrame(rows)
-
-
-def summary_metrics(channels, inhibition, weights, logits: dict) -> dict:
-    """Top channel against its random baseline, inhibition, weight vs activation edit agreement."""
-    from scipy import stats
-
-    from interpipe.weights.composition import random_baseline
-
-    metrics = {
-        "top_channel_score": float(channels["score"].iloc[0]),
-        "random_pair_baseline": random_baseline(weights.W_O.shape[-1]),
-        "inhibition_top": float(inhibition["inhibition"].iloc[0]),
-        "inhibition_top_first_mention": float(inhibition["inhibition_first_mention"].iloc[0]),
-        "edit_max_logit_gap": float((logits["weight_edit"] - logits["activation_edit"]).abs().max()),  # ~0 expected
-    }
-    if len(inhibition) >= 2:
-        r_q = stats.pearsonr(inhibition["Q_composition"], inhibition["inhibition"])
-        rho_q = stats.spearmanr(inhibition["Q_composition"], inhibition["inhibition"])
-        for name, value in (("pearson", r_q.statistic), ("spearman", rho_q.statistic)):
-            if math.isfinite(float(value)):  # undefined for constant scores
-                metrics[f"inhibition_vs_q_composition_{name}"] = float(value)
-    return metrics

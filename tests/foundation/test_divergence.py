@@ -180,3 +180,12 @@ def test_layernorm_removal_stops_at_a_non_finite_frozen_scale(tiny_toy_folder, m
     n_norms = len(lr.layernorm_schedule(loaded.model))
     with pytest.raises(TrainingDiverged, match=f"diverged at step {n_norms}: non-finite statistic .*frozen scale = nan"):
         lr.finetune_lnfree(loaded.model, ids, mask, s, seed=0)
+
+
+def test_a_half_precision_finetune_is_refused_before_any_work(tmp_path):
+    from interpipe.models.build import BuildRequest, build_model
+
+    req = BuildRequest(name="minilm-sentiment", source="minilm", kind="sequence_classifier", finetune_task="sentiment")
+    with pytest.raises(ValueError, match="build it with dtype=float32"):
+        build_model(req, tmp_path / "no-data", tmp_path / "out", dtype="bfloat16")
+    assert not (tmp_path / "out").exists()

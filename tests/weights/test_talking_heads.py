@@ -97,8 +97,45 @@ def test_selection_and_held_out_prompts_are_disjoint(data_root, tiny_loaded):
     assert {r["n_items"] for r in select[:2]} == {5, 6}  # interleaved: the inhibition probe mixes lengths
 
 
-def test_no_edit_wins_ties(setup, tiny_loaded):
-    """alpha = 1 costs no forward and is chosen whenever no edit beats it on the selection prompts."""
+def test_item_margin_is_the_kept_items_lead_over_every_taken_out_item(tiny_loaded):
+    from interpipe.models.tokens import answer_token_id
+    from interpipe.weights.laundry import item_margin
+
+    tok = tiny_loaded.tokenizer
+    rows = [{"prompt": "The bag has a cup , a key and a box . I took out the cup and the box and kept the",
+             "answer": "key", "n_items": 3},
+            {"prompt": "The bag has a cup and a key . I took out the cup and kept the", "answer": "key", "n_items": 2}]
+    batch = LaundryBatch(tok, tiny_loaded.model, rows)
+    key, cup, box = (answer_token_id(tok, w) for w in ("key", "cup", "box"))
+    logits = torch.zeros(2, tiny_loaded.model.config.vocab_size)
+    logits[:, key], logits[:, cup], logits[:, box] = 3.0, 1.0, 2.5  # box is no foil of the second prompt
+    logits[:, 0] = 9.0  # a token that is no list item: not a foil
+    assert item_margin(logits, batch).tolist() == pytest.approx([0.5, 2.0])
+    assert batch.foil_mask.tolist() == [[True, True], [True, False]]
+
+
+@pytest.fixture
+def planted_edits(monkeypatch):
+    """Edits with a known effect: a trial's logits put the kept item ``-(alpha - 2)^2`` above the best
+    taken-out item on every prompt, so the item margin peaks at alpha = 2 while top-1 accuracy is
+    the same (0) for every alpha: only the continuous score can tell the trials apart."""
+    from interpipe.weights import talking_heads
+
+    monkeypatch.setattr(talking_heads, "scale_component_hook", lambda alpha, *args: alpha)
+
+    def run_laundry(model, spec, batch, batch_size, edits=(), **kwargs):
+        alpha = edits[0][1] if edits else 1.0
+        logits = torch.zeros(len(batch.rows), model.config.vocab_size)
+        logits[:, 0] = 100.0  # the top token is never the kept item: accuracy 0 everywhere
+        logits[torch.arange(len(batch.rows)), batch.foils[:, 0]] = 1.0
+        logits[torch.arange(len(batch.rows)), batch.answers] = 1.0 - (alpha - 2.0) ** 2
+        return logits, None
+
+    monkeypatch.setattr(talking_heads, "run_laundry", run_laundry)
+    return run_laundry
+
+
+def test_the_edit_with_the_largest_margin_is_chosen_where_accuracy_ties(setup, tiny_loaded, planted_edits):
     import pandas as pd
 
     from interpipe.weights.talking_heads import choose_edit
@@ -106,15 +143,49 @@ def test_no_edit_wins_ties(setup, tiny_loaded):
     _, weights, comps, batch = setup
     spec = describe_architecture(tiny_loaded.model)
     inhibition = pd.DataFrame([{"sender": "L0H1", "comp": 0}])
-    base = hf_final_logits(tiny_loaded.model, batch, 8)
-    trials, base_acc = choose_edit(tiny_loaded.model, spec, weights, comps, inhibition, batch, base,
-                                   [0.0, 1.0, 1.0 + 1e-6], 1, 8)
-    best = trials.iloc[0]
-    assert best["select_accuracy"] == trials["select_accuracy"].max()
-    no_edit = trials[trials["alpha"] == 1.0].iloc[0]
-    assert no_edit["select_accuracy"] == base_acc
-    if best["select_accuracy"] == base_acc:  # 1 + 1e-6 ties with 1 (same argmax): 1 must win
-        assert best["alpha"] == 1.0
+    base = planted_edits(tiny_loaded.model, spec, batch, 8)[0]
+    trials, before = choose_edit(tiny_loaded.model, spec, weights, comps, inhibition, batch, base,
+                                 [0.0, 1.0, 2.0, 3.0], 1, 8)
+    assert trials["select_accuracy"].tolist() == [0.0] * 4  # accuracy cannot choose
+    assert trials["alpha"].tolist()[:2] == [2.0, 1.0]  # margin 0, then -1 (alpha 1 wins the tie with 3)
+    assert trials["select_margin"].tolist() == pytest.approx([0.0, -1.0, -1.0, -4.0])
+    assert before == {"accuracy": 0.0, "margin": pytest.approx(-1.0)}
+
+
+def test_no_edit_wins_when_nothing_beats_it(setup, tiny_loaded, planted_edits):
+    import pandas as pd
+
+    from interpipe.weights.talking_heads import choose_edit
+
+    _, weights, comps, batch = setup
+    spec = describe_architecture(tiny_loaded.model)
+    base = planted_edits(tiny_loaded.model, spec, batch, 8)[0]
+    trials, _ = choose_edit(tiny_loaded.model, spec, weights, comps, pd.DataFrame([{"sender": "L0H1", "comp": 0}]),
+                            batch, base, [0.0, 1.0, 3.0], 1, 8)
+    assert trials.iloc[0]["alpha"] == 1.0  # 1 and 3 tie on the margin (-1): no edit wins ties
+
+
+def test_failing_lengths_are_read_off_the_selection_prompts(setup, tiny_loaded):
+    from interpipe.weights.talking_heads import failing_lengths
+
+    _, _, _, batch = setup  # lengths 2, 3, 4, 3
+    logits = torch.zeros(len(batch.rows), tiny_loaded.model.config.vocab_size)
+    solved = torch.tensor([True, False, True, True])  # length 3: one of two prompts right
+    logits[torch.arange(4)[solved], batch.answers[solved]] = 5.0
+    assert failing_lengths(batch, logits, below=0.8) == [3]
+    assert failing_lengths(batch, logits, below=0.4) == [3]  # none below: the worst length
+
+
+def test_the_random_floor_is_another_head_before_the_receiver_with_the_same_rank():
+    from interpipe.weights.talking_heads import random_component
+
+    edit = {"sender": Component.head(0, 1), "comp": 2, "alpha": 0.0, "receiver": Component.head(2, 0)}
+    picks = {random_component(edit, 3, seed)["sender"] for seed in range(40)}
+    assert picks == {Component.head(layer, h) for layer in (0, 1) for h in range(3)} - {Component.head(0, 1)}
+    assert random_component(edit, 3, 0)["comp"] == 2 and random_component(edit, 3, 0)["alpha"] == 0.0
+    assert random_component({**edit, "receiver": Component.head(1, 0)}, 2, 0)["sender"] == Component.head(0, 0)
+    alone = {**edit, "sender": Component.head(0, 0), "receiver": Component.head(1, 0)}
+    assert random_component(alone, 1, 0) is None  # one head before the receiver, and it is the edited one
 
 
 @pytest.mark.slow
