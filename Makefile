@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # test-only extras (pytest, playwright) get their own stamp: make run does without them
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test install clean-outputs
+.PHONY: run test install clean-outputs gpu-check
 
 # uv installs the same pinned packages several times faster than pip. It does not read pip's
 # configuration, so pip's find-links and extra indexes (files and PIP_* variables: where a local CPU
@@ -60,6 +60,11 @@ run: $(STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/pytest -q
+
+# on a machine with one CUDA GPU, after `make run`: every SmolLM2 stage on CUDA in float32 and bfloat16
+# against the CPU numbers, the benchmarks on CUDA, pytest -m gpu (pipelines/gpu_check.py says how)
+gpu-check: $(DEV_STAMP)
+	$(BIN)/python pipelines/gpu_check.py
 
 clean-outputs:
 	rm -rf outputs multirun wandb

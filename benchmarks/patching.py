@@ -3,6 +3,7 @@
     python benchmarks/patching.py                      # toy GPT-2 + GPT-2-small-shaped random model
     python benchmarks/patching.py --toy outputs/models/toy --n 16 --out bench.json
     python benchmarks/patching.py --models smollm2 --n 8   # SmolLM2-135M (outputs/models/smollm2), all 270 heads
+    python benchmarks/patching.py --models smollm2 --n 64 --device cuda --dtype bfloat16   # both sides in bf16
 
 For each model, the same IOI prompts (one token length, as TransformerLens needs) are patched
 clean → corrupted with ``interpipe.circuits`` and with ``transformer_lens.patching``'s
@@ -98,8 +99,11 @@ def one_length_batch(bridge, rows: list[dict]):
     return make_batch(bridge, *fields([r for r, n in zip(kept, lengths) if n == common]))
 
 
+AGREE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}  # max |ours - TL| of the normalised metric per dtype
+
+
 def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device: str, tl_cells: int,
-                heads_only: bool = False) -> list[dict]:
+                heads_only: bool = False, dtype: str = "float32") -> list[dict]:
     import itertools
 
     import numpy as np
@@ -108,7 +112,7 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
 
     from interpipe.circuits import load_bridge, patch_head_out_all_pos, patch_resid_pre, task_metric
 
-    bridge = load_bridge(folder, device=device)
+    bridge = load_bridge(folder, device=device, dtype=dtype)  # one bridge: both sides run in the same dtype
     batch = one_length_batch(bridge, rows)
     metric = task_metric(bridge, batch)
     rows_idx = torch.arange(batch.size, device=batch.answer_pos.device)
@@ -147,7 +151,8 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
         row = {"model": name, "grid": label, "cells": cells, "tl_cells": len(index), "prompts": batch.size,
                "pos": batch.n_pos, "shared_prefix": batch.shared_prefix(), "ours_s": t_ours,
                "transformer_lens_s": t_tl, "ours_examples_per_s": cells * batch.size / t_ours,
-               "tl_examples_per_s": len(index) * batch.size / t_tl, "max_abs_diff": diff, "agree": diff < 1e-4,
+               "tl_examples_per_s": len(index) * batch.size / t_tl, "max_abs_diff": diff, "agree": diff < AGREE[dtype],
+               "dtype": dtype,
                "max_abs_value": float(picked.abs().max())}  # the compared values are not all zero
         row["speedup"] = row["ours_examples_per_s"] / row["tl_examples_per_s"]
         print(f"{name:18s} {label:34s} cells={cells:4d} (TL {len(index):4d}) ours {row['ours_examples_per_s']:9.1f} ex/s  "
@@ -168,6 +173,7 @@ def main() -> None:
     parser.add_argument("--tl-cells", type=int, default=24,
                         help="cells TransformerLens runs on the larger models (0: all; the toy always runs all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(AGREE), help="both sides load the model in it")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     CLOCK = time.perf_counter if args.device.startswith("cuda") else time.process_time
@@ -196,7 +202,7 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown model {name!r}: use toy, gpt2-small-shape or smollm2")
             results += bench_model(name, folder, rows, args.repeats, args.device, 0 if name == "toy" else args.tl_cells,
-                                   heads_only=name == "smollm2")
+                                   heads_only=name == "smollm2", dtype=args.dtype)
     print(f"clock: {'wall' if CLOCK is time.perf_counter else 'process CPU'} time; torch threads: {torch.get_num_threads()}")
     for r in results:
         print(f"  {r['model']:18s} {r['grid']:34s} speedup {r['speedup']:.1f}x (target >= 5x)  agree={r['agree']}")

@@ -83,10 +83,22 @@ def run_identity(*, stage: str, study: str, model: dict, config: dict, seed: int
     }
 
 
+def peak_gpu_memory_mb() -> float | None:
+    """Peak memory torch allocated on CUDA devices in this process, in MiB (summed over devices); None
+    where CUDA was never used."""
+    torch = sys.modules.get("torch")  # not imported here: a stage that never loaded torch used no GPU
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
+
+
 def run_costs() -> dict:
-    """What the execution cost so far: process wall and CPU seconds, peak resident memory."""
+    """What the execution cost so far: process wall and CPU seconds, peak resident memory (and peak
+    GPU memory where CUDA was used)."""
     wall, cpu = process_seconds()
-    return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}
+    gpu = peak_gpu_memory_mb()
+    return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_memory_mb": round(peak_memory_mb(), 1),
+            **({} if gpu is None else {"peak_gpu_memory_mb": round(gpu, 1)})}
 
 
 def build_run_record(identity: dict) -> dict:
@@ -94,5 +106,5 @@ def build_run_record(identity: dict) -> dict:
     return {**identity, **run_costs()}
 
 
-__all__ = ["build_run_record", "config_hash", "library_versions", "model_origin", "peak_memory_mb", "run_costs",
-           "run_identity"]
+__all__ = ["build_run_record", "config_hash", "library_versions", "model_origin", "peak_gpu_memory_mb", "peak_memory_mb",
+           "run_costs", "run_identity"]
