@@ -1,10 +1,12 @@
-"""Stage `quantize`: outliers and RTN / SmoothQuant / OS+ over bits and calibration seeds on one model.
+"""Stage `quantize`: outliers and RTN / SmoothQuant / OS+ / GPTQ / LLM.int8() / QuaRot over bits and seeds on one model.
 
     python -m stages.quantize model=minilm hydra.run.dir=outputs/quantize/minilm
     python -m stages.quantize model=toy quantize.methods=[osplus] quantize.bits=[w4a4]
     python -m stages.quantize model=smollm2 quantize=smollm2 hydra.run.dir=outputs/quantize/smollm2
     python -m stages.quantize model=minilm quantize=grid     # every method x bits x seed
     python -m stages.quantize experiment=quantize_paper model=smollm2   # paper scale
+    python -m stages.quantize model=smollm2 quantize=smollm2_gpu   # every method, 128 texts x 5 seeds (one GPU)
+    python -m stages.quantize model=toy 'quantize.methods=[rtn,gptq,llmint8]' quantize.act_granularity=per_token_dynamic
     python -m stages.quantize -m experiment=quantize_ablations model=minilm   # alpha x calibration size
     python -m stages.quantize model=toy quantize.export=[osplus-w6a6]   # also writes outputs/models/toy-osplus-w6a6
 """

@@ -8,7 +8,8 @@ range of any migrated input without another pass) and which channels are the top
 (for the stability of outlier channels across examples), and per token the largest |x| over
 channels (the massive activations at the first token and at delimiters).
 For the Outlier Suppression+ search it also keeps the raw LayerNorm outputs of every
-migration pair.
+migration pair, and for GPTQ the Hessian ``2 X^T X / n`` of every quantized input
+(:class:`~interpipe.quant.gptq.HessianAccumulator`, float64, non-padding tokens).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interpipe.quant.arch import Arch, get_module
+from interpipe.quant.gptq import HessianAccumulator
 from interpipe.quant.observers import example_ranges
 from interpipe.typing import Float, Tensor
 
@@ -157,18 +159,21 @@ class Calibration:
     n_examples: int
     n_tokens: int
     batches: list[TextBatch] = field(default_factory=list)  # the calibration batches (token ids for the token statistics)
+    hessians: dict = field(default_factory=dict)  # input name -> HessianAccumulator (keep_hessians only)
 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, arch: Arch, batches: list[TextBatch], device, top_k: int = 5,
-              keep_pair_inputs: bool = False) -> Calibration:
-    """One full-precision pass over ``batches`` recording :class:`ChannelStats` at every input."""
+              keep_pair_inputs: bool = False, keep_hessians: bool = False) -> Calibration:
+    """One full-precision pass over ``batches`` recording :class:`ChannelStats` at every input (and, with
+    ``keep_hessians``, GPTQ's Hessian of every input)."""
     inputs: dict[str, list[str]] = {}
     for t in arch.targets:
         inputs.setdefault(t.hook, []).append(t.module)
     pair_hooks = {p.hook for p in arch.pairs}
     stats: dict[str, ChannelStats] = {}
     kept: dict[str, list] = {h: [] for h in pair_hooks} if keep_pair_inputs else {}
+    hessians = {h: HessianAccumulator() for h in inputs} if keep_hessians else {}
     current = {"mask": None}
     handles = []
 
@@ -180,6 +185,8 @@ def calibrate(model: nn.Module, arch: Arch, batches: list[TextBatch], device, to
             stats[hook_name].add(x, current["mask"])
             if hook_name in kept:
                 kept[hook_name].append((x.cpu(), current["mask"].cpu()))
+            if hook_name in hessians:
+                hessians[hook_name].add(token_rows(x, current["mask"]))  # (n_tokens, d) non-padding rows
         return hook
 
     for hook_name, modules in inputs.items():
@@ -193,4 +200,5 @@ def calibrate(model: nn.Module, arch: Arch, batches: list[TextBatch], device, to
         for h in handles:
             h.remove()
     n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
-    return Calibration(stats, inputs, kept, sum(b.input_ids.shape[0] for b in batches), n_tokens, list(batches))
+    return Calibration(stats, inputs, kept, sum(b.input_ids.shape[0] for b in batches), n_tokens, list(batches),
+                       hessians)

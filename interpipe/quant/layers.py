@@ -17,6 +17,11 @@ A linear behind a bias-free norm migrated by OS+ is given an input shift ``delta
 quantizer then sees ``x - delta`` (its range is that of ``x - delta``) and the output is
 ``Q(W) Q(x - delta) + b + W delta``, equal to the layer's at full precision.
 
+With a ``threshold`` (LLM.int8(), :mod:`~interpipe.quant.int8`) the input dimensions of an example that
+exceed it are multiplied in full precision and the rest on the grids; the layer counts how many it
+decomposed (``decomposed_share``). A weight quantized elsewhere (GPTQ, :mod:`~interpipe.quant.gptq`)
+is given with :meth:`QuantLinear.set_qweight`.
+
 The local error counts non-padding tokens only: every wrapper of one model shares one
 :class:`TokenMask`, which holds the batch's mask only inside ``with tokens.covering(batch.mask):``;
 a wrapper tracking its error outside such a block raises instead of counting padding.
@@ -36,6 +41,7 @@ from torch import nn
 from interpipe.quant.arch import get_module, is_conv1d, linear_weight, set_module
 from interpipe.quant.calibrate import token_rows
 from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation, quantize_weight
+from interpipe.quant.int8 import int8_linear
 from interpipe.typing import Float, Tensor
 
 MODES = ("fp", "quant")
@@ -104,7 +110,7 @@ class QuantLinear(nn.Module):
     """A fake-quantized ``nn.Linear`` / ``Conv1D`` (weight ``[out, in]`` internally)."""
 
     def __init__(self, inner: nn.Module, name: str, kind: str, w_spec: WeightSpec, a_spec: ActSpec,
-                 tokens: TokenMask, input_shift: Float[Tensor, "d_in"] | None = None):
+                 tokens: TokenMask, input_shift: Float[Tensor, "d_in"] | None = None, threshold: float | None = None):
         super().__init__()
         w_spec.check_layer(name, linear_weight(inner).shape[1])
         self.inner, self.name, self.kind = inner, name, kind
@@ -117,6 +123,13 @@ class QuantLinear(nn.Module):
         self._qweight: Tensor | None = None
         shift = input_shift.to(self.weight) if input_shift is not None else None
         self.register_buffer("input_shift", shift, persistent=False)  # (d_in,): the quantizer sees x - delta
+        self.threshold = threshold  # LLM.int8(): input dimensions with any |x| above it stay in full precision
+        self.decomposed = [0, 0]  # LLM.int8(): decomposed (example, dimension) pairs, and all of them
+
+    @property
+    def decomposed_share(self) -> float:
+        """Share of input dimensions LLM.int8() kept in full precision, over the examples seen (NaN if none)."""
+        return self.decomposed[0] / self.decomposed[1] if self.decomposed[1] else float("nan")
 
     @property
     def weight(self) -> Float[Tensor, "d_out d_in"]:
@@ -130,6 +143,12 @@ class QuantLinear(nn.Module):
         if self._qweight is None:
             self._qweight = quantize_weight(self.weight.detach(), self.w_spec)
         return self._qweight
+
+    def set_qweight(self, qweight: Float[Tensor, "d_out d_in"]) -> None:
+        """Use ``qweight`` (already on the weight grid, e.g. from GPTQ) instead of rounding the weight."""
+        if qweight.shape != self.weight.shape:
+            raise ValueError(f"{self.name}: quantized weight {tuple(qweight.shape)} != weight {tuple(self.weight.shape)}")
+        self._qweight = qweight.detach().to(self.weight)
 
     def set_range(self, x_min: Tensor, x_max: Tensor) -> None:
         """The calibrated range of this layer's (shifted) input, for static activation grids (kept in
@@ -146,8 +165,14 @@ class QuantLinear(nn.Module):
         if self.mode == "fp":
             return self.inner(x)
         shifted = x if self.input_shift is None else x - self.input_shift  # (..., d_in) what the quantizer sees
-        xq = quantize_activation(shifted, self.a_spec, self.x_min, self.x_max)
-        out = F.linear(xq, self.qweight(), self.bias)  # (..., d_out)
+        if self.threshold is not None:
+            out, dims = int8_linear(shifted, self.weight.detach(), self.qweight(), self.bias, self.a_spec,
+                                    self.threshold, self.tokens.mask)  # (..., d_out), (batch, 1, d_in)
+            self.decomposed[0] += int(dims.sum())
+            self.decomposed[1] += dims.numel()
+        else:
+            xq = quantize_activation(shifted, self.a_spec, self.x_min, self.x_max)
+            out = F.linear(xq, self.qweight(), self.bias)  # (..., d_out)
         if self.input_shift is not None:
             out = out + self.weight.detach() @ self.input_shift  # + W delta (d_out,): what the shift took out
         if self.track_error:
@@ -157,17 +182,18 @@ class QuantLinear(nn.Module):
 
 
 def wrap_layers(model: nn.Module, targets: list, w_spec: WeightSpec, a_spec: ActSpec, tokens: TokenMask, *,
-                input_shifts: Mapping[str, Tensor]) -> dict[str, QuantLinear]:
+                input_shifts: Mapping[str, Tensor], threshold: float | None = None) -> dict[str, QuantLinear]:
     """Replace every target linear by a :class:`QuantLinear` (in place); returns them by path.
 
     ``input_shifts`` (module path -> ``delta``, the ``Migration.input_shifts`` of an OS+ migration;
-    empty without one) gives the linears behind a bias-free norm their input shift.
+    empty without one) gives the linears behind a bias-free norm their input shift; ``threshold``
+    makes every layer LLM.int8()'s decomposed multiplication.
     """
     wrapped: dict[str, QuantLinear] = {}
     for target in targets:
         inner = get_module(model, target.module)
         layer = QuantLinear(inner, target.module, target.kind, w_spec, a_spec, tokens,
-                            input_shifts.get(target.module))
+                            input_shifts.get(target.module), threshold)
         set_module(model, target.module, layer)
         wrapped[target.module] = layer
     return wrapped

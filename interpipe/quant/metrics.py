@@ -246,4 +246,6 @@ def layer_errors(reference: dict[str, list[torch.Tensor]], quantized: dict[str, 
                      "local_mse": layer.local.mse, "local_sqnr_db": layer.local.sqnr_db,
                      "act_min": float(layer.x_min.min()) if layer.x_min is not None else float("nan"),
                      "act_max": float(layer.x_max.max()) if layer.x_max is not None else float("nan")})
+        if layer.threshold is not None:  # LLM.int8(): share of input dimensions kept in full precision
+            rows[-1]["decomposed_share"] = layer.decomposed_share
     return rows

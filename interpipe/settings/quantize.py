@@ -6,12 +6,18 @@ import re
 from dataclasses import dataclass, field
 
 MIGRATIONS = ("smoothquant", "osplus", "osplus_shift", "osplus_scale")  # osplus_shift/_scale: OS+ ablations
-METHODS = ("rtn",) + MIGRATIONS
+WEIGHT_METHODS = ("gptq",)  # weights calibrated by GPTQ (Frantar et al. 2022), activations as RTN
+DECOMPOSED = ("llmint8",)  # LLM.int8() (Dettmers et al. 2022): vector-wise grids + outlier dimensions in 16 bits
+ROTATIONS = ("quarot", "quarot_gptq")  # QuaRot (Ashkboos et al. 2024) rotation, then RTN / GPTQ weights
+GPTQ_METHODS = ("gptq", "quarot_gptq")  # the methods whose weights GPTQ quantizes
+METHODS = ("rtn",) + MIGRATIONS + WEIGHT_METHODS + DECOMPOSED + ROTATIONS
+NO_EXPORT = DECOMPOSED + ROTATIONS  # per-input decomposition / online Hadamard: not in the exported recipe yet
 ABLATIONS = ("osplus_shift", "osplus_scale")  # OS+ with only its shift / only its scale
 LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")  # quantizable linears: q/k/v, attention output, MLP in/out, heads
 MIN_BITS, MAX_BITS = 2, 16  # 16 bits means "not quantized" (the papers' W16 / A16: FP16)
 W_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 A_GRANULARITIES = ("per_tensor_static", "per_channel_static", "per_token_dynamic")
+ACT_OVERRIDES = ("protocol",) + A_GRANULARITIES  # protocol: the activation grid of quantize.protocol
 OBSERVERS = ("minmax", "avg_minmax")
 PROTOCOLS = ("paper", "fine", "custom")
 _BITS = re.compile(r"^w(\d+)a(\d+)$")
@@ -108,6 +114,11 @@ class QuantSettings:
     save_migrated: bool = True  # write the migrated FP model of every migration setting (first seed)
     export: list[str] = field(default_factory=list)  # <method>-<bits> settings written as model folders <model>-<method>-<bits>
 
+    act_granularity: str = "protocol"  # activation granularity on every protocol (protocol = the protocol's own)
+    int8_threshold: float = 6.0  # LLM.int8(): input dimensions with any |x| above this stay in 16 bits (paper: 6.0)
+    gptq_block_size: int = 128  # GPTQ: columns quantized per lazy batch update (official 128)
+    gptq_percdamp: float = 0.01  # GPTQ: dampening lambda = percdamp * mean(diag H) (official 0.01)
+
     def __post_init__(self) -> None:
         from interpipe.data.prepare import ALL_TASKS
 
@@ -122,7 +133,9 @@ class QuantSettings:
             parse_bits(tag)
         for tag in (*self.spread_bits, *self.ablation_bits):  # entries outside quantize.bits select nothing
             parse_bits(tag)
+        self._check_new_methods()
         for key, value, allowed in (("protocol", self.protocol, PROTOCOLS), ("observer", self.observer, OBSERVERS),
+                                    ("act_granularity", self.act_granularity, ACT_OVERRIDES),
                                     ("w_granularity", self.w_granularity, W_GRANULARITIES),
                                     ("a_granularity", self.a_granularity, A_GRANULARITIES)):
             if value not in allowed:
@@ -147,17 +160,47 @@ class QuantSettings:
                 raise ValueError(f"quantize.export entry {name!r} is not a setting this run measures; "
                                  f"use <method>-<bits> from quantize.methods x quantize.bits: {run} (or [] for none)")
 
-    def grid_of(self, tag: str) -> Grid:
-        """The grid of bits setting ``tag`` under this protocol."""
-        if self.protocol == "paper":
-            return paper_grid(tag)
-        if self.protocol == "fine":  # where OS+ reports most of its LLM gains: fine-grained both sides
-            return Grid("per_group", False, "per_token_dynamic", False)
-        return Grid(self.w_granularity, self.w_symmetric, self.a_granularity, self.a_symmetric)
+    def _check_new_methods(self) -> None:
+        """The LLM.int8() and GPTQ settings, and the exports those methods cannot have."""
+        if self.int8_threshold <= 0:
+            raise ValueError(f"quantize.int8_threshold={self.int8_threshold} must be > 0 (the paper: 6.0)")
+        if self.gptq_block_size < 1 or not 0.0 < self.gptq_percdamp < 1.0:
+            raise ValueError(f"quantize.gptq_block_size={self.gptq_block_size} must be >= 1 and quantize.gptq_percdamp="
+                             f"{self.gptq_percdamp} must lie in (0, 1) (official: 128, 0.01)")
+        for name in self.export:
+            if name.split("-")[0] in NO_EXPORT:
+                raise ValueError(f"quantize.export entry {name!r} cannot be exported as a model folder: the "
+                                 "recipe holds neither LLM.int8()'s per-input 16-bit dimensions nor QuaRot's online Hadamard; "
+                                 "export rtn, gptq or a migration")
 
-    def tag_of(self, tag: str) -> str:
-        """Folder tag of bits setting ``tag``: the protocol name, or the grid for ``custom``."""
-        return self.protocol if self.protocol != "custom" else granularity_tag(self.grid_of(tag), self.group_size)
+    def grid_of(self, tag: str, method: str | None = None) -> Grid:
+        """The grid of bits setting ``tag`` under this protocol (and ``act_granularity``) for ``method``.
+
+        LLM.int8() has its own grid on every protocol: vector-wise, i.e. symmetric per output row of the
+        weight and per token of the activation (Dettmers et al. 2022, Section 3.1).
+        """
+        if method in DECOMPOSED:
+            return Grid("per_channel", True, "per_token_dynamic", True)
+        if self.protocol == "paper":
+            grid = paper_grid(tag)
+        elif self.protocol == "fine":  # where OS+ reports most of its LLM gains: fine-grained both sides
+            grid = Grid("per_group", False, "per_token_dynamic", False)
+        else:
+            grid = Grid(self.w_granularity, self.w_symmetric, self.a_granularity, self.a_symmetric)
+        if self.act_granularity == "protocol":
+            return grid
+        return Grid(grid.w_granularity, grid.w_symmetric, self.act_granularity, grid.a_symmetric)
+
+    def tag_of(self, tag: str, method: str | None = None) -> str:
+        """Folder tag of bits setting ``tag``: the protocol name (``vectorwise`` for LLM.int8()), or the grid
+        for ``custom``; an ``act_granularity`` override adds its activation tag (``paper-apertoken``)."""
+        if method in DECOMPOSED:
+            return f"vectorwise-t{self.int8_threshold:g}"
+        if self.protocol == "custom":
+            return granularity_tag(self.grid_of(tag), self.group_size)
+        if self.act_granularity == "protocol":
+            return self.protocol
+        return f"{self.protocol}-aper{self.act_granularity.split('_')[1]}"  # e.g. paper-apertoken
 
     def seeds_of(self, tag: str) -> list[int]:
         """Calibration seeds run at bits ``tag``: all of them on ``spread_bits`` (all bits when empty), else the first."""
