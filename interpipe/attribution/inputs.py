@@ -8,6 +8,11 @@ The causal-LM protocol. In a causal LM ``LogAt(x_i)`` is the target's logit *aft
 position first by construction. By default (``scored_position="exclude"``) it is kept out of
 ranking and removal, as the paper keeps [CLS] out for its classifiers: the scored position is
 where the output is read, not evidence for it, and removing it would move the read-out itself.
+By default (``causal_target="contrast"``) the scored output is the answer's logit minus the
+foil's (``foil_ids``: the task's competing word, by the one answer rule
+:func:`interpipe.models.tokens.answer_token_id`), as contrastive attribution does (Yin & Neubig,
+"Interpreting Language Models with Contrastive Explanations", EMNLP 2022); ``"answer"`` scores
+the answer alone (``foil_ids`` all -1).
 ``"rank"`` ranks and removes it like any other token (the earlier behaviour). Either way every
 method still scores it, and integrated gradients still integrates over it. Everything that can be wrong with
 an input (empty rows, empty prompts, prompts longer than the model, an answer the tokenizer
@@ -41,10 +46,13 @@ class Batch:
     gold_ids: Int[Tensor, "batch"]  # correct answer token or label, for accuracy
     tokens: list[list[str]] = field(default_factory=list)  # unpadded token strings
     attributable: Bool[Tensor, "batch pos"] | None = None  # real, non-special tokens (eligible plus a kept-out scored position)
+    foil_ids: Int[Tensor, "batch"] | None = None  # contrastive target: the foil whose logit is subtracted; -1 = none
 
     def __post_init__(self) -> None:
         if self.attributable is None:
             self.attributable = self.eligible.clone()
+        if self.foil_ids is None:
+            self.foil_ids = torch.full_like(self.target_ids, -1)
 
     def __len__(self) -> int:
         return len(self.example_ids)
@@ -58,23 +66,28 @@ class Batch:
                        input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
                        eligible=pick(self.eligible), cue_mask=pick(self.cue_mask), score_pos=pick(self.score_pos),
                        target_ids=pick(self.target_ids), gold_ids=pick(self.gold_ids),
-                       tokens=[self.tokens[i] for i in idx], attributable=pick(self.attributable))
+                       tokens=[self.tokens[i] for i in idx], attributable=pick(self.attributable),
+                       foil_ids=pick(self.foil_ids))
 
     def to(self, device: torch.device | str) -> "Batch":
         move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "eligible", "cue_mask",
-                                                          "score_pos", "target_ids", "gold_ids", "attributable")}
+                                                          "score_pos", "target_ids", "gold_ids", "attributable", "foil_ids")}
         return replace(self, **move)
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target: str = "predicted",
-                scored_position: str = "exclude") -> Batch:
+                scored_position: str = "exclude", causal_target: str = "answer") -> Batch:
     """Encode task records (``interpipe.data`` fields) into one right-padded :class:`Batch`.
 
     ``kind`` is ``causal_lm`` (target = the answer token at the last prompt position) or
     ``sequence_classifier`` (target = the predicted class, or ``label`` when ``target="label"``).
     ``scored_position`` (causal LMs): ``exclude`` keeps the predicting position out of ranking
-    and removal, ``rank`` treats it as any token (see the module docstring).
+    and removal, ``rank`` treats it as any token (see the module docstring). ``causal_target``
+    (causal LMs): ``contrast`` also encodes each row's ``foil`` (answer − foil logit difference),
+    ``answer`` scores the answer alone.
     """
+    if causal_target not in ("contrast", "answer"):
+        raise ValueError(f"causal_target={causal_target!r} is not one of ('contrast', 'answer')")
     if scored_position not in ("exclude", "rank"):
         raise ValueError(f"scored_position={scored_position!r} is not one of ('exclude', 'rank')")
     if kind not in ("causal_lm", "sequence_classifier"):
@@ -92,9 +105,11 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, max_length: int, target:
             bad = [rows[b]["example_id"] for b in torch.nonzero(~eligible.any(1)).flatten().tolist()]
             raise ValueError(f"examples {bad} have no token besides the scored position; "
                              f"use longer prompts or attribute.scored_position=rank")
+    foils = _foils(tokenizer, rows, gold) if kind == "causal_lm" and causal_target == "contrast" else None
     return Batch(example_ids=[str(r["example_id"]) for r in rows], tasks=[str(r.get("task", "")) for r in rows],
                  input_ids=input_ids, attention_mask=attention, eligible=eligible, cue_mask=cue,
-                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens, attributable=attributable)
+                 score_pos=score_pos, target_ids=targets, gold_ids=gold, tokens=tokens, attributable=attributable,
+                 foil_ids=foils)
 
 
 def _tokenize(tokenizer, rows: list[dict], max_length: int) -> tuple[list, list[list[str]]]:
@@ -141,3 +156,16 @@ def _targets(tokenizer, rows: list[dict], kind: str, target: str, lengths: torch
     if target == "label" and (gold < 0).any():
         raise ValueError("attribute.target=label needs labelled rows (label >= 0); use a classification task")
     return score_pos, gold, gold.clone() if target == "label" else torch.full((n,), -1, dtype=torch.long)
+
+
+def _foils(tokenizer, rows: list[dict], answers: Int[Tensor, "batch"]) -> Int[Tensor, "batch"]:
+    """(batch,) each row's foil id by the answer rule; a row without a foil, or whose foil is its answer, is an error."""
+    missing = [r["example_id"] for r in rows if not str(r.get("foil") or "").strip()]
+    if missing:
+        raise ValueError(f"examples {missing[:5]} have no foil for the contrastive target; "
+                         f"use attribute.causal_target=answer or a task with foils (ioi, sva)")
+    foils = torch.tensor([answer_token_id(tokenizer, row["foil"], first_of_many=True) for row in rows])
+    same = [rows[b]["example_id"] for b in torch.nonzero(foils == answers).flatten().tolist()]
+    if same:
+        raise ValueError(f"examples {same[:5]}: the foil's first token is the answer's; the logit difference is 0")
+    return foils

@@ -8,6 +8,11 @@ for a causal LM LogAt is simply ``logits[b, i, target]`` (the LM head already ru
 position); for a classifier the head runs on every token state as if it were the pooled one.
 ``norm`` and ``logat`` are the two factors alone (the paper's ablations).
 
+With a contrastive target (causal LMs, ``causal_target=contrast``: ``batch.foil_ids``) every
+method attributes ``logit(answer) − logit(foil)`` instead of the answer's logit: LogAt becomes
+the difference of the two rows of the head (the official notebooks compute the foil's LogAt
+too), the gradient methods differentiate the difference (:func:`relative_to_foil`).
+
 Gradient baselines on the word embeddings, for the target's logit at the scored position
 (``gradient_reduction=l1`` reduces all three with the L1 norm over d_model, as the paper's code):
 
@@ -34,7 +39,7 @@ import torch
 
 from interpipe.attribution.inputs import Batch
 from interpipe.attribution.integrated import integrate_adaptive, integrate_fixed
-from interpipe.attribution.model import ScoredModel, eager_attention, input_gradients_only
+from interpipe.attribution.model import ScoredModel, eager_attention, input_gradients_only, relative_to_foil
 from interpipe.attribution.result import Attribution
 from interpipe.settings.attribute import METHODS, AttributeSettings
 from interpipe.typing import Float, Int, Tensor
@@ -82,7 +87,8 @@ def input_gradients(sm: ScoredModel, batch: Batch, targets: Int[Tensor, "batch"]
                     internal_batch_size: int) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos d_model"]]:
     """``(∇_e y, e)`` at the input for every example, ``internal_batch_size`` examples per backward.
 
-    ``y`` is the target's logit at the scored position (the engine of saliency and gradient × input).
+    ``y`` is the target's logit at the scored position, minus the foil's under a contrastive
+    target (the engine of saliency and gradient × input).
     """
     embeds = sm.embed(batch.input_ids).detach()  # (batch, pos, d_model)
     grads = []
@@ -91,6 +97,7 @@ def input_gradients(sm: ScoredModel, batch: Batch, targets: Int[Tensor, "batch"]
             sl = slice(start, start + internal_batch_size)
             x = embeds[sl].clone().requires_grad_(True)
             logits, _ = sm.forward(batch.attention_mask[sl], batch.score_pos[sl], inputs_embeds=x)
+            logits = relative_to_foil(logits, batch.foil_ids[sl])  # (chunk, n_out)
             grads.append(torch.autograd.grad(logits.gather(1, targets[sl, None]).sum(), x)[0])
     return torch.cat(grads), embeds
 
@@ -119,7 +126,10 @@ def ig_baseline(sm: ScoredModel, batch: Batch, kind: str, tokenizer=None,
 
 
 def _normxlogit_parts(sm: ScoredModel, batch: Batch, s: AttributeSettings, layerwise: bool):
-    """One forward pass: layer-0 norms ``(batch, pos)``, LogAt per layer ``(layer, batch, pos)``, targets."""
+    """One forward pass: layer-0 norms ``(batch, pos)``, LogAt per layer ``(layer, batch, pos)``, targets.
+
+    Under a contrastive target LogAt is the target's minus the foil's (both rows of the same head).
+    """
     targets = batch.target_ids
     sm.check_targets(targets)
     full_head = sm.kind == "causal_lm" and not sm.row_head  # then reuse the LM's own all-position logits
@@ -130,16 +140,26 @@ def _normxlogit_parts(sm: ScoredModel, batch: Batch, s: AttributeSettings, layer
     x0 = hidden[0] if s.norm_source == "hidden_states0" else sm.embed(batch.input_ids)
     norms = x0.norm(dim=-1)  # (batch, pos)
     layers = range(len(hidden)) if layerwise else [len(hidden) - 1]
-    logat = []
+    logat = _logat(sm, out, hidden, layers, targets, full_head)  # (layer, batch, pos)
+    contrast = batch.foil_ids >= 0  # (batch,)
+    if contrast.any():
+        foil = _logat(sm, out, hidden, layers, batch.foil_ids.clamp_min(0), full_head)  # (layer, batch, pos)
+        logat = logat - torch.where(contrast[None, :, None], foil, torch.zeros_like(foil))
+    return norms, logat, targets  # (batch, pos), (layer, batch, pos), (batch,)
+
+
+def _logat(sm: ScoredModel, out, hidden, layers, ids: Int[Tensor, "batch"], full_head: bool) -> Float[Tensor, "layer batch pos"]:
+    """The logit of ``ids`` from every token state of each of ``layers`` through the head."""
+    rows = []
     for layer in layers:
         last = layer == len(hidden) - 1
         if last and full_head:
-            index = targets[:, None, None].expand(-1, batch.input_ids.shape[1], 1)  # (batch, pos, 1)
-            logat.append(out.logits.gather(-1, index).squeeze(-1))  # (batch, pos)
+            index = ids[:, None, None].expand(-1, hidden[layer].shape[1], 1)  # (batch, pos, 1)
+            rows.append(out.logits.gather(-1, index).squeeze(-1))  # (batch, pos)
         else:
             # HF's last hidden_states entry is already through the final norm (GPT-2, Llama, NeoX)
-            logat.append(sm.target_logits(hidden[layer], targets, final=last))  # (batch, pos)
-    return norms, torch.stack(logat), targets  # (batch, pos), (layer, batch, pos), (batch,)
+            rows.append(sm.target_logits(hidden[layer], ids, final=last))  # (batch, pos)
+    return torch.stack(rows)
 
 
 def normxlogit(sm, batch, s, tokenizer=None) -> Scores:
@@ -196,7 +216,8 @@ def integrated_gradients(sm, batch, s, tokenizer=None) -> Scores:
     embeds = sm.embed(batch.input_ids).detach()  # (batch, pos, d_model)
 
     def model_fn(x, ex):  # interpolated inputs (rows, pos, d_model) of examples ex -> logits at the scored position
-        return sm.forward(batch.attention_mask[ex], batch.score_pos[ex], inputs_embeds=x)[0]
+        return relative_to_foil(sm.forward(batch.attention_mask[ex], batch.score_pos[ex], inputs_embeds=x)[0],
+                                batch.foil_ids[ex])
 
     with input_gradients_only(sm.model):
         if s.ig_method == "adaptive":

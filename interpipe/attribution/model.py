@@ -164,6 +164,21 @@ class ScoredModel:
         return self._head(hidden.reshape(b * p, d)).reshape(b, p, -1)  # (b*p, d) -> (b*p, C) -> (b, p, C)
 
 
+def relative_to_foil(logits: Float[Tensor, "batch n_out"], foils: Int[Tensor, "batch"]) -> Float[Tensor, "batch n_out"]:
+    """Each row's logits minus its foil's logit (rows whose foil is -1 unchanged).
+
+    The target's entry becomes the contrastive target ``logit(answer) − logit(foil)`` (Yin &
+    Neubig 2022), so every method that reads ``logits[target]`` attributes the difference; the
+    softmax is unchanged (a shift of all logits).
+
+    >>> relative_to_foil(torch.tensor([[1.0, 3.0], [1.0, 3.0]]), torch.tensor([1, -1]))
+    tensor([[-2.,  0.],
+            [ 1.,  3.]])
+    """
+    foil = logits.gather(1, foils.clamp_min(0)[:, None])  # (batch, 1)
+    return logits - torch.where(foils[:, None] >= 0, foil, torch.zeros_like(foil))
+
+
 @contextlib.contextmanager
 def input_gradients_only(model: torch.nn.Module) -> Iterator[None]:
     """Freeze the parameters while gradients w.r.t. the inputs are taken.

@@ -16,7 +16,11 @@ example with every method (timed), scores each method's attributions with
     <out>/rank_agreement.csv|.png          Spearman between every pair of methods
     <out>/winrate.csv                      method × metric: difference vs random, interval, win
     <out>/operators.csv                    hard metrics under every removal operator (mask|pad|delete|mean)
-    <out>/headline.csv, headline_faithfulness.png   the quoted numbers with intervals and baselines
+    <out>/references/                      the floor and the ceiling (:mod:`interpipe.attribution.bounds`)
+    <out>/headline.csv, headline_*.png     the quoted numbers with intervals and baselines: first each
+                                           method's top-k comprehensiveness between the random floor (0)
+                                           and the leave-one-out oracle (1), per task, and whether the
+                                           study is informative there; then the ratio AOPCs vs random
 
 and returns the flat summary metrics (``<method>/<metric>``) for the stage's own metrics.json.
 """
@@ -33,17 +37,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interpipe.attribution.bounds import Bounds, compute_bounds, full_cached, write_bounds
+from interpipe.attribution.figures import curve_figure, headline_figure, normalised_figure, rank_figure
 from interpipe.attribution.inputs import Batch, encode_rows
 from interpipe.attribution.methods import attribute
 from interpipe.attribution.model import ScoredModel
 from interpipe.attribution.result import Attribution
 from interpipe.settings.attribute import AttributeSettings
-from interpipe.attribution.uncertainty import (HARD_METRICS, comparisons, headline_rows, paired,
-                                               relative_gap_summary, summarise, win_table)
-from interpipe.attribution.faithfulness import faithfulness_per_example, full_probs, rank_agreement, replacement_token
+from interpipe.attribution.uncertainty import (HARD_METRICS, NORMALISED, TOP_K, bounded_rows, comparisons,
+                                               headline_rows, normalised_metrics, paired, relative_gap_summary,
+                                               summarise, win_table)
+from interpipe.attribution.faithfulness import faithfulness_per_example, rank_agreement, replacement_token
 from interpipe.stats import CI_HIGH, CI_LOW
 
-SUMMARY_KEYS = ("comprehensiveness", "sufficiency", "soft_comprehensiveness", "soft_sufficiency",
+SUMMARY_KEYS = (TOP_K, NORMALISED, "comprehensiveness", "sufficiency", "soft_comprehensiveness", "soft_sufficiency",
                 "comprehensiveness_accuracy", "sufficiency_accuracy", "plausibility_map", "cue_mass",
                 "seconds_per_example", "win_rate_vs_random", "relative_gap_median", "relative_gap_max",
                 "steps_mean", "steps_max", "converged_fraction")
@@ -64,12 +71,13 @@ def load_rows(data_root: str | Path, tasks: list[str], split: str, n_examples: i
 
 def faithfulness_by_task(sm: ScoredModel, batch: Batch, scores, targets, s: AttributeSettings, rule: str,
                          token: int | None, soft: bool = True, cache: dict | None = None,
-                         rows: list[int] | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+                         rows: list[int] | None = None, top_k: int = 0) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Per-example faithfulness metrics over the whole batch (NaN outside ``rows``), task by task.
 
     ``scores, targets`` hold the ``rows`` (default: every example) in order. ``cache`` keeps each
     task's unperturbed probabilities across methods with the same targets, and (under
     ``"memo"``) the answers for perturbed inputs, which methods, layers and operators often share.
+    ``top_k > 0`` adds the top-k removal metrics.
     """
     cache = {} if cache is None else cache
     rows = list(range(len(batch))) if rows is None else list(rows)
@@ -80,13 +88,11 @@ def faithfulness_by_task(sm: ScoredModel, batch: Batch, scores, targets, s: Attr
         idx = [r for r in rows if batch.tasks[r] == task]
         local = [where[r] for r in idx]
         sub = batch.select(idx)
-        key = (task, tuple(targets[local].tolist()), tuple(idx))
-        if key not in cache:
-            cache[key] = full_probs(sm, sub, targets[local], s.eval_batch_size)
+        full = full_cached(sm, sub, task, idx, targets[local], s.eval_batch_size, cache)
         m, curve = faithfulness_per_example(sm, sub, scores[local], targets[local], s.ratios, rule, token, seed=s.seed,
-                                            chunk=s.eval_batch_size, soft=soft, full=cache[key],
+                                            chunk=s.eval_batch_size, soft=soft, full=full,
                                             memo=cache.setdefault("memo", {}), soft_normalised=s.soft_normalised,
-                                            cue_mass=s.cue_mass)
+                                            cue_mass=s.cue_mass, top_k=top_k, soft_min_drop=s.soft_min_drop)
         for name, values in m.items():
             per.setdefault(name, np.full(len(batch), np.nan))[idx] = values
         curves += [{"task": task, **row} for row in curve]
@@ -174,27 +180,6 @@ def _operator_table(sm, batch, results: dict[str, Attribution], rows: dict[str, 
     return table
 
 
-def _headline_figure(summary: dict, model: str, methods: list[str]):
-    """Comprehensiveness and sufficiency per method with 95 % intervals; random as the dashed line."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, metric in zip(axes, ("comprehensiveness", "sufficiency")):
-        names = [m for m in methods if f"{m}/{metric}" in summary]
-        value = np.array([summary[f"{m}/{metric}"] for m in names])
-        low = value - np.array([summary[f"{m}/{metric}{CI_LOW}"] for m in names])
-        high = np.array([summary[f"{m}/{metric}{CI_HIGH}"] for m in names]) - value
-        ax.barh(range(len(names)), value, xerr=[low, high], color="tab:blue", alpha=0.7, capsize=3)
-        if f"random/{metric}" in summary:
-            ax.axvline(summary[f"random/{metric}"], color="k", ls="--", lw=1, label="random")
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        better = "higher" if metric == "comprehensiveness" else "lower"
-        ax.set_title(f"{metric} (AOPC, {better} = more faithful)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{model}: faithfulness with bootstrap 95 % intervals over examples", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
 def _heatmap_rows(tasks: list[str], n: int) -> list[int]:
     """``n`` example indices, the first of each task before the second of any."""
     by_task: dict[str, list[int]] = {}
@@ -202,43 +187,6 @@ def _heatmap_rows(tasks: list[str], n: int) -> list[int]:
         by_task.setdefault(task, []).append(i)
     order = [i for rank in range(len(tasks)) for rows in by_task.values() if rank < len(rows) for i in [rows[rank]]]
     return sorted(order[:n])
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _curve_figure(curves: dict[str, "object"], x: str, title: str):
-    """Comprehensiveness and sufficiency against ``x`` (ratio or layer), one line per method."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, frame in curves.items():
-        mean = frame.groupby(x)[["comprehensiveness", "sufficiency"]].mean()
-        for ax, key in zip(axes, ("comprehensiveness", "sufficiency")):
-            ax.plot(mean.index, mean[key], marker="o", ms=3, label=name)
-    for ax, key in zip(axes, ("comprehensiveness (higher = more faithful)", "sufficiency (lower = more faithful)")):
-        ax.set_xlabel(x)
-        ax.set_title(key, fontsize=9)
-    axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def _rank_figure(table):
-    plt = _plt()
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(table.values, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(table)), table.columns, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(table)), table.index, fontsize=7)
-    fig.colorbar(im, ax=ax, label="mean Spearman")
-    ax.set_title("rank agreement between methods", fontsize=9)
-    return fig
 
 
 @dataclass
@@ -255,6 +203,7 @@ class _Study:
     info: dict  # recorded in every result's info
     out_dir: Path
     cache: dict = field(default_factory=dict)  # unperturbed probabilities and perturbed answers, shared by the methods
+    bounds: Bounds | None = None  # the floor and the ceiling of top-k removal (top_k > 0)
 
 
 @dataclass
@@ -273,12 +222,16 @@ def run_attribute(settings: AttributeSettings, model_folder: str | Path, data_ro
     ``info`` (the run record: model origin, seed, config hash, revision) goes into every result's info.
     """
     study = _prepare(settings, model_folder, data_root, Path(out_dir), device, dtype, info or {})
+    if settings.top_k:
+        study.bounds = compute_bounds(study.sm, study.batch, settings, study.rule, study.token, study.cache)
+        write_bounds(study.bounds, study.batch, study.out_dir, _heatmap_rows(study.batch.tasks, settings.n_heatmaps),
+                     study.info)
     runs = {method: _run_method(study, method)
             for method in tqdm(settings.methods, desc=f"attribute {study.name}")}
     summary = _summarise(study, runs)
     if settings.operators:
         summary.update(_write_operators(study, runs))
-    _write_figures_and_headline(study, runs, summary)
+    summary.update(_write_figures_and_headline(study, runs, summary))
     if len(runs) > 1:
         summary.update(_write_rank_agreement(study, runs))
     return summary
@@ -296,12 +249,13 @@ def _prepare(s: AttributeSettings, model_folder, data_root, out_dir: Path, devic
         sm.require_final_norm()  # layer-wise scores need it: refuse before any work, naming the model_type
     tasks = s.causal_tasks if kind == "causal_lm" else s.classifier_tasks
     batch = encode_rows(loaded.tokenizer, load_rows(data_root, tasks, s.split, s.n_examples), kind, s.max_length,
-                        s.target, s.scored_position)
+                        s.target, s.scored_position, s.causal_target)
     sm.check_length(batch.input_ids.shape[1])
     sm.check_targets(batch.target_ids)
     rule, token = replacement_token(loaded.tokenizer, s.replacement, kind)
     settings_json = json.dumps(asdict(s), sort_keys=True)
-    info = {"model": loaded.card.name, "kind": kind, "tasks": list(tasks), "replacement": rule,
+    target = s.causal_target if kind == "causal_lm" else "probability"
+    info = {"model": loaded.card.name, "kind": kind, "tasks": list(tasks), "replacement": rule, "target": target,
             "settings": asdict(s), "settings_hash": hashlib.sha256(settings_json.encode()).hexdigest()[:12], **info}
     return _Study(s, loaded.card.name, loaded.tokenizer, sm, batch, rule, token, info, out_dir)
 
@@ -318,8 +272,10 @@ def _run_method(st: _Study, method: str) -> _MethodRun:
     result = attribute_all(st.sm, sub, method, s, st.tokenizer, {**st.info, "method": method})
     result.check_finite()  # NaN/Inf are reported as an error naming the examples, never written
     per, curve = faithfulness_by_task(st.sm, batch, result.scores, result.target_ids, s, st.rule, st.token,
-                                      cache=st.cache, rows=rows)
+                                      cache=st.cache, rows=rows, top_k=s.top_k)
     metrics = summarise(per, batch.tasks)
+    if st.bounds is not None:
+        metrics.update(normalised_metrics(per[TOP_K], st.bounds.floor, st.bounds.oracle, batch.tasks))
     metrics["n_examples_with_cues"] = int(np.isfinite(per["plausibility_map"]).sum())
     metrics.update(seconds=result.seconds, seconds_per_example=result.seconds / len(sub),
                    examples_per_second=len(sub) / max(result.seconds, 1e-9), n_examples=len(sub))
@@ -335,7 +291,7 @@ def _run_method(st: _Study, method: str) -> _MethodRun:
     if result.layer_scores is not None:
         layers = pd.DataFrame(_layerwise(st.sm, batch, result, s, st.rule, st.token, st.cache))
         write_frame(folder / "layerwise.csv", layers)
-        save_figure(_curve_figure({method: layers}, "layer", f"{method} from each layer's states (0 = embeddings)"),
+        save_figure(curve_figure({method: layers}, "layer", f"{method} from each layer's states (0 = embeddings)"),
                     folder / "layerwise.png")
     if s.n_heatmaps:
         save_figure(result.plot(_heatmap_rows(sub.tasks, s.n_heatmaps)), folder / "heatmap.png", dpi=100)
@@ -375,17 +331,41 @@ def _write_operators(st: _Study, runs: dict[str, _MethodRun]) -> dict:
     return out
 
 
-def _write_figures_and_headline(st: _Study, runs: dict[str, _MethodRun], summary: dict) -> None:
+def _write_figures_and_headline(st: _Study, runs: dict[str, _MethodRun], summary: dict) -> dict:
+    """``headline.csv`` (the bounded rows first), its figures; returns the bounded numbers for the summary."""
     import pandas as pd
 
     from interpipe.headline import FILE
     from interpipe.io import save_figure, write_frame
 
-    save_figure(_curve_figure({m: r.curve for m, r in runs.items()}, "ratio",
-                              f"{st.name}: removal curves (AOPC = mean over ratios)"), st.out_dir / "faithfulness.png")
+    save_figure(curve_figure({m: r.curve for m, r in runs.items()}, "ratio",
+                             f"{st.name}: removal curves (AOPC = mean over ratios)"), st.out_dir / "faithfulness.png")
     headline = [m for m in HEADLINE_METHODS if m in runs]
-    write_frame(st.out_dir / FILE, pd.DataFrame(headline_rows(st.name, summary, headline, st.s.ig_tolerance)))
-    save_figure(_headline_figure(summary, st.name, headline), st.out_dir / "headline_faithfulness.png")
+    bounded = []
+    if st.bounds is not None:
+        order = headline + [m for m in runs if m not in headline]
+        bounded = bounded_rows(st.name, {m: runs[m].per[TOP_K] for m in order}, st.bounds.floor, st.bounds.oracle,
+                               st.batch.tasks)
+        save_figure(normalised_figure(bounded, st.name), st.out_dir / "headline_normalised.png")
+    rows = bounded + headline_rows(st.name, summary, headline, st.s.ig_tolerance)
+    write_frame(st.out_dir / FILE, pd.DataFrame(rows))
+    save_figure(headline_figure(summary, st.name, headline), st.out_dir / "headline_faithfulness.png")
+    return _bounded_summary(bounded)
+
+
+def _bounded_summary(rows: list[dict]) -> dict:
+    """``oracle/<task>/comprehensiveness_k`` (+ interval, floor, ``informative``) for the stage's metrics."""
+    out = {}
+    for r in rows:
+        if r["method"] != "oracle" or r["metric"] != TOP_K:
+            continue
+        key = f"oracle/{r['task']}/{TOP_K}"
+        out.update({key: r["value"], key + CI_LOW: r["ci_low"], key + CI_HIGH: r["ci_high"],
+                    f"floor/{r['task']}/{TOP_K}": r["baseline_value"], f"oracle/{r['task']}/vs_floor": r["diff"],
+                    f"oracle/{r['task']}/vs_floor{CI_LOW}": r["diff_ci_low"],
+                    f"oracle/{r['task']}/vs_floor{CI_HIGH}": r["diff_ci_high"],
+                    f"oracle/{r['task']}/informative": float(r["informative"])})
+    return out
 
 
 def _write_rank_agreement(st: _Study, runs: dict[str, _MethodRun]) -> dict:
@@ -396,7 +376,7 @@ def _write_rank_agreement(st: _Study, runs: dict[str, _MethodRun]) -> dict:
     all_scores = {m: _common_scores(r.result, r.rows, common, st.batch) for m, r in runs.items()}
     table = rank_agreement(all_scores, st.batch.eligible[common])
     write_frame(st.out_dir / "rank_agreement.csv", table.reset_index(names="method"))
-    save_figure(_rank_figure(table), st.out_dir / "rank_agreement.png")
+    save_figure(rank_figure(table), st.out_dir / "rank_agreement.png")
     out = {}
     for method in all_scores:
         others = [m for m in all_scores if m not in (method, "random")]

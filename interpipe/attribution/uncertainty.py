@@ -9,6 +9,13 @@ comprehensiveness, mAP and cue mass are better; lower sufficiency is better; aft
 top tokens a lower accuracy is better (comprehensiveness), after keeping only them a higher one
 (sufficiency).
 
+Top-k comprehensiveness is also placed between a floor and a ceiling (see
+:mod:`interpipe.attribution.faithfulness.oracle`): a method's normalised score is the ratio of
+mean differences ``(mean method − mean floor) / (mean oracle − mean floor)`` over the examples
+it scored (0 = chance, 1 = the leave-one-out oracle), its interval a paired bootstrap of the three
+per-example arrays together. A study is *informative* on a task only where the interval of the
+oracle's paired advantage over the floor lies above 0; elsewhere no ranking can be told from chance.
+
 >>> import numpy as np
 >>> m = summarise({"comprehensiveness": np.array([0.2, 0.4, 0.3, 0.5])}, ["a", "a", "b", "b"])
 >>> round(m["comprehensiveness"], 3), round(m["b/comprehensiveness"], 3), "comprehensiveness_ci_low" in m
@@ -25,6 +32,9 @@ HIGHER_IS_BETTER = {"comprehensiveness": True, "sufficiency": False, "soft_compr
                     "soft_sufficiency": False, "comprehensiveness_accuracy": False, "sufficiency_accuracy": True,
                     "plausibility_map": True, "cue_mass": True}
 HARD_METRICS = ("comprehensiveness", "sufficiency", "comprehensiveness_accuracy", "sufficiency_accuracy")
+TOP_K = "comprehensiveness_k"  # the bounded metric: AOPC of the top-k removal drop over k = 1..K
+NORMALISED = "normalised_" + TOP_K
+UNINFORMATIVE = "uninformative: the oracle's interval does not separate from the random floor"
 
 
 def summarise(per_example: dict[str, np.ndarray], tasks: list[str], prefix: str = "") -> dict[str, float]:
@@ -114,4 +124,59 @@ def headline_rows(model: str, summary: dict, methods: list[str], tolerance: floa
         rows.append({"model": model, "task": "all", "method": "normxlogit", "metric": "speedup_vs_ig", "value": ig / nxl,
                      "ci_low": np.nan, "ci_high": np.nan, "baseline": "integrated_gradients", "baseline_value": 1.0,
                      "diff": np.nan, "diff_ci_low": np.nan, "diff_ci_high": np.nan})
+    return rows
+
+
+def normalised(method: np.ndarray, floor: np.ndarray, oracle: np.ndarray):
+    """``(mean method − mean floor) / (mean oracle − mean floor)`` with its paired bootstrap interval.
+
+    Examples missing from any array (NaN) are left out of all three. A resample whose oracle and
+    floor coincide has no scale: NaN, which widens nothing but leaves the interval undefined.
+
+    >>> floor, oracle = np.array([0.0, 1.0, 0.5]), np.array([2.0, 3.0, 2.5])
+    >>> normalised(oracle, floor, oracle).estimate, normalised(floor, floor, oracle).estimate
+    (1.0, 0.0)
+    """
+    def ratio(m, f, o):
+        scale = o.mean() - f.mean()
+        return float((m.mean() - f.mean()) / scale) if scale != 0 else float("nan")
+
+    return bootstrap(np.asarray(method, float), np.asarray(floor, float), np.asarray(oracle, float), statistic=ratio)
+
+
+def _groups(tasks: list[str]) -> list[tuple[str, np.ndarray]]:
+    return [("all", np.ones(len(tasks), dtype=bool))] + [(t, np.array(tasks) == t) for t in dict.fromkeys(tasks)]
+
+
+def normalised_metrics(values: np.ndarray, floor: np.ndarray, oracle: np.ndarray, tasks: list[str]) -> dict:
+    """``normalised_comprehensiveness_k`` and ``<task>/normalised_comprehensiveness_k`` with intervals."""
+    out: dict[str, float] = {}
+    for task, rows in _groups(tasks):
+        if np.isfinite(values[rows]).any():
+            out.update(to_metrics(NORMALISED if task == "all" else f"{task}/{NORMALISED}",
+                                  normalised(values[rows], floor[rows], oracle[rows])))
+    return out
+
+
+def bounded_rows(model: str, per_method: dict[str, np.ndarray], floor: np.ndarray, oracle: np.ndarray,
+                 tasks: list[str]) -> list[dict]:
+    """Headline rows, for all examples and each task: the oracle against the floor (the study's range,
+    ``informative`` = 1 where its paired interval lies above 0), then every method's normalised score."""
+    rows = []
+    for task, sel in _groups(tasks):
+        sep, o, f = paired(oracle[sel], floor[sel]), bootstrap(oracle[sel]), bootstrap(floor[sel])
+        informative = bool(sep.low > 0)
+        common = {"model": model, "task": task, "informative": int(informative),
+                  "note": "" if informative else UNINFORMATIVE}
+        rows.append({**common, "method": "oracle", "metric": TOP_K, "value": o.estimate, "ci_low": o.low,
+                     "ci_high": o.high, "baseline": "random floor", "baseline_value": f.estimate,
+                     "baseline_ci_low": f.low, "baseline_ci_high": f.high, "diff": sep.estimate, "diff_ci_low": sep.low,
+                     "diff_ci_high": sep.high, "n": sep.n})
+        rows.append({**common, "method": "oracle", "metric": "informative", "value": float(informative),
+                     "baseline": "1 where the oracle − floor interval lies above 0", "n": sep.n})
+        for method, values in per_method.items():
+            iv = normalised(values[sel], floor[sel], oracle[sel])
+            rows.append({**common, "method": method, "metric": NORMALISED, "value": iv.estimate, "ci_low": iv.low,
+                         "ci_high": iv.high, "baseline": "random floor 0 / oracle 1", "baseline_value": 0.0,
+                         "n": iv.n})
     return rows

@@ -12,6 +12,7 @@ BASELINES = ("zero", "pad", "mask")
 OPERATORS = ("mask", "pad", "delete", "mean")  # token removal operators of the faithfulness evaluator
 REPLACEMENTS = ("auto",) + OPERATORS
 TARGETS = ("predicted", "label")
+CAUSAL_TARGETS = ("contrast", "answer")
 SCORED_POSITIONS = ("exclude", "rank")
 REDUCTIONS = ("default", "l1")
 CUE_MASSES = ("standardised", "softmax")
@@ -34,6 +35,10 @@ class AttributeSettings:
     batch_size: int = 32  # examples per attribution call
     max_length: int = 128  # longer inputs are an error, never silently truncated
     target: str = "predicted"  # classifiers: predicted class (the paper) or gold label
+    # causal LMs: what is attributed and measured. contrast: the answer's logit minus the foil's (the
+    # task's competing word: IOI's subject name, SVA's other verb number), as contrastive attribution
+    # (Yin & Neubig 2022) does, which is what the prompt tests; answer: the answer's probability
+    causal_target: str = "contrast"
     norm_source: str = "hidden_states0"  # x_i^0: HF hidden_states[0] (embedding-layer output), as the official code
     # causal LMs: the predicting (last prompt) position's LogAt is the prediction itself, so it is
     # kept out of ranking and removal as the paper keeps [CLS] out (exclude); rank: ranked like any token
@@ -56,7 +61,15 @@ class AttributeSettings:
     # AOPC removal ratios k over 10..90 %: every other one by default (each costs two forward passes
     # per method and layer); the paper presets use all nine (0.1, 0.2, ..., 0.9)
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    # removal of the top k = 1, 2, ..., top_k tokens, AOPC over k (one removal does not saturate the
+    # prediction the way 10 % of the tokens does), beside a ceiling (the leave-one-out oracle) and a floor
+    # (random rankings) under the same operator: the headline's normalised score; 0 skips all three
+    top_k: int = 5
+    floor_draws: int = 8  # random rankings per example whose mean is the floor (k = 1 is exact: the mean leave-one-out effect)
     soft_normalised: bool = True  # Soft-NC / Soft-NS of Zhao & Aletras (divided by the fully perturbed input's drop)
+    # Soft-NC / Soft-NS guard: an example whose fully perturbed drop is below this (in the target's units:
+    # probability, or nats of logit difference under contrast) has nothing to normalise by and is left out (NaN)
+    soft_min_drop: float = 0.1
     cue_mass: str = "standardised"  # softmax over z-scored scores (scale-free), or softmax over raw scores (the paper)
     eval_batch_size: int = 256  # perturbed sequences per forward in the evaluator
     n_heatmaps: int = 2  # examples in each method's heatmap (one per task first); figures cost seconds
@@ -77,6 +90,7 @@ class AttributeSettings:
         for op in self.operators:
             _check_choice("operators", op, OPERATORS)
         _check_choice("target", self.target, TARGETS)
+        _check_choice("causal_target", self.causal_target, CAUSAL_TARGETS)
         _check_choice("norm_source", self.norm_source, NORM_SOURCES)
         _check_choice("scored_position", self.scored_position, SCORED_POSITIONS)
         _check_choice("gradient_reduction", self.gradient_reduction, REDUCTIONS)
@@ -97,6 +111,11 @@ class AttributeSettings:
             raise ValueError(f"attribute.ig_n_examples={self.ig_n_examples} must be >= 0 (0 means every example)")
         if self.layerwise_max_layers < 0:
             raise ValueError(f"attribute.layerwise_max_layers={self.layerwise_max_layers} must be >= 0 (0 means every layer)")
+        if self.top_k < 0 or self.floor_draws < 1:
+            raise ValueError(f"attribute.top_k={self.top_k} must be >= 0 (0 skips the oracle) and "
+                             f"attribute.floor_draws={self.floor_draws} >= 1")
+        if self.soft_min_drop < 0:
+            raise ValueError(f"attribute.soft_min_drop={self.soft_min_drop} must be >= 0")
         if self.n_heatmaps < 0:
             raise ValueError(f"attribute.n_heatmaps={self.n_heatmaps} must be >= 0")
         if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):

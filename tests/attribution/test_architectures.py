@@ -59,9 +59,11 @@ def test_logat_at_the_scored_position_is_the_model_logit(arch_folders, family):
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_study_runs_end_to_end(arch_folders, data_root, tmp_path, family):
-    settings = AttributeSettings(n_examples=4, ig_steps=4, ratios=[0.5], n_heatmaps=1, layerwise_max_layers=2)
+    settings = AttributeSettings(n_examples=4, ig_steps=4, ratios=[0.5], n_heatmaps=1, layerwise_max_layers=2,
+                                 causal_target="answer", top_k=2, floor_draws=1)
     metrics = run_attribute(settings, arch_folders[family], data_root, tmp_path)
     assert metrics["n_examples"] == 4
-    for method in settings.methods:  # a drop in probability: within [-1, 1] for every method
+    for method in settings.methods:  # the plain target: a drop in probability, within [-1, 1] for every method
         assert -1.0 <= metrics[f"{method}/comprehensiveness"] <= 1.0, method
+        assert -1.0 <= metrics[f"{method}/comprehensiveness_k"] <= 1.0, method
     assert (tmp_path / "normxlogit" / "layerwise.csv").read_text().count("\n") == 1 + 2  # header + 2 layers

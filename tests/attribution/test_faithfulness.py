@@ -74,7 +74,7 @@ def setup():
 def test_removal_known_answers(setup, rule, token):
     sm, batch, perfect, worst = setup
     m, curve = faithfulness_metrics(sm, batch, perfect, batch.target_ids, RATIOS, rule, token)
-    assert m["p_target_full"] == pytest.approx(P_FULL, abs=1e-6)
+    assert m["target_full"] == pytest.approx(P_FULL, abs=1e-6)
     assert m["comprehensiveness"] == pytest.approx(P_FULL - P_GONE, abs=1e-6)  # the cue goes at every k
     assert m["sufficiency"] == pytest.approx(0.0, abs=1e-6)  # the cue stays at every k
     assert m["comprehensiveness_accuracy"] == 0.0 and m["sufficiency_accuracy"] == 1.0

@@ -7,9 +7,11 @@ removed. Removal is ``mask`` (replace with the mask token), ``pad`` (replace wit
 or ``delete`` (drop the token; a causal LM is then read at the new last token). Reported per
 ratio and averaged over ratios (AOPC):
 
-- confidence drop: ``p(target | x) − p(target | x')`` (higher comprehensiveness and lower
-  sufficiency mean a more faithful ranking);
-- accuracy: how often ``argmax`` of the perturbed input is still the gold answer.
+- confidence drop: ``f(x) − f(x')`` with ``f = p(target)`` (higher comprehensiveness and lower
+  sufficiency mean a more faithful ranking); under a contrastive target (``batch.foil_ids``)
+  ``f`` is the logit difference ``logit(answer) − logit(foil)``, in nats;
+- accuracy: how often ``argmax`` of the perturbed input is still the gold answer (contrastive:
+  how often the answer still beats the foil).
 
 ``mean`` replaces a token's input embedding by the mean input embedding over the vocabulary
 (a point inside the embedding cloud rather than a token the model may never have seen as input).
@@ -18,7 +20,10 @@ Soft variants (Zhao & Aletras 2023) perturb the word embeddings instead of remov
 with scores min-max normalised to ``ŝ ∈ [0, 1]`` per example, each embedding element is kept
 with probability ``1 − ŝ_i`` (soft comprehensiveness) or ``ŝ_i`` (soft sufficiency), seeded.
 Normalised (Soft-NC / Soft-NS), both are divided by the drop of the fully perturbed input (every
-eligible embedding zeroed), so 1 means "as much as removing everything".
+eligible embedding zeroed), so 1 means "as much as removing everything". The guard: an example
+whose fully perturbed drop is below ``min_drop`` in absolute value (a prediction that removing
+everything barely moves, e.g. a target probability of 2e-4) is left out as NaN rather than
+divided by a vanishing number.
 """
 
 from __future__ import annotations
@@ -61,18 +66,26 @@ def replacement_token(tokenizer, rule: str, kind: str = "sequence_classifier") -
     return rule, int(token)
 
 
-def top_k_masks(scores: Float[Tensor, "batch pos"], eligible, ratios: list[float]):
-    """Boolean ``(ratio, batch, pos)`` masks of each example's top-``n`` eligible tokens."""
+def ranks(scores: Float[Tensor, "batch pos"], eligible) -> Int[Tensor, "batch pos"]:
+    """Each position's rank among its example's eligible tokens (0 = highest score, ties by position)."""
     masked = torch.where(eligible, scores.float(), float("-inf"))
     order = torch.sort(masked, dim=1, descending=True, stable=True).indices  # (batch, pos)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).to(order.device))  # rank of each pos
+    return rank
+
+
+def top_n_masks(scores: Float[Tensor, "batch pos"], eligible, counts: Tensor):
+    """Boolean ``(k, batch, pos)`` masks of each example's top ``counts[k, b]`` eligible tokens."""
+    rank = ranks(scores, eligible)  # (batch, pos)
+    return (rank[None] < counts[..., None]) & eligible[None]  # (k, batch, pos)
+
+
+def top_k_masks(scores: Float[Tensor, "batch pos"], eligible, ratios: list[float]):
+    """Boolean ``(ratio, batch, pos)`` masks of each example's top ``max(1, round(k · n_eligible))`` tokens."""
     n_elig = eligible.sum(1).float()  # (batch,)
-    out = []
-    for k in ratios:
-        n_top = torch.clamp(torch.round(k * n_elig), min=1)  # (batch,)
-        out.append((rank < n_top[:, None]) & eligible)
-    return torch.stack(out)  # (ratio, batch, pos)
+    counts = torch.stack([torch.clamp(torch.round(k * n_elig), min=1) for k in ratios])  # (ratio, batch)
+    return top_n_masks(scores, eligible, counts)
 
 
 def perturb(batch: Batch, remove, rule: str, token: int | None, kind: str):
@@ -90,9 +103,26 @@ def perturb(batch: Batch, remove, rule: str, token: int | None, kind: str):
     return new_ids, new_attn, pos
 
 
+def readout(logits: Float[Tensor, "batch n_out"], targets: Int[Tensor, "batch"],
+            foils: Int[Tensor, "batch"]) -> tuple[Float[Tensor, "batch"], Int[Tensor, "batch"]]:
+    """``(f, prediction)`` per row: ``f = p(target)`` and the argmax, or, where ``foil >= 0``, the
+    logit difference ``logit(target) − logit(foil)`` and the preferred of target and foil.
+
+    >>> f, pred = readout(torch.tensor([[0.0, 2.0, 1.0]]), torch.tensor([1]), torch.tensor([2]))
+    >>> float(f), int(pred)
+    (1.0, 1)
+    """
+    logits = logits.float()
+    p = logits.softmax(-1).gather(1, targets[:, None]).squeeze(1)  # (batch,)
+    diff = (logits.gather(1, targets[:, None]) - logits.gather(1, foils.clamp_min(0)[:, None])).squeeze(1)
+    contrast = foils >= 0
+    preferred = torch.where(diff > 0, targets, foils)
+    return torch.where(contrast, diff, p), torch.where(contrast, preferred, logits.argmax(-1))
+
+
 @torch.inference_mode()
-def _probs(sm: ScoredModel, ids, attn, pos, targets, chunk: int, embeds=None):
-    """``(p(target), argmax)`` for every row, ``chunk`` rows per forward (padding trimmed per chunk)."""
+def _probs(sm: ScoredModel, ids, attn, pos, targets, foils, chunk: int, embeds=None):
+    """:func:`readout` for every row, ``chunk`` rows per forward (padding trimmed per chunk)."""
     probs, preds = [], []
     for s in range(0, ids.shape[0], chunk):
         sl = slice(s, s + chunk)
@@ -105,26 +135,26 @@ def _probs(sm: ScoredModel, ids, attn, pos, targets, chunk: int, embeds=None):
         else:
             kwargs = ({"inputs_embeds": embeds[sl, :width]} if embeds is not None else {"input_ids": ids[sl, :width]})
         logits, _ = sm.forward(attn[sl, :width], pos[sl], **kwargs)
-        p = logits.float().softmax(-1)
-        probs.append(p.gather(1, targets[sl, None]).squeeze(1))
-        preds.append(p.argmax(-1))
+        f, pred = readout(logits, targets[sl], foils[sl])
+        probs.append(f)
+        preds.append(pred)
     return torch.cat(probs), torch.cat(preds)
 
 
-def _memo_probs(sm: ScoredModel, ids, attn, pos, targets, chunk: int, memo: dict | None):
-    """:func:`_probs` that runs each distinct ``(ids, mask, pos, target)`` row once.
+def memo_probs(sm: ScoredModel, ids, attn, pos, targets, foils, chunk: int, memo: dict | None):
+    """:func:`_probs` that runs each distinct ``(ids, mask, pos, target, foil)`` row once.
 
     Different methods, layers and ratios often remove the same tokens; ``memo`` keeps the
     answers across calls (exact: the same input gives the same output).
     """
     memo = {} if memo is None else memo
-    keys = [(r.tobytes(), m.tobytes(), int(q), int(t)) for r, m, q, t in
-            zip(ids.cpu().numpy(), attn.cpu().numpy(), pos.tolist(), targets.tolist())]
+    keys = [(r.tobytes(), m.tobytes(), int(q), int(t), int(f)) for r, m, q, t, f in
+            zip(ids.cpu().numpy(), attn.cpu().numpy(), pos.tolist(), targets.tolist(), foils.tolist())]
     todo = list(dict.fromkeys(k for k in keys if k not in memo))
     if todo:
         where = {k: i for i, k in enumerate(keys)}
         rows = torch.tensor([where[k] for k in todo], device=ids.device)
-        p, pred = _probs(sm, ids[rows], attn[rows], pos[rows], targets[rows], chunk)
+        p, pred = _probs(sm, ids[rows], attn[rows], pos[rows], targets[rows], foils[rows], chunk)
         memo.update(zip(todo, zip(p.tolist(), pred.tolist())))
     p, pred = zip(*(memo[k] for k in keys))
     return torch.tensor(p, device=ids.device), torch.tensor(pred, device=ids.device)
@@ -135,9 +165,10 @@ def _repeat(batch: Batch, times: int) -> Batch:
 
 
 def full_probs(sm: ScoredModel, batch: Batch, targets, chunk: int = 256) -> tuple[Tensor, Tensor]:
-    """``(p(target), argmax)`` on the unperturbed inputs (shared by every metric and method)."""
+    """``(f, prediction)`` (:func:`readout`) on the unperturbed inputs (shared by every metric and method)."""
     batch = batch.to(sm.device)
-    return _probs(sm, batch.input_ids, batch.attention_mask, batch.score_pos, targets.to(sm.device), chunk)
+    return _probs(sm, batch.input_ids, batch.attention_mask, batch.score_pos, targets.to(sm.device), batch.foil_ids,
+                  chunk)
 
 
 def removal_curves(sm: ScoredModel, batch: Batch, scores, targets: Int[Tensor, "batch"], ratios: list[float],
@@ -145,8 +176,8 @@ def removal_curves(sm: ScoredModel, batch: Batch, scores, targets: Int[Tensor, "
     """Per-example, per-ratio probabilities and accuracies under comprehensiveness/sufficiency.
 
     Returns tensors ``p_full, acc_full: (batch,)`` and ``comp_drop, suff_drop, comp_acc,
-    suff_acc: (ratio, batch)``. ``full`` is :func:`full_probs` when already computed; ``memo``
-    shares the perturbed inputs' answers across calls (see :func:`_memo_probs`).
+    suff_acc: (ratio, batch)`` (``p`` is :func:`readout`'s ``f``). ``full`` is :func:`full_probs`
+    when already computed; ``memo`` shares the perturbed inputs' answers across calls (see :func:`memo_probs`).
     """
     batch = batch.to(sm.device)
     targets, scores = targets.to(sm.device), scores.to(sm.device)
@@ -156,7 +187,7 @@ def removal_curves(sm: ScoredModel, batch: Batch, scores, targets: Int[Tensor, "
     rep = _repeat(batch, 2 * n_r)
     remove = torch.cat([top, batch.eligible[None] & ~top]).reshape(2 * n_r * n_b, -1)  # (2·ratio·batch, pos)
     ids, attn, pos = perturb(rep, remove, rule, token, sm.kind)
-    p, pred = _memo_probs(sm, ids, attn, pos, targets.repeat(2 * n_r), chunk, memo)
+    p, pred = memo_probs(sm, ids, attn, pos, targets.repeat(2 * n_r), rep.foil_ids, chunk, memo)
     p, pred = p.reshape(2, n_r, n_b), pred.reshape(2, n_r, n_b)  # (comp|suff, ratio, batch)
     gold = batch.gold_ids[None, None]
     return {"p_full": p_full.cpu(), "acc_full": (pred_full == batch.gold_ids).float().cpu(),
@@ -173,11 +204,11 @@ def normalise(scores, eligible) -> Float[Tensor, "batch pos"]:
 
 
 def soft_scores(sm: ScoredModel, batch: Batch, scores, targets, seed: int, chunk: int = 256,
-                full=None, normalised: bool = False) -> dict[str, Tensor]:
+                full=None, normalised: bool = False, min_drop: float = 1e-6) -> dict[str, Tensor]:
     """Soft comprehensiveness and sufficiency drops per example (Zhao & Aletras 2023).
 
     ``normalised``: divided by the drop of the fully perturbed input (Soft-NC / Soft-NS); NaN
-    where that drop is below 1e-6 (nothing to normalise by).
+    where that drop is below ``min_drop`` in absolute value (nothing to normalise by).
     """
     batch = batch.to(sm.device)
     targets = targets.to(sm.device)
@@ -195,12 +226,12 @@ def soft_scores(sm: ScoredModel, batch: Batch, scores, targets, seed: int, chunk
     rep = lambda x: torch.cat([x] * k)  # noqa: E731
     p_full, _ = full if full is not None else full_probs(sm, batch, targets, chunk)
     p, _ = _probs(sm, rep(batch.input_ids), rep(batch.attention_mask), rep(batch.score_pos),
-                  rep(targets), chunk, embeds=stacked)
+                  rep(targets), rep(batch.foil_ids), chunk, embeds=stacked)
     n = len(batch)
     comp, suff = p_full - p[:n], p_full - p[n:2 * n]
     if normalised:
         whole = p_full - p[2 * n:]  # (batch,) drop with every eligible embedding zeroed
-        ok = whole.abs() > 1e-6
+        ok = whole.abs() >= max(min_drop, 1e-12)
         denom = torch.where(ok, whole, torch.ones_like(whole))
         comp = torch.where(ok, comp / denom, float("nan"))
         suff = torch.where(ok, suff / denom, float("nan"))
