@@ -4,9 +4,10 @@ Direct logit attribution and the logit lens (:mod:`.dla`), batched activation pa
 (:mod:`.engine`, :mod:`.patching`), attribution patching (:mod:`.attribution_patching`), path patching
 (:mod:`.paths`), IOI head classes with OV copy scores (:mod:`.copying`) and S-inhibition path
 patching (:mod:`.inhibition`, put together in :mod:`.head_classes`), ablations (:mod:`.ablation`), circuit scoring with intervals and random baselines
-(:mod:`.scoring`), circuit discovery and overlap (:mod:`.discovery`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
+(:mod:`.scoring`), circuit discovery, CPR / CMD and overlap beside chance (:mod:`.discovery`), the headline and
+reuse tables (:mod:`.tables`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
 References: Wang et al. 2022 (IOI), Merullo et al. 2024 (circuit component reuse), Lieberum et
-al. 2023 (Chinchilla), Nanda 2023 (attribution patching).
+al. 2023 (Chinchilla), Nanda 2023 (attribution patching), Mueller et al. 2025 (MIB: CPR, CMD).
 """
 
 from interpipe.circuits.ablation import Component, ablate, ablate_heads, ablate_mlps, ablate_neurons

@@ -31,7 +31,7 @@ from typing import Any, Collection, Sequence
 import torch
 
 from interpipe.models.arch import ArchSpec, describe_architecture
-from interpipe.models.tokens import adds_bos, pad_rows
+from interpipe.models.tokens import adds_bos, answer_token_id, pad_rows
 from interpipe.typing import Int, Tensor, TokenIds
 
 MISMATCH_POLICIES = ("error", "skip")
@@ -190,9 +190,19 @@ class PromptBatch:
         return [f"{i}:{self.str_tokens[i]}" if i < len(self.str_tokens) else str(i) for i in range(self.n_pos)]
 
 
-def _first_token(bridge: Any, word: str) -> int:
-    ids = bridge.to_tokens(" " + word.strip(), prepend_bos=False)[0]
-    return int(ids[0])
+def _mismatch(bridge: Any, i: int, clean: str, c_ids: torch.Tensor, x_ids: torch.Tensor, answer: str,
+              foil: str) -> str | None:
+    """Why prompt ``i`` cannot be patched (clean and corrupted lengths differ, a multi-token answer or
+    foil under :func:`~interpipe.models.tokens.answer_token_id`), or None."""
+    if c_ids.shape[0] != x_ids.shape[0]:
+        return (f"prompt {i} {clean!r} tokenizes to {c_ids.shape[0]} tokens but its corrupted prompt "
+                f"has {x_ids.shape[0]}; patching needs equal lengths")
+    for word in (answer, foil):
+        try:
+            answer_token_id(bridge.tokenizer, word.strip())
+        except ValueError as err:
+            return f"prompt {i} {clean!r}: {err}"
+    return None
 
 
 def group_name(template: str, n_tokens: int) -> str:
@@ -216,9 +226,10 @@ def make_batch(bridge: Any, prompts: Sequence[str], corrupted_prompts: Sequence[
                reference_prompts: Sequence[str] = (), reference_templates: Sequence[str] = ()) -> PromptBatch:
     """Tokenize clean/corrupted prompts (BOS as the model's config says) into a :class:`PromptBatch`.
 
-    Answers and foils are read as the next word after one space (GPT-2-style BPE), first token.
-    A prompt whose corrupted counterpart tokenizes to a different length raises ``ValueError``
-    naming it (``on_mismatch="error"``) or is dropped (``"skip"``). ``templates`` name each prompt's
+    Answers and foils are token ids by the one answer rule of every study,
+    :func:`interpipe.models.tokens.answer_token_id` (the word after one space, a single token). A
+    prompt whose corrupted counterpart tokenizes to a different length, or whose answer or foil is
+    several tokens, raises ``ValueError`` naming it (``on_mismatch="error"``) or is dropped (``"skip"``). ``templates`` name each prompt's
     template (default: one template for all); the mean-ablation reference is the corrupted prompts
     plus ``reference_prompts`` (corrupted prompts of other examples, with ``reference_templates``).
     """
@@ -232,14 +243,13 @@ def make_batch(bridge: Any, prompts: Sequence[str], corrupted_prompts: Sequence[
     for i, (clean, corrupted) in enumerate(zip(prompts, corrupted_prompts)):
         c_ids = bridge.to_tokens(clean)[0]
         x_ids = bridge.to_tokens(corrupted)[0]
-        if c_ids.shape[0] != x_ids.shape[0]:
+        problem = _mismatch(bridge, i, clean, c_ids, x_ids, answers[i], foils[i])
+        if problem:
             if on_mismatch == "skip":
                 skipped += 1
                 continue
-            raise ValueError(f"prompt {i} {clean!r} tokenizes to {c_ids.shape[0]} tokens but its corrupted prompt "
-                             f"{corrupted!r} to {x_ids.shape[0]}; patching needs equal lengths "
-                             f"(or set circuits.on_mismatch=skip)")
-        answer, foil = _first_token(bridge, answers[i]), _first_token(bridge, foils[i])
+            raise ValueError(f"{problem} (or set circuits.on_mismatch=skip)")
+        answer, foil = (answer_token_id(bridge.tokenizer, w.strip()) for w in (answers[i], foils[i]))
         if answer == foil:
             raise ValueError(f"prompt {i} {clean!r}: answer {answers[i]!r} and foil {foils[i]!r} share their first token")
         rows.append((c_ids, x_ids, answer, foil))

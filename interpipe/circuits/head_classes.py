@@ -7,13 +7,15 @@ S-inhibition path-patching effect (:mod:`.inhibition`): corrupted (ABC) output o
 ``inhibition_senders`` candidate heads patched into the queries of the ``name_movers`` receivers
 only, on the first ``inhibition_prompts`` prompts of the selection half. Columns of heads that were not scored are empty (NaN).
 
-Receivers ("name movers" for the path): the heads with the largest positive direct effect among
-those that put at least :data:`~interpipe.circuits.heads.ATTENTION` of the final position's
-attention on the two names. Senders: the heads of earlier layers that attend most from the final
-position to S (Wang et al.'s S-inhibition heads attend to S2 from END). A sender is marked
-``s_inhibition = 1`` when removing its path to the receivers lowers the normalised logit
-difference by at least :data:`INHIBITION_EFFECT`. The ``class`` column keeps the attention/DLA
-rules of :func:`~interpipe.circuits.heads.classify` (other studies read those classes).
+The ``class`` column is :func:`~interpipe.circuits.heads.classify` applied once the copy scores are
+in: the one head-class rule (other studies read those classes). Receivers of the S-inhibition path:
+the ``name_movers`` heads of that class with the largest direct effect (none: the path is not
+patched). Senders: the heads of earlier layers that attend most from the final position to S (Wang
+et al.'s S-inhibition heads attend to S2 from END). A sender is marked ``s_inhibition = 1`` when
+removing its path to the receivers lowers the normalised logit difference by at least
+:data:`INHIBITION_EFFECT`. :func:`mark_circuit` adds where each head stands in the circuit's ranking,
+so a head of a class that is not in the circuit shows why (a name mover whose single ablation the
+rest of the model compensates ranks low).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from interpipe.circuits import dla, figures
 from interpipe.circuits.copying import copy_scores, name_rows
-from interpipe.circuits.heads import ATTENTION, head_evidence, ioi_positions
+from interpipe.circuits.heads import COPYING, classify, head_evidence, ioi_positions
 from interpipe.circuits.inhibition import s_inhibition_patch
 from interpipe.circuits.metrics import NormalizedLogitDiff
 from interpipe.circuits.paths import path_patching_support
@@ -34,7 +36,6 @@ from interpipe.io import save_figure
 
 HEAD_CLASS_TASKS = ("ioi",)  # tasks whose prompts have IO once and S twice (interpipe.circuits.heads)
 INHIBITION_EFFECT = 0.05  # an S-inhibition head's path to the name movers carries >= 5 % of the clean - corrupted gap
-COPYING = 0.5  # a head "copies" when the name is in its OV circuit's top 5 for at least half the name positions
 
 
 def resid_after_first_block(bridge: Any) -> str:
@@ -48,9 +49,9 @@ def capture_hooks(bridge: Any) -> list[str]:
 
 
 def receivers(frame: Any, n: int) -> list[tuple[int, int]]:
-    """The ``n`` name-mover receivers: largest positive direct effect among heads attending to the names."""
-    names = frame[(frame["attn_end_io"] + frame["attn_end_s"] >= ATTENTION) & (frame["direct_effect"] > 0)]
-    top = names.sort_values("direct_effect", ascending=False).head(n)
+    """The ``n`` name-mover receivers: the heads of that class (``frame["class"]``) of largest direct effect."""
+    movers = frame[frame["class"] == "name mover"]
+    top = movers.sort_values("direct_effect", ascending=False).head(n)
     return [(int(r.layer), int(r.head)) for r in top.itertuples()]
 
 
@@ -120,6 +121,7 @@ def head_classes(bridge: Any, batch: Any, direct: Any, acts: dict, gaps: Any, se
     positions = ioi_positions(batch)
     frame = pd.DataFrame(head_evidence(bridge, batch, dla.dla_head_grid(direct, n_layers, n_heads).values, acts))
     _copy_columns(bridge, batch, acts, frame, settings.copy_heads, positions)
+    frame["class"] = [classify(row) for row in frame.to_dict("records")]  # the one rule, on all the evidence
     inhibition = _inhibition_columns(bridge, batch, gaps, frame, settings)
     for name, count in frame["class"].value_counts().items():
         if name:
@@ -137,3 +139,14 @@ def head_classes(bridge: Any, batch: Any, direct: Any, acts: dict, gaps: Any, se
                           torch.nan_to_num(grid("s_inhibition_effect")), ("layer", "head"))]
     save_figure(figures.heatmaps(maps, f"{title}: IOI head evidence"), out / "headline_ioi_heads.png")
     return frame, [inhibition] if inhibition is not None else []
+
+
+def mark_circuit(frame: Any, components: list, ranking: list) -> Any:
+    """``frame`` with ``in_circuit`` (the selected circuit's heads), ``circuit_rank`` (0: first) and
+    ``rank_score`` (the |effect| that ranked it; empty when no circuit was selected)."""
+    place = {c.name: (i, abs(score)) for i, (c, score) in enumerate(ranking)}
+    frame = frame.copy()
+    frame["in_circuit"] = frame["component"].isin([c.name for c in components]).astype(int)
+    frame["circuit_rank"] = [place[n][0] if n in place else np.nan for n in frame["component"]]
+    frame["rank_score"] = [place[n][1] if n in place else np.nan for n in frame["component"]]
+    return frame

@@ -11,12 +11,18 @@ head gets, averaged over prompts:
 * ``attn_s2_s1``: attention from S2 to S1 (*duplicate-token* heads) and ``attn_s2_s1_next``: from S2
   to the token after S1 (*induction* heads).
 
-:func:`classify` names a head by these numbers; the rules are stated next to it. The OV copy score
-is in :mod:`.copying`, path patching into the name movers' queries (S-inhibition) in
-:mod:`.inhibition`; :mod:`.head_classes` puts them together.
+:func:`classify` names a head by these numbers and its OV copy scores (:mod:`.copying`); it is
+the one head-class rule of the project: ``ioi_heads.csv``'s ``class`` column, the S-inhibition
+receivers (:mod:`.head_classes`) and the head-class comparison under quantization
+(:mod:`interpipe.quant_interp.compare`, through :data:`CLASS_SCORES`) all read it. Path patching
+into the name movers' queries (S-inhibition) is in :mod:`.inhibition`; :mod:`.head_classes` puts
+them together.
 
->>> classify({"attn_end_io": 0.5, "attn_end_s": 0.05, "direct_effect": 0.4, "attn_s2_s1": 0.0, "attn_s2_s1_next": 0.0})
+>>> row = {"attn_end_io": 0.6, "attn_end_s": 0.27, "direct_effect": 0.68, "attn_s2_s1": 0.0, "attn_s2_s1_next": 0.0}
+>>> classify({**row, "copy_score": 1.0, "negative_copy_score": 0.0})  # SmolLM2's L23H0: IO 2.2x S, copies
 'name mover'
+>>> classify(row)  # no copy score measured: no evidence that it copies, so no mover class
+''
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ from interpipe.circuits.engine import capture
 from interpipe.components import Component
 
 ATTENTION = 0.3  # a head "attends" to a token class when it puts this much of its attention there
-RATIO = 3.0  # ... and this many times more than to the competing class
+RATIO = 3.0  # S-attending: this many times more on S than on IO (the movers need only more on IO than on S)
+COPYING = 0.5  # a head "copies" (or negatively copies) when the name is in its OV top 5 for half the name positions
+# each class and the attention score that defines it (read by interpipe.quant_interp.compare)
+CLASS_SCORES = {"name mover": "attn_end_io", "negative name mover": "attn_end_io", "S suppressor": "attn_end_s",
+                "S-attending (S-inhibition candidate)": "attn_end_s", "duplicate token": "attn_s2_s1",
+                "induction": "attn_s2_s1_next"}
 
 
 def ioi_positions(batch: PromptBatch) -> dict[str, torch.Tensor]:
@@ -52,7 +63,8 @@ def ioi_positions(batch: PromptBatch) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def head_evidence(bridge: Any, batch: PromptBatch, direct: torch.Tensor,
                   acts: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
-    """One row per head: the attention scores above and its direct effect (``direct``: ``[layer, head]``).
+    """One row per head: the attention scores above and its direct effect (``direct``: ``[layer, head]``);
+    :func:`classify` names it once the copy scores are in (:func:`interpipe.circuits.head_classes.head_classes`).
 
     ``acts``: a clean-run capture holding every ``blocks.{L}.attn.hook_pattern`` (captured here when None).
     """
@@ -72,16 +84,42 @@ def head_evidence(bridge: Any, batch: PromptBatch, direct: torch.Tensor,
         for head in range(n_heads):
             row = {"layer": layer, "head": head, "component": Component.head(layer, head).name,
                    **{k: float(v[:, head].mean()) for k, v in scores.items()}, "direct_effect": float(direct[layer, head])}
-            row["class"] = classify(row)
             out.append(row)
     return out
 
 
-def classify(row: dict[str, float]) -> str:
-    """The IOI class a head's evidence points to ("" when none): rules of Wang et al.'s §3, made explicit."""
-    if row["attn_end_io"] >= ATTENTION and row["attn_end_io"] >= RATIO * row["attn_end_s"]:
-        return "name mover" if row["direct_effect"] > 0 else "negative name mover"
-    if row["attn_end_s"] >= ATTENTION and row["attn_end_s"] >= RATIO * row["attn_end_io"]:
+def _copies(score: Any) -> bool:
+    """Whether a copy score was measured and reaches :data:`COPYING` (NaN: not measured)."""
+    return score is not None and score == score and float(score) >= COPYING
+
+
+def classify(row: dict[str, Any]) -> str:
+    """The IOI class a head's evidence points to ("" when none): Wang et al.'s §3 criteria, made explicit.
+
+    * *name mover*: attends from the end to IO (≥ :data:`ATTENTION`, and more than to S), copies
+      (``copy_score`` ≥ :data:`COPYING`) and raises IO − S directly (``direct_effect`` > 0);
+    * *negative name mover*: the same attention, negatively copies, lowers IO − S directly;
+    * *S suppressor*: attends to S (≥ :data:`ATTENTION`, more than to IO), negatively copies and
+      raises IO − S directly: it writes S down at the end (SmolLM2's L23H3), a late head acting on
+      the logits, not an S-inhibition head acting through the name movers' queries;
+    * *S-attending (S-inhibition candidate)*: attends to S, :data:`RATIO` times more than to IO;
+    * *duplicate token* / *induction*: S2 attends to S1 / to the token after S1 (≥ :data:`ATTENTION`).
+
+    The mover classes need a measured copy score: a head outside the ``copy_heads`` of largest
+    |direct effect| has none and gets an attention class at most. Wang et al.'s GPT-2 name movers
+    attend to IO many times more than to S; SmolLM2's copy with IO only 1.5–2.2x S, so "more than
+    to S" is the attention rule here, and the copy score and direct effect carry the rest.
+    """
+    io, s, effect = row["attn_end_io"], row["attn_end_s"], row["direct_effect"]
+    copy, negative = row.get("copy_score"), row.get("negative_copy_score")
+    if io >= ATTENTION and io > s:
+        if effect > 0 and _copies(copy):
+            return "name mover"
+        if effect < 0 and _copies(negative):
+            return "negative name mover"
+    if s >= ATTENTION and s > io and effect > 0 and _copies(negative):
+        return "S suppressor"
+    if s >= ATTENTION and s >= RATIO * io:
         return "S-attending (S-inhibition candidate)"
     if row["attn_s2_s1"] >= ATTENTION:
         return "duplicate token"

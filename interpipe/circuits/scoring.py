@@ -68,8 +68,8 @@ class Scorer:
         b = self.batch
         _, clean = capture(self.bridge, b.clean_tokens, b.answer_pos, [])
         _, corrupted = capture(self.bridge, b.corrupted_tokens, b.answer_pos, [])
-        self.clean_ld = logit_diff(clean, b.answer_ids, b.foil_ids).cpu().numpy()
-        self.corrupted_ld = logit_diff(corrupted, b.answer_ids, b.foil_ids).cpu().numpy()
+        self.clean_ld = logit_diff(clean, b.answer_ids, b.foil_ids).float().cpu().numpy()
+        self.corrupted_ld = logit_diff(corrupted, b.answer_ids, b.foil_ids).float().cpu().numpy()
         self.clean_correct = (clean.argmax(-1) == b.answer_ids).float().cpu().numpy()
         if self.sources is None:
             self.sources = ablation_sources(self.bridge, b, sorted({hook_of(c) for c in self.components}), self.kind,

@@ -7,8 +7,9 @@ exact activation patching of the configured grids (batched), attribution patchin
 correlation to the exact effects, the ranking of heads (:data:`RANKINGS`), the faithfulness curve
 and the selected circuit (:mod:`.discovery`), path patching from the top sender heads and the
 single-head/MLP/neuron ablations. On the held-out half: the circuit's faithfulness, its random
-baseline, accuracy, completeness and minimality (:mod:`.scoring`). Across solved tasks: head
-overlap and cross-task faithfulness. Nothing depends on the architecture's name: head counts come
+baseline, accuracy, completeness and minimality (:mod:`.scoring`). Across tasks whose circuits are
+smaller than the model and pass their held-out check: head overlap beside chance and cross-task
+faithfulness; the headline reports only those circuits (:mod:`.tables`). Nothing depends on the architecture's name: head counts come
 from :func:`interpipe.circuits.bridge.architecture`, a family the study cannot run on is refused
 when the model loads, and an analysis the bridge cannot do on a family (path patching without
 per-head q/k/v inputs) is skipped with a note in ``circuit.json``. It writes
@@ -19,7 +20,7 @@ per-head q/k/v inputs) is skipped with a note in ``circuit.json``. It writes
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ import torch
 from tqdm.auto import tqdm
 
 from interpipe.circuits import ablation, attribution_patching, dla, discovery, figures, paths, patching, scoring
-from interpipe.circuits.head_classes import HEAD_CLASS_TASKS, capture_hooks, head_classes
+from interpipe.circuits.head_classes import HEAD_CLASS_TASKS, capture_hooks, head_classes, mark_circuit
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
+from interpipe.circuits.tables import TaskCircuit, headline_frame, headline_rows, reuse
 from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
-from interpipe.components import Component, heads_of
+from interpipe.components import heads_of
 from interpipe.io import save_figure, write_frame, write_json
 from interpipe.settings.circuits import GRIDS, CircuitSettings
 from interpipe.stats import bootstrap, to_metrics
@@ -47,15 +49,6 @@ def _frames(results: list) -> Any:
     import pandas as pd
 
     return pd.concat([r.to_frame() for r in results], ignore_index=True)
-
-
-@dataclass
-class TaskCircuit:
-    """What cross-task reuse needs of one solved task: its circuit and the scorer of its held-out half."""
-
-    components: list[Component]
-    scorer: scoring.Scorer
-    smaller_than_model: bool = True  # False: no circuit below the whole pool reached the target (nothing to compare)
 
 
 def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, task: str, out: Path,
@@ -87,9 +80,9 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
         kw = {"metric": _metric(bridge, halves[0][0])[0], "memory_mb": settings.memory_mb}
         exact, estimates = _patching(bridge, halves[0][0], settings, kw, metrics, tables, out, title)
         found = _discover(bridge, halves, settings, kw, exact, estimates, metrics, tables, out, title)
-    if classes is not None:  # the head-class table marks the circuit's heads
-        classes["in_circuit"] = classes["component"].isin([c.name for c in found.components] if found else []).astype(int)
-        write_frame(out / "ioi_heads.csv", classes)
+    if classes is not None:  # the head-class table marks the circuit's heads and where each head ranked
+        write_frame(out / "ioi_heads.csv", mark_circuit(classes, found.components if found else [],
+                                                        found.ranking if found else []))
     write_frame(out / "effects.parquet", _frames(tables))
     metrics["seconds"] = time.perf_counter() - start
     write_json(out / "metrics.json", metrics)
@@ -115,7 +108,7 @@ def _metric(bridge: Any, batch: Any, clean_logits: torch.Tensor | None = None) -
         _, clean_logits = capture(bridge, batch.clean_tokens, batch.answer_pos, [])
     _, corrupted = capture(bridge, batch.corrupted_tokens, batch.answer_pos, [])
     lds = torch.stack([logit_diff(clean_logits, batch.answer_ids, batch.foil_ids),
-                       logit_diff(corrupted, batch.answer_ids, batch.foil_ids)]).cpu().numpy()  # (2, batch)
+                       logit_diff(corrupted, batch.answer_ids, batch.foil_ids)]).float().cpu().numpy()  # (2, batch)
     return NormalizedLogitDiff(batch.answer_ids, batch.foil_ids, clean=float(lds[0].mean()),
                                corrupted=float(lds[1].mean())), lds
 
@@ -214,6 +207,7 @@ def _discover(bridge: Any, halves: list, settings: CircuitSettings, kw: dict, ex
     reported, knockouts = scoring.score_heldout(scorer, circuit.components, settings.random_circuits,
                                                 settings.completeness_heads)
     metrics.update(reported)
+    metrics.update({k: v for k, v in circuit.info.items() if k.startswith(("cpr", "cmd"))})  # MIB summaries of the curve
     metrics.update(selection_faithfulness=circuit.faithfulness, target_reached=circuit.info["target_reached"],
                    heldout_above_target=int(reported["faithfulness_ci_low"] >= settings.target_faithfulness))
     save_figure(figures.faithfulness_plot(circuit.curve, circuit.ranking, circuit.info["k"], reported,
@@ -232,7 +226,8 @@ def _discover(bridge: Any, halves: list, settings: CircuitSettings, kw: dict, ex
     knockouts = [{**row, "head": row["head"].name} for row in knockouts]  # heads by name in the JSON
     write_json(out / "circuit.json", {**circuit.to_json(), "knockouts": knockouts, "ablated": ABLATED[settings.ablate_mlps],
                                       **({"notes": notes} if notes else {})})
-    return TaskCircuit(circuit.components, scorer, bool(circuit.info["target_reached"]))
+    return TaskCircuit(circuit.components, scorer, bool(circuit.info["target_reached"]), bool(metrics["heldout_above_target"]),
+                       circuit.ranking)
 
 
 def _stack(results: list) -> Any:
@@ -287,7 +282,7 @@ def _circuit(bridge: Any, batch: Any, settings: CircuitSettings, kw: dict, exact
     mlp_score = torch.stack([m.effect().abs() for _, m in scores.values()]).amax(0) if settings.ablate_mlps else None
     ranking = discovery.rank_components(head_score, mlp_score)
     circuit = discovery.select_circuit(scorer, ranking, settings.selection, settings.threshold, settings.top_k,
-                                       settings.target_faithfulness, settings.curve_points)
+                                       settings.target_faithfulness, settings.curve_points, settings.refine_steps)
     if settings.single_ablations and not (settings.rank_with == "exact" and "ablation" in scores):
         extra += [ablation.ablate_heads(bridge, batch, settings.ablation, **kw),
                   ablation.ablate_mlps(bridge, batch, settings.ablation, **kw)]
@@ -325,79 +320,16 @@ def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root:
         for key in SUMMARY:
             if key in task_metrics:
                 metrics[f"{task}/{key}"] = task_metrics[key]
-        headline += headline_rows(model_name, task, task_metrics)
-    metrics.update(_reuse(found, settings.overlap or settings.tasks, out_dir))
-    write_frame(out_dir / "headline.csv", _headline_frame(headline))
+        headline += headline_rows(model_name, task, task_metrics, f"{settings.ablation} ablation of "
+                                  f"{ABLATED[settings.ablate_mlps]}", settings.target_faithfulness)
+    metrics.update(reuse(found, settings.overlap or settings.tasks, out_dir))
+    write_frame(out_dir / "headline.csv", headline_frame(headline))
     metrics["seconds"] = time.perf_counter() - start
     return metrics
 
 
 SUMMARY = tuple(f"{k}{s}" for k in ("faithfulness", "faithfulness_per_prompt", "random_faithfulness", "excess_over_random",
-                                     "circuit_accuracy", "clean_logit_diff", "logit_gap") for s in ("", "_ci_low", "_ci_high")) + (
+                                     "circuit_accuracy", "clean_logit_diff", "logit_gap", "cpr", "cmd") for s in ("", "_ci_low", "_ci_high")) + (
     "circuit_size", "circuit_heads", "pool_size", "heldout_above_target", "target_reached", "completeness_gap_max",
     "minimality_min", "attribution_corr_heads", "clean_accuracy", "clean_pairwise_accuracy", "heldout_accuracy", "solved",
     "seconds")
-
-
-def headline_rows(model: str, task: str, m: dict[str, Any]) -> list[dict[str, Any]]:
-    """The numbers a results section quotes for one task (see the README's circuit section)."""
-    iv = lambda key: (m.get(key), m.get(key + "_ci_low"), m.get(key + "_ci_high"))  # noqa: E731
-    rows = [("logit_gap", *iv("logit_gap"), "corrupted run", 0.0)]
-    if m.get("solved"):
-        rows += [("faithfulness", *iv("faithfulness"), "random circuit, same size", m.get("random_faithfulness")),
-                 ("faithfulness_per_prompt", *iv("faithfulness_per_prompt"), "corrupted run", 0.0),
-                 ("excess_over_random", *iv("excess_over_random"), "random circuit, same size", 0.0),
-                 ("circuit_accuracy", *iv("circuit_accuracy"), "full model", m.get("heldout_accuracy")),
-                 ("circuit_size", m["circuit_size"], None, None, "pool size", m["pool_size"])]
-    return [{"model": model, "task": task, "method": "model" if name == "logit_gap" else "circuit", "metric": name,
-             "value": v, "ci_low": lo, "ci_high": hi, "baseline": base, "baseline_value": bv,
-             "solved": int(m.get("solved", 0))} for name, v, lo, hi, base, bv in rows]
-
-
-def _headline_frame(rows: list[dict[str, Any]]) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=["model", "task", "method", "metric", "value", "ci_low", "ci_high", "baseline",
-                                       "baseline_value", "solved"])
-
-
-def _reuse(found: dict[str, TaskCircuit], scope: list[str], out_dir: Path) -> dict[str, float]:
-    """Head overlap (Jaccard, containment) and cross-task faithfulness for every ordered pair of the
-    tasks of ``scope`` that are solved and have a circuit smaller than the model.
-
-    Cross-task faithfulness of (A, B): A's circuit scored on B's held-out half (Merullo et al. 2024;
-    Hanna et al. 2024), beside B's own circuit's. A task whose selected circuit is the whole pool is
-    not compared (its faithfulness anywhere is 1 by construction) and is listed apart, as the
-    unsolved tasks are. Written to ``reuse.csv`` and ``overlap.json``.
-    """
-    import pandas as pd
-
-    tasks = [t for t in scope if t in found and found[t].smaller_than_model]
-    unsolved = [t for t in scope if t not in found]
-    whole_model = [t for t in scope if t in found and not found[t].smaller_than_model]
-
-    metrics: dict[str, float] = {}
-    rows = []
-    for b in tasks:
-        others = [a for a in tasks if a != b]
-        scorer = found[b].scorer
-        ld, _ = scorer.circuits([found[a].components for a in others])  # (other task, prompt of b), one batched run
-        for a, row_ld in zip(others, ld):
-            heads_a, heads_b = heads_of(found[a].components), heads_of(found[b].components)
-            iv = bootstrap(row_ld, scorer.clean_ld, statistic=scoring.ratio_of_means)
-            row = {"circuit_of": a, "scored_on": b, "jaccard": discovery.circuit_overlap(heads_a, heads_b),
-                   "containment": discovery.circuit_containment(heads_a, heads_b), "faithfulness": iv.estimate,
-                   "faithfulness_ci_low": iv.low, "faithfulness_ci_high": iv.high, "size_a": len(found[a].components)}
-            rows.append(row)
-            metrics[f"reuse/{a}_in_{b}/containment"] = row["containment"]
-            metrics.update(to_metrics(f"reuse/{a}_on_{b}/faithfulness", iv))
-            if tasks.index(a) < tasks.index(b):
-                metrics[f"reuse/{a}_{b}/jaccard"] = row["jaccard"]
-    write_frame(out_dir / "reuse.csv", pd.DataFrame(rows, columns=["circuit_of", "scored_on", "jaccard", "containment",
-                                                                   "faithfulness", "faithfulness_ci_low",
-                                                                   "faithfulness_ci_high", "size_a"]))
-    write_json(out_dir / "overlap.json", {"tasks": tasks, "unsolved": unsolved, "no_circuit_below_model": whole_model,
-                                          "heads": {t: [c.name for c in heads_of(found[t].components)] for t in tasks},
-                                          "definition": "jaccard = |A∩B|/|A∪B| of heads; containment = |A∩B|/|A|; "
-                                                        "faithfulness = A's circuit scored on B's held-out prompts"})
-    return metrics

@@ -2,13 +2,15 @@
 
 * **Overlap** of the circuit rediscovered in the quantized model (B) with the FP circuit (A), over
   heads: Jaccard ``|A∩B| / |A∪B|`` and containment ``|A∩B| / |A|`` (the share of the FP circuit
-  the quantized model still selects), as :func:`interpipe.circuits.discovery.circuit_overlap`.
+  the quantized model still selects), as :func:`interpipe.circuits.discovery.circuit_overlap`, each
+  beside what two random head sets of the same sizes give (:func:`interpipe.circuits.discovery.chance_overlap`).
 * **Effect correlation**: Pearson's r between the per-head denoising patching effects (z_head) of
   the two models, with a paired bootstrap interval over heads.
 * **Head classes** (Wang et al. 2022, :mod:`interpipe.circuits.heads`): for every head the FP
   model puts in a class (name mover, S-attending, duplicate token, induction), its class in the
   quantized model, the attention score that defines the class and its patching effect in both;
-  a class *survives* in a head that keeps it.
+  a class *survives* in a head that keeps it; its survival is reported only for a class of enough
+  heads (:mod:`.verdict`).
 
 Circuits are :class:`~interpipe.components.Component` values (parsed where ``circuit.json`` is read,
 :func:`~interpipe.quant_interp.inputs.read_circuit_run`); the ``component`` names of the head-class
@@ -27,14 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from interpipe.circuits.discovery import circuit_containment, circuit_overlap
+from interpipe.circuits.discovery import chance_overlap, circuit_containment, circuit_overlap
+from interpipe.circuits.heads import CLASS_SCORES  # the one head-class rule: each class and its defining attention score
 from interpipe.components import Component
+from interpipe.quant_interp.verdict import small_class_reason, undefined_interval
 from interpipe.stats import Interval, bootstrap
-
-# the attention score that defines each IOI head class (interpipe.circuits.heads.classify)
-CLASS_SCORES = {"name mover": "attn_end_io", "negative name mover": "attn_end_io",
-                "S-attending (S-inhibition candidate)": "attn_end_s", "duplicate token": "attn_s2_s1",
-                "induction": "attn_s2_s1_next"}
 
 
 def overlap(fp: list[Component], quantized: list[Component]) -> dict[str, float]:
@@ -42,6 +41,12 @@ def overlap(fp: list[Component], quantized: list[Component]) -> dict[str, float]
     return {"circuit_jaccard": circuit_overlap(fp, quantized),
             "circuit_containment": circuit_containment(fp, quantized),
             "circuit_shared_heads": float(len(set(fp) & set(quantized)))}
+
+
+def overlap_chance(fp: list[Component], quantized: list[Component], n_heads: int) -> dict[str, float]:
+    """Expected Jaccard and containment of two random sets of ``n_heads`` heads with the circuits' sizes."""
+    chance = chance_overlap(len(set(fp)), len(set(quantized)), n_heads)
+    return {"circuit_jaccard_chance": chance["jaccard"], "circuit_containment_chance": chance["containment"]}
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,7 +102,15 @@ def class_key(name: str) -> str:
     return name.split(" (")[0].replace(" ", "_").replace("-", "_")
 
 
-def class_survival(table: Any, n_resamples: int) -> dict[str, Interval]:
-    """Per FP head class, the share of its heads that keep the class, bootstrap interval over those heads."""
-    return {class_key(name): bootstrap(group["survives"].to_numpy(dtype=float), n_resamples=n_resamples)
-            for name, group in table.groupby("class_fp", sort=True)}
+def class_survival(table: Any, n_resamples: int, min_heads: int = 2) -> tuple[dict[str, Interval], dict[str, str]]:
+    """Per FP head class, the share of its heads that keep the class, bootstrap interval over those heads;
+    a class of fewer than ``min_heads`` heads gets a NaN interval and its reason (second dict, by class key)."""
+    survival: dict[str, Interval] = {}
+    reasons: dict[str, str] = {}
+    for name, group in table.groupby("class_fp", sort=True):
+        key, reason = class_key(name), small_class_reason(len(group), min_heads)
+        if reason:
+            survival[key], reasons[key] = undefined_interval(len(group)), reason
+        else:
+            survival[key] = bootstrap(group["survives"].to_numpy(dtype=float), n_resamples=n_resamples)
+    return survival, reasons

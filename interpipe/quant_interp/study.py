@@ -2,15 +2,19 @@
 
 For every (FP model, quantized model) pair, :func:`run_quant_interp` reads both models' circuits and
 attribute results, loads each model once into a ``TransformerBridge`` and measures, on the FP
-circuits run's own held-out prompts (:mod:`.transfer`): the clean logit difference the quantized model
-retains and the FP circuit's held-out faithfulness inside the quantized model beside same-size
-random circuits; from the saved results (:mod:`.compare`, :mod:`.drift`): the overlap of the circuit
-rediscovered in the quantized model with the FP one, the correlation of the per-head patching
-effects, whether each named IOI head keeps its class, and each attribution method's drift. Every
-number from prompts or examples has a bootstrap interval. It writes ``headline.csv`` (the shared
-contract of :mod:`interpipe.headline`), ``pairs.csv``, ``head_effects.csv``, ``head_classes.csv``, ``attribution_drift.csv``,
-``drift_per_example.csv`` and ``headline_*.png`` into ``out_dir`` and returns the flat metrics.
-Inputs are checked before any model loads (:func:`interpipe.quant_interp.inputs.check_inputs`).
+circuits run's own held-out prompts (:mod:`.transfer`): whether the quantized model still solves the
+task (the one rule of :mod:`.verdict`: its pairwise accuracy's interval above chance), the clean logit
+difference it retains and, in a solved pair, the FP circuit's held-out faithfulness inside it beside
+same-size random circuits; from the saved results (:mod:`.compare`, :mod:`.drift`): the overlap of
+the circuit rediscovered in the quantized model with the FP one, the correlation of the per-head
+patching effects, whether each named IOI head keeps its class, and each attribution method's drift.
+Every number from prompts or examples has a bootstrap interval; a number an unsolved pair (or a
+missing circuit, or a class of too few heads) leaves without meaning is NaN with its reason
+(``PairResult.undefined``), never 0.0 or a ratio. It writes ``headline.csv`` (the shared contract of
+:mod:`interpipe.headline`, with ``verdict`` and ``reason`` columns), ``pairs.csv``, ``head_effects.csv``,
+``head_classes.csv``, ``attribution_drift.csv``, ``drift_per_example.csv`` and ``headline_*.png`` into
+``out_dir`` and returns the flat metrics. Inputs are checked before any model loads
+(:func:`interpipe.quant_interp.inputs.check_inputs`).
 
 Each pair's measurements are a :class:`PairResult` (an :class:`interpipe.result.Result`). The study
 writes all pairs together into the tables above (:mod:`.tables`, :mod:`.figures`); ``PairResult.save``
@@ -25,15 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interpipe.quant_interp import compare, drift, transfer
+from interpipe.quant_interp import compare, drift, transfer, verdict
 from interpipe.quant_interp.inputs import (CircuitRun, Pair, Roots, attribution_methods, check_inputs, circuit_settings,
                                            pairs_of, read_circuit_run)
 from interpipe.result import Result, writing
 from interpipe.settings.circuits import CircuitSettings
 from interpipe.settings.quant_interp import QuantInterpSettings
-from interpipe.stats import Interval
+from interpipe.stats import Interval, bootstrap
 
 SCORED = ("faithfulness", "faithfulness_per_prompt", "random_faithfulness", "excess_over_random", "circuit_accuracy")
+OVERLAP = ("circuit_jaccard", "circuit_containment", "circuit_shared_heads")  # compare.overlap's keys
 
 
 @dataclass
@@ -49,6 +54,12 @@ class PairResult(Result):
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> drift.method_drift summary
     drift_examples: list[Any] = field(default_factory=list)  # per-method per-example DataFrames
     info: dict[str, Any] = field(default_factory=dict)  # the pair's identity: FP and quantized model, task, effect method
+    undefined: dict[str, str] = field(default_factory=dict)  # headline metric -> why it is NaN (verdict.py), never 0.0
+
+    @property
+    def verdict(self) -> str:
+        """``"solved"`` or ``"unsolved"`` by the study's one rule (:func:`interpipe.quant_interp.verdict.solves`)."""
+        return verdict.SOLVED if self.numbers.get("quantized_solved") else verdict.UNSOLVED
 
     def to_frame(self) -> Any:
         """The pair's row of ``pairs.csv``: every number with its interval."""
@@ -60,7 +71,7 @@ class PairResult(Result):
         """A dict of figures by file stem: the study's ``headline_*`` figures drawn for this pair alone."""
         from interpipe.quant_interp import figures
 
-        out = {"headline_retained_vs_overlap": figures.retained_vs_overlap([self])}
+        out = {"headline_solved_and_transfer": figures.solved_and_transfer([self])}
         drift_figure = figures.attribution_drift([self])
         if drift_figure is not None:
             out["headline_attribution_drift"] = drift_figure
@@ -78,7 +89,8 @@ class PairResult(Result):
             write_json(tmp / "pair.json", {
                 "pair": asdict(self.pair), "intervals": _encoded(self.intervals), "numbers": self.numbers,
                 "survival": _encoded(self.survival), "drift": {m: _encoded(d) for m, d in self.drift.items()},
-                "drift_examples": len(self.drift_examples), "info": self.info}, allow_nonfinite=True)
+                "drift_examples": len(self.drift_examples), "info": self.info, "undefined": self.undefined},
+                allow_nonfinite=True)
         return Path(folder)
 
     @classmethod
@@ -94,7 +106,7 @@ class PairResult(Result):
                    pd.read_parquet(folder / "effects.parquet"), pd.read_parquet(folder / "classes.parquet"),
                    _decoded(meta["survival"]), {m: _decoded(d) for m, d in meta["drift"].items()},
                    [pd.read_parquet(folder / "drift_examples" / f"{i}.parquet") for i in range(meta["drift_examples"])],
-                   meta["info"])
+                   meta["info"], meta.get("undefined", {}))
 
 
 def _encoded(values: dict[str, Any]) -> dict[str, Any]:
@@ -111,17 +123,60 @@ def _interval(metrics: dict[str, float], key: str, n: int) -> Interval:
     return Interval(metrics[key], metrics.get(key + "_ci_low", metrics[key]), metrics.get(key + "_ci_high", metrics[key]), n)
 
 
-def _circuit_numbers(fp_run: CircuitRun, q_run: CircuitRun) -> dict[str, float]:
-    """The FP run's own held-out numbers and both circuits' sizes (no interval: read from the runs)."""
+def _transfer(scorer: Any, fp_ld: Any, fp_run: CircuitRun, settings: QuantInterpSettings
+              ) -> tuple[dict[str, Interval], dict[str, str], bool]:
+    """The quantized model on the FP run's held-out prompts: the solved rule (:mod:`.verdict`), the logit
+    difference it keeps and, in a solved pair only, the FP circuit scored inside it. Returns (intervals,
+    undefined numbers with their reasons, solved)."""
+    n = settings.bootstrap_resamples
+    accuracy = verdict.pairwise_accuracy(scorer.clean_ld, n)  # (heldout,) logit differences -> share above 0
+    intervals = {"quantized_pairwise_accuracy": accuracy,
+                 "quantized_clean_logit_diff": bootstrap(scorer.clean_ld, n_resamples=n),
+                 "fp_clean_logit_diff": bootstrap(fp_ld, n_resamples=n),
+                 "clean_logit_diff_retained": transfer.retained_logit_diff(fp_ld, scorer.clean_ld, n)}
+    if not verdict.solves(accuracy, settings.min_pairwise_accuracy):
+        reason = verdict.unsolved_reason(accuracy, settings.min_pairwise_accuracy)
+        return intervals, {f"fp_circuit_{k}": reason for k in SCORED}, False
+    scored = transfer.score_fp_circuit(scorer, fp_run.components, settings.random_circuits)
+    n_heldout = int(scored["heldout_prompts"])
+    intervals.update({f"fp_circuit_{k}": _interval(scored, k, n_heldout) for k in SCORED if k in scored})
+    return intervals, {}, True
+
+
+def _mechanism(fp_run: CircuitRun, q_run: CircuitRun, settings: QuantInterpSettings, unsolved: str
+               ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Overlap, effect correlation and head-class survival of one pair, and the reasons of those undefined
+    (``unsolved``: the unsolved pair's reason, "" in a solved pair; :mod:`.verdict`)."""
     numbers = {"fp_faithfulness": fp_run.metrics.get("faithfulness", float("nan")),
-               "fp_circuit_heads": float(len(fp_run.heads)), "quantized_circuit_heads": float(len(q_run.heads)),
-               "quantized_solved": float(q_run.metrics.get("solved", 0))}
-    return {**numbers, **compare.overlap(fp_run.heads, q_run.heads)}
+               "fp_circuit_heads": float(len(fp_run.heads)), **compare.overlap(fp_run.heads, q_run.heads),
+               "quantized_circuit_heads": float(len(q_run.heads)),
+               "quantized_circuits_solved": float(q_run.metrics.get("solved", 0))}
+    no_circuit = unsolved or verdict.no_circuit_reason(len(q_run.components), q_run.metrics.get("pool_size", 0.0),
+                                                       bool(q_run.metrics.get("solved", 0)))
+    undefined = {k: no_circuit for k in (*OVERLAP, "quantized_circuit_heads")} if no_circuit else {}
+    if not no_circuit:  # one row per head in ioi_heads.csv: the heads a random set is drawn from
+        numbers.update(compare.overlap_chance(fp_run.heads, q_run.heads, len(fp_run.head_classes)))
+    numbers.update({k: float("nan") for k in undefined})
+    paired = compare.paired_effects(fp_run.effects, q_run.effects)
+    correlation = verdict.undefined_interval() if unsolved else compare.effect_correlation(paired,
+                                                                                          settings.bootstrap_resamples)
+    if unsolved or correlation.n == 0:
+        correlation = verdict.undefined_interval()
+        undefined["effect_correlation"] = unsolved or ("no patching: the quantized model's circuits run found the "
+                                                       "task unsolved by its own test")
+    classes = compare.head_class_table(fp_run.head_classes, q_run.head_classes, paired, fp_run.heads, q_run.heads)
+    survival, why = compare.class_survival(classes, settings.bootstrap_resamples, settings.min_class_heads)
+    if unsolved:
+        survival, why = {k: verdict.undefined_interval() for k in survival}, {k: unsolved for k in survival}
+    undefined.update({f"{k}_survival": reason for k, reason in why.items()})
+    return {"numbers": numbers, "paired": paired, "correlation": correlation, "classes": classes,
+            "survival": survival}, undefined
 
 
 def compare_pair(pair: Pair, fp_run: CircuitRun, fp_model: Any, circuits: CircuitSettings,
                  roots: Roots, settings: QuantInterpSettings, device: str, dtype: str) -> PairResult:
-    """Load the quantized model, score the FP circuit in it and compare both models' saved results."""
+    """Load the quantized model, decide whether it solves the task, score the FP circuit in it (solved
+    pairs only) and compare both models' saved results."""
     from interpipe.circuits.bridge import load_bridge
 
     q_run = read_circuit_run(roots, pair.quantized, settings.task, settings.effect_method)
@@ -130,19 +185,16 @@ def compare_pair(pair: Pair, fp_run: CircuitRun, fp_model: Any, circuits: Circui
     transfer.check_same_tokenizer(roots.models / pair.fp, roots.models / pair.quantized, batch.prompts)
     fp_ld = transfer.heldout_clean_ld(fp_model, batch)  # (heldout,) the same prompts in the FP model
     scorer = transfer.heldout_scorer(bridge, batch, circuits, settings.memory_mb)
-    scored = transfer.score_fp_circuit(scorer, fp_run.components, settings.random_circuits)
-    del bridge
-    n_heldout = int(scored["heldout_prompts"])
-    intervals = {f"fp_circuit_{k}": _interval(scored, k, n_heldout) for k in SCORED if k in scored}
-    intervals["clean_logit_diff_retained"] = transfer.retained_logit_diff(fp_ld, scorer.clean_ld,
-                                                                          settings.bootstrap_resamples)
-    paired = compare.paired_effects(fp_run.effects, q_run.effects)
-    intervals["effect_correlation"] = compare.effect_correlation(paired, settings.bootstrap_resamples)
-    classes = compare.head_class_table(fp_run.head_classes, q_run.head_classes, paired, fp_run.heads, q_run.heads)
-    result = PairResult(pair, intervals, _circuit_numbers(fp_run, q_run), paired, classes,
-                        compare.class_survival(classes, settings.bootstrap_resamples),
+    intervals, undefined, solved = _transfer(scorer, fp_ld, fp_run, settings)
+    del bridge, scorer
+    unsolved = "" if solved else undefined["fp_circuit_faithfulness"]
+    parts, more = _mechanism(fp_run, q_run, settings, unsolved)
+    intervals["effect_correlation"] = parts["correlation"]
+    numbers = {**parts["numbers"], "quantized_solved": float(solved),
+               "min_pairwise_accuracy": settings.min_pairwise_accuracy}
+    result = PairResult(pair, intervals, numbers, parts["paired"], parts["classes"], parts["survival"],
                         info={"fp_model": pair.fp, "model": pair.quantized, "task": settings.task,
-                              "effect_method": settings.effect_method})
+                              "effect_method": settings.effect_method}, undefined={**undefined, **more})
     if settings.attribution and pair.attribution:
         for method in attribution_methods(roots, pair.fp, pair.quantized):
             summary, per_example = drift.method_drift(roots.attribute / pair.fp / method,

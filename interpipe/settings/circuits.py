@@ -48,6 +48,7 @@ class CircuitSettings:
     random_circuits: int = 20  # random same-size circuits scored on the held-out half (the baseline)
     completeness_heads: int = 8  # completeness/minimality knockouts for this many top circuit heads (2 runs each)
     curve_points: int = 0  # faithfulness curve at every k (0) or at about this many k, spaced geometrically
+    refine_steps: int = 4  # selection=faithfulness: bisect this many more sizes between the last below the target and the first above
     single_ablations: bool = True  # ablate every head and every MLP alone (one patched run each)
     path_senders: int = 1  # path patching from this many top-ranked heads
     sender_positions: str = "all"  # all | answer: positions of the sender's write (Merullo et al. use the last)
@@ -87,6 +88,8 @@ class CircuitSettings:
                 raise ValueError(f"circuits.{key}={getattr(self, key)} must be >= 0")
         if self.inhibition_prompts < 1:
             raise ValueError(f"circuits.inhibition_prompts={self.inhibition_prompts} must be >= 1")
+        if self.refine_steps < 0:
+            raise ValueError(f"circuits.refine_steps={self.refine_steps} must be >= 0 (0: the curve's sizes only)")
         if self.curve_points < 0:
             raise ValueError(f"circuits.curve_points={self.curve_points} must be >= 0 (0: every circuit size)")
         if self.memory_mb <= 0:

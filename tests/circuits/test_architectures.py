@@ -30,8 +30,12 @@ def family_bridges(arch_folders) -> dict:
     return {family: load_bridge(arch_folders[family]) for family in CAUSAL_FAMILIES}
 
 
-def _batch(bridge, data_root, task: str = "sva"):
-    """Up to ``N_PROMPTS`` prompts of ``task`` whose clean and corrupted prompts tokenize to one length."""
+TASK = "colored_objects"  # answers and foils single tokens of the matrix's 600-token BPE (SVA's " are" / " is" are two)
+
+
+def _batch(bridge, data_root, task: str = TASK):
+    """Up to ``N_PROMPTS`` prompts of ``task`` whose clean and corrupted prompts tokenize to one length
+    and whose answers and foils are single tokens (``models.tokens.answer_token_id``)."""
     from interpipe.circuits import make_batch
     from interpipe.data import load_task
 
@@ -146,19 +150,20 @@ def test_study_runs_with_attribution_ranking(arch_folders, data_root, tmp_path, 
     from interpipe.circuits import CircuitSettings, run_circuits
     from interpipe.io import read_json
 
-    settings = CircuitSettings(tasks=["sva"], n_prompts=4, on_mismatch="skip", grids=["mlp_layer"],
+    settings = CircuitSettings(tasks=[TASK], n_prompts=4, on_mismatch="skip", grids=["mlp_layer"],
                                attribution_grids=["mlp_layer", "z", "k"], rank_by="ablation", rank_with="attribution",
                                curve_points=4, single_ablations=False, neuron_ablation=0, overlap=[],
                                min_logit_gap=-1e9, random_circuits=2, completeness_heads=1, reference_prompts=4)
     metrics = run_circuits(settings, arch_folders[family], data_root, tmp_path, model_name=family)
-    task = read_json(tmp_path / f"{family}-sva" / "metrics.json")
-    circuit = read_json(tmp_path / f"{family}-sva" / "circuit.json")
-    assert metrics["sva/solved"] == 1 and len(circuit["selection_curve"]) == len(circuit["curve_k"]) <= 5
+    task = read_json(tmp_path / f"{family}-{TASK}" / "metrics.json")
+    circuit = read_json(tmp_path / f"{family}-{TASK}" / "circuit.json")
+    # 4 geometric sizes (with 0 and the pool: at most 5) and at most refine_steps bisected ones
+    assert metrics[f"{TASK}/solved"] == 1 and len(circuit["selection_curve"]) == len(circuit["curve_k"]) <= 5 + settings.refine_steps
     assert circuit["k"] in circuit["curve_k"]
     import numpy as np
     import pandas as pd
 
-    effects = pd.read_parquet(tmp_path / f"{family}-sva" / "effects.parquet")  # the grids the number came from
+    effects = pd.read_parquet(tmp_path / f"{family}-{TASK}" / "effects.parquet")  # the grids the number came from
     grid = effects[(effects["analysis"] == "mlp_out_layer") & (effects["direction"] == "denoising")]
     exact, estimate = (grid[grid["method"] == m].sort_values("layer")["effect"].to_numpy() for m in ("exact", "attribution"))
     assert len(exact) == len(estimate) == 2  # one value per layer
@@ -176,7 +181,7 @@ def test_prompts_are_the_tokenizers_own_ids(family_bridges, family, arch_folders
 
     tokenizer = AutoTokenizer.from_pretrained(arch_folders[family])
     prompt = "When Mary and John went to the store , John gave a drink to"
-    batch = make_batch(family_bridges[family], [prompt], [prompt], ["Mary"], ["John"])
+    batch = make_batch(family_bridges[family], [prompt], [prompt], ["red"], ["blue"])  # single tokens of the matrix BPE
     expected = tokenizer(prompt)["input_ids"]
     assert batch.clean_tokens[0, : len(expected)].tolist() == expected
 

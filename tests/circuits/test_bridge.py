@@ -30,3 +30,19 @@ def test_check_hook_with_the_callers_names(bridge):
     with pytest.raises(ValueError, match="after the last block"):
         check_hook(bridge, "ln_final.hook_normalized", hooks=names)
     assert check_hook(bridge, "ln_final.hook_normalized", patchable=False, hooks=names)
+
+
+def test_answer_ids_follow_the_one_answer_rule(bridge):
+    """Answer and foil ids are ``models.tokens.answer_token_id``'s: a word of several tokens is refused
+    (or its prompt skipped), never cut to its first token."""
+    from interpipe.circuits import make_batch
+    from interpipe.models.tokens import answer_token_id
+
+    clean, corrupted = ["The cats near the car", "The cat near the car"], ["The cat near the car", "The cats near the car"]
+    batch = make_batch(bridge, clean, corrupted, ["are", "is"], ["is", "are"])
+    assert batch.answer_ids.tolist() == [answer_token_id(bridge.tokenizer, w) for w in ("are", "is")]
+    assert batch.foil_ids.tolist() == [answer_token_id(bridge.tokenizer, w) for w in ("is", "are")]
+    with pytest.raises(ValueError, match="'are is' is 2 tokens"):  # the word-level tokenizer: two words, two tokens
+        make_batch(bridge, clean, corrupted, ["are is", "is"], ["is", "are"])
+    batch = make_batch(bridge, clean, corrupted, ["are is", "is"], ["is", "are"], on_mismatch="skip")
+    assert batch.size == 1 and batch.skipped == 1 and batch.prompts == ["The cat near the car"]

@@ -166,3 +166,31 @@ def test_composed_config_rejects_bad_task_prompts_before_any_model_loads():
         schema.validate(compose(["model=smollm2", "circuits=smollm2", "circuits.task_prompts.ioi=0"]))
     with pytest.raises(Exception, match="task_prompts"):  # not an integer: the structured config refuses it
         compose(["+circuits.task_prompts.ioi=many"])
+
+
+def _evidence(io, s, effect, copy=float("nan"), negative=float("nan"), dup=0.0, ind=0.0):
+    return {"attn_end_io": io, "attn_end_s": s, "direct_effect": effect, "copy_score": copy,
+            "negative_copy_score": negative, "attn_s2_s1": dup, "attn_s2_s1_next": ind}
+
+
+def test_one_class_rule_finds_movers_that_copy_and_keeps_late_s_heads_apart():
+    """SmolLM2's IOI evidence (ioi_heads.csv): L23H0 attends IO only 2.2x S but copies (1.0) and raises
+    IO − S (+0.68): a name mover; L24H4 writes IO down; L23H3 attends S and writes it down (+2.08);
+    a head whose copying was not measured gets no mover class."""
+    import pandas as pd
+
+    from interpipe.circuits.head_classes import receivers
+    from interpipe.circuits.heads import CLASS_SCORES, classify
+
+    rows = {"L23H0": _evidence(0.60, 0.27, 0.68, 1.0, 0.0), "L23H1": _evidence(0.57, 0.33, 0.44, 0.88, 0.0),
+            "L24H4": _evidence(0.70, 0.21, -0.94, 0.0, 0.99), "L23H3": _evidence(0.05, 0.66, 2.08, 0.0, 1.0),
+            "L25H2": _evidence(0.05, 0.81, -0.10, 0.0, 0.0), "L22H7": _evidence(0.57, 0.26, 0.06),
+            "L28H1": _evidence(0.33, 0.35, 0.15, 0.13, 0.0), "L2H4": _evidence(0.0, 0.0, 0.0, dup=0.5)}
+    classes = {name: classify(row) for name, row in rows.items()}
+    assert classes == {"L23H0": "name mover", "L23H1": "name mover", "L24H4": "negative name mover",
+                       "L23H3": "S suppressor", "L25H2": "S-attending (S-inhibition candidate)", "L22H7": "",
+                       "L28H1": "", "L2H4": "duplicate token"}
+    assert set(classes.values()) - {""} <= set(CLASS_SCORES)  # quant_interp reads every class's defining score
+    frame = pd.DataFrame([{"layer": int(n[1:].split("H")[0]), "head": int(n.split("H")[1]), "class": c, **rows[n]}
+                          for n, c in classes.items()])
+    assert receivers(frame, 3) == [(23, 0), (23, 1)]  # the S-inhibition receivers are the movers, not L23H3

@@ -64,14 +64,19 @@ def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     assert set(frame["method"]) >= {"exact", "attribution", "dla"}
     assert set(frame.loc[frame["method"] == "exact", "direction"]) == {"denoising", "noising"}
     assert "sva/faithfulness_ci_low" in metrics and "sva/random_faithfulness" in metrics
+    assert {"sva/cpr", "sva/cmd_ci_low"} <= set(metrics)  # the curve's MIB summaries
+    # a random tiny model's top 3 heads are reported (headline, reuse) only where they pass the held-out check
+    held = [t for t in ("sva", "ioi") if metrics[f"{t}/heldout_above_target"]]
     reuse = pd.read_csv(tmp_path / "reuse.csv")
-    assert len(reuse) == 2 and metrics["reuse/sva_ioi/jaccard"] == reuse["jaccard"][0]
+    assert len(reuse) == (2 if len(held) == 2 else 0) and read_json(tmp_path / "overlap.json")["tasks"] == held
+    assert {"jaccard_chance", "containment_chance"} <= set(reuse.columns)
     from interpipe.headline import read_headline
 
     headline = read_headline(tmp_path / "headline.csv")  # the report's reader accepts it
-    assert {"faithfulness", "logit_gap"} <= set(headline["metric"]) and set(headline["task"]) == {"sva", "ioi"}
+    assert {"cpr", "cmd", "logit_gap"} <= set(headline["metric"]) and set(headline["task"]) == {"sva", "ioi"}
+    assert set(headline.loc[headline["metric"] == "faithfulness", "task"]) == set(held)
+    assert set(headline.loc[headline["metric"] == "circuit_found", "task"]) == {"sva", "ioi"} - set(held)
     assert set(headline["method"]) == {"model", "circuit"}
-    assert read_json(tmp_path / "overlap.json")["tasks"] == ["sva", "ioi"]
     classes = pd.read_csv(tmp_path / "tiny-ioi" / "ioi_heads.csv")  # IOI head evidence, one row per head
     assert len(classes) == 8 and classes["in_circuit"].sum() == metrics["ioi/circuit_heads"]
     assert {"copy_score", "negative_copy_score", "name_mover_receiver", "s_inhibition_effect"} <= set(classes.columns)

@@ -25,7 +25,7 @@ def test_branches_of_the_default_pipeline_are_disjoint_and_ordered(real_dag):
     assert list(branches) == list(repro.BRANCHES)
     weights, quantize = branches.values()
     assert weights[0] == "model@toy" and {"quantize_encoder@minilm-sentiment", "weights@lnfree-smollm2"} <= set(weights)
-    assert {"quantize@smollm2", "circuits@smollm2-osplus-w6a6", "attribute@smollm2-rtn-w6a6"} <= set(quantize)
+    assert {"quantize@smollm2", "circuits@smollm2-osplus-w8a8", "attribute@smollm2-rtn-w8a8"} <= set(quantize)
     assert "attribute@smollm2" in weights and "evaluate@smollm2" in quantize  # they read step 1 only: they balance the branches
     left = set(order) - set(weights) - set(quantize) - set(repro.FIRST)
     assert left == {"quant_interp", "aggregate"}  # they read both branches: the last, plain dvc repro

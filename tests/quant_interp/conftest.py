@@ -1,5 +1,6 @@
 """Fixtures of the quantization-interpretability tests: a tiny random GPT-2, a copy with one head's output
-zeroed (the planted change), each model's circuits-stage results, and hand-made attribution results."""
+zeroed (the planted change), a copy whose logits are negated (a model that fails the task exactly where
+the original solves it), each model's circuits-stage results, and hand-made attribution results."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import yaml
 from tests.circuits.conftest import tiny_folder  # noqa: F401 - the tiny random GPT-2 fixture
 
 ZEROED = (1, 0)  # (layer, head) whose output projection the planted copy zeroes
-MODELS = ("tiny", "tiny-zeroed")
+MODELS = ("tiny", "tiny-zeroed", "tiny-negated")
 
 
 def circuit_settings():
@@ -35,6 +36,20 @@ def zero_head(folder: Path, target: Path, layer: int, head: int) -> Path:
     d_head = model.config.n_embd // model.config.n_head
     with torch.no_grad():
         model.transformer.h[layer].attn.c_proj.weight[head * d_head:(head + 1) * d_head] = 0.0  # (n_heads*d_head, d_model)
+    shutil.copytree(folder, target)
+    model.save_pretrained(target)
+    return target
+
+
+def negate_logits(folder: Path, target: Path) -> Path:
+    """A copy of the GPT-2 in ``folder`` whose final LayerNorm is negated: every logit, so every logit
+    difference answer − foil, changes sign (the unembedding has no bias)."""
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.neg_()  # (d_model,)
+        model.transformer.ln_f.bias.neg_()  # (d_model,)
     shutil.copytree(folder, target)
     model.save_pretrained(target)
     return target
@@ -63,6 +78,7 @@ def study_roots(tiny_folder, data_root, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("quant_interp")
     shutil.copytree(tiny_folder, root / "models" / "tiny")
     zero_head(tiny_folder, root / "models" / "tiny-zeroed", *ZEROED)
+    negate_logits(tiny_folder, root / "models" / "tiny-negated")
     settings = circuit_settings()
     for name in MODELS:
         out = root / "circuits" / name

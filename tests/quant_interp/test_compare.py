@@ -23,6 +23,9 @@ def test_overlap_known_answer():
     out = compare.overlap(_heads("L0H0", "L1H1", "L2H2", "L3H3"), _heads("L1H1", "L3H3", "L4H0"))
     assert out == {"circuit_jaccard": 2 / 5, "circuit_containment": 2 / 4, "circuit_shared_heads": 2.0}
     assert compare.overlap([], [])["circuit_jaccard"] == 0.0
+    # chance: random sets of 1 and 2 of 3 heads share a head with probability 2/3, Jaccard then 1/2
+    chance = compare.overlap_chance(_heads("L0H0"), _heads("L0H1", "L0H2"), 3)
+    assert chance == pytest.approx({"circuit_jaccard_chance": 1 / 3, "circuit_containment_chance": 2 / 3})
 
 
 def _effects(values):
@@ -62,8 +65,18 @@ def test_head_class_table_and_survival():
     assert (table.loc["L0H1", "score_fp"], table.loc["L0H1", "score_quantized"]) == (0.5, 0.1)
     assert (table.loc["L0H0", "effect_fp"], table.loc["L0H0", "effect_quantized"]) == (1.0, 0.9)
     assert table.loc["L1H0", "in_quantized_circuit"] == 1 and table.loc["L1H0", "in_fp_circuit"] == 0
-    survival = compare.class_survival(table.reset_index(), 200)
-    assert survival["name_mover"].estimate == 1.0 and survival["induction"].estimate == 0.5
+    survival, too_few = compare.class_survival(table.reset_index(), 200, min_heads=1)
+    assert survival["name_mover"].estimate == 1.0 and survival["induction"].estimate == 0.5 and too_few == {}
+
+
+def test_a_class_with_too_few_heads_gets_no_interval():
+    """Survival is a share over the class's heads: below the minimum it is NaN with its reason, not 0 or 1."""
+    table = pd.DataFrame({"class_fp": ["name mover"] * 2 + ["induction"] * 5, "survives": [1, 1, 1, 0, 1, 1, 0]})
+    survival, too_few = compare.class_survival(table, 200, min_heads=5)
+    assert math.isnan(survival["name_mover"].estimate) and math.isnan(survival["name_mover"].low)
+    assert survival["name_mover"].n == 2 and too_few == {"name_mover": "too few heads: 2 in the FP class, an interval needs 5"}
+    induction = survival["induction"]
+    assert induction.estimate == pytest.approx(3 / 5) and induction.low < 3 / 5 < induction.high and induction.n == 5
 
 
 def test_spearman_known_answers():

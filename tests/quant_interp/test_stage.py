@@ -10,12 +10,15 @@ from tests.conftest import compose, run_module
 
 
 def test_config_composes_with_the_four_default_pairs():
+    from interpipe.settings.quant_interp import QuantInterpSettings
     from stages import schema
 
     settings = schema.validate(compose([])).quant_interp
-    assert [(p["fp"], p["quantized"]) for p in settings.pairs] == [
-        ("toy", "toy-rtn-w6a6"), ("toy", "toy-osplus-w6a6"), ("smollm2", "smollm2-rtn-w6a6"),
-        ("smollm2", "smollm2-osplus-w6a6")]
+    expected = [("toy", "toy-rtn-w6a6"), ("toy", "toy-osplus-w6a6"), ("smollm2", "smollm2-rtn-w8a8"),
+                ("smollm2", "smollm2-osplus-w8a8")]  # SmolLM2 at W8A8: it no longer solves IOI at W6A6
+    assert [(p["fp"], p["quantized"]) for p in settings.pairs] == expected
+    assert [(p["fp"], p["quantized"]) for p in QuantInterpSettings().pairs] == expected  # the dataclass default agrees
+    assert (settings.min_pairwise_accuracy, settings.min_class_heads) == (0.5, 5)
 
 
 def test_config_rejects_bad_values():
@@ -23,6 +26,10 @@ def test_config_rejects_bad_values():
 
     with pytest.raises(ValueError, match="quant_interp.task"):
         schema.validate(compose(["quant_interp.task=sva"]))
+    with pytest.raises(ValueError, match="no pair can be solved"):
+        schema.validate(compose(["quant_interp.min_pairwise_accuracy=1.0"]))
+    with pytest.raises(ValueError, match="min_class_heads"):
+        schema.validate(compose(["quant_interp.min_class_heads=1"]))
     with pytest.raises(Exception, match="nope"):
         compose(["quant_interp.nope=1"])
 
