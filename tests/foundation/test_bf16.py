@@ -89,7 +89,9 @@ def test_circuits(tiny_toy_folder, data_root, tmp_path):
 
 def test_attribute(tiny_toy_folder, data_root, tmp_path):
     """Every method's token scores in bfloat16 rank the tokens as in float32 (Spearman >= 0.9; seen
-    >= 0.997) and move by at most 10 % of the example's largest score (seen 3 %, grad x input)."""
+    >= 0.997) and move by at most 25 % of the example's largest score: the causal target is the answer
+    minus the foil logit, a difference that cancels most of bfloat16's ~3 significant digits (seen 15 %,
+    grad x input; 3 % with the plain answer target)."""
     import numpy as np
     import pandas as pd
     from scipy.stats import spearmanr
@@ -105,7 +107,7 @@ def test_attribute(tiny_toy_folder, data_root, tmp_path):
         for a, b in zip(fp["scores"], bf["scores"]):
             a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
             assert spearmanr(a, b).statistic >= 0.9, method
-            assert np.abs(a - b).max() <= 0.1 * np.abs(a).max(), method
+            assert np.abs(a - b).max() <= 0.25 * np.abs(a).max(), method
 
 
 def test_quantize(tiny_toy_folder, data_root, tmp_path):
