@@ -49,7 +49,6 @@ included, so they need no such caveat.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from pathlib import Path
 

@@ -8,8 +8,6 @@ import json
 import re
 import sys
 
-import pytest
-
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
