@@ -107,20 +107,15 @@ def largest_deviation(cpu: dict, gpu: dict, rtol: float, atol: float) -> tuple[s
     >>> largest_deviation({"a": 1.0, "b": 2.0, "t_seconds": 1}, {"a": 1.0005, "b": 2.5, "t_seconds": 9}, 1e-3, 1e-4)
     ('b: 2 -> 2.5 (238x tol)', False, ['b'])
     """
-    from interpipe.report.reproduce import is_cost, same_value
+    from interpipe.report.reproduce import differences, is_cost
 
-    worst, worst_ratio, outside = "", -1.0, []
-    for key in sorted(set(cpu) | set(gpu)):
-        if is_cost(key):
-            continue
-        a, b = cpu.get(key), gpu.get(key)
-        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-            if a != b:
-                outside.append(key)
+    outside = [row["key"] for row in differences({"": cpu}, {"": gpu}, rtol, atol)]  # the one tolerance rule
+    worst, worst_ratio = "", -1.0
+    for key in sorted(set(cpu) & set(gpu)):
+        a, b = cpu[key], gpu[key]
+        if is_cost(key) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
             continue
         ratio = 0.0 if (math.isnan(a) and math.isnan(b)) else abs(a - b) / (atol + rtol * abs(a))
-        if not same_value(a, b, rtol, atol):
-            outside.append(key)
         if ratio > worst_ratio:
             worst, worst_ratio = f"{key}: {a:.4g} -> {b:.4g} ({ratio:.3g}x tol)", ratio
     return worst, not outside, outside
