@@ -57,6 +57,9 @@ run: $(STAMP)
 	$(BIN)/python -m interpipe.tracking --wait .
 	$(BIN)/python -m interpipe.report.summary outputs/report
 	$(BIN)/python -m interpipe.report.timings outputs
+	# the committed results snapshot beside dvc.lock, and the quoted blocks of README.md and docs/ from it
+	$(BIN)/python -m interpipe.report.snapshot outputs results
+	$(BIN)/python -m interpipe.report.quote --write
 
 test: $(DEV_STAMP)
 	$(BIN)/pytest -q

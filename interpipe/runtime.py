@@ -43,8 +43,9 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}") from None
 
 
-# What a pipeline run rewrites itself (DVC's lock files): a change there says nothing about the code that ran.
-RUN_WRITTEN = ("dvc.lock",)
+# What a pipeline run rewrites itself (DVC's lock files; `make run`'s results snapshot and the quoted blocks of
+# the Markdown docs): a change there says nothing about the code that ran.
+RUN_WRITTEN = ("dvc.lock", "results/*.csv", "*.md")
 
 
 def git(*args: str, cwd: str | os.PathLike | None = None) -> str | None:

@@ -4,7 +4,7 @@ A setting (method x bits x protocol) runs once per calibration seed; its metrics
 seeds, and every delta/drop of a setting with two or more seeds carries the 95 % t interval over seeds (``interpipe.stats.seed_interval``)
 plus, for the migrations, the paired difference to RTN at the same bits and seed
 (``<metric>_minus_rtn``: same calibration texts, so the pairing removes the shared part of the
-spread); OS+ and its ablations also against SmoothQuant (``<metric>_minus_smoothquant``). ``headline.csv`` is the tidy table a results section quotes (see the README).
+spread); OS+ and its ablations also against SmoothQuant (``<metric>_minus_smoothquant``). ``headline.csv`` is the tidy table a results section quotes (docs/quantization.md).
 
 Both result classes are :class:`interpipe.result.Result` classes. A setting's folder
 (``<out>/<model>-<method>-<bits>-<protocol>/``: ``layers.csv``, ``seeds.csv``, ``migration.csv`` for

@@ -7,7 +7,9 @@ Writes, into ``out_dir``:
 - ``tables/<study>.csv`` — per-study comparison tables (methods × metrics, ``best`` column);
 - ``plots/<study>.csv`` — the study's headline metric per run, for ``dvc plots``;
 - ``figures/<study>/*.png`` — the key figures, downscaled (W&B logs them as images);
-- ``index.html`` — the self-contained report page.
+- ``findings.csv`` — one finding per study and model: the headline number, its interval, its floor or
+  baseline and a verdict in words (:mod:`interpipe.report.findings`);
+- ``index.html`` — the self-contained report page, the findings first.
 
 The returned flat dict (counts and the best value of every compared metric per study) becomes
 ``outputs/report/metrics.json``, which ``dvc metrics diff`` compares between commits.
@@ -24,6 +26,8 @@ from tqdm.auto import tqdm
 
 from interpipe.io import read_json, write_frame, write_text
 from interpipe.report.compare import StudyTable, lower_is_better, plot_frame, study_tables
+from interpipe.report.findings import FILE as FINDINGS_FILE
+from interpipe.report.findings import Finding, collect_findings, findings_frame
 from interpipe.report.discover import RunRecord, find_figures, find_named, find_runs, tidy_results
 from interpipe.headline import FILE as HEADLINE_FILE
 from interpipe.headline import is_headline_figure, read_headline
@@ -42,6 +46,7 @@ class Report:
     n_hidden: dict[str, int] = field(default_factory=dict)  # study -> figures left out of the page
     headlines: dict[str, Any] = field(default_factory=dict)  # study -> DataFrame of headline rows
     key_tables: dict[str, list[dict]] = field(default_factory=dict)  # study -> [{caption, frame}] (report.key_tables)
+    findings: list[Finding] = field(default_factory=list)  # one per study and model, judged
     info: dict[str, Any] = field(default_factory=dict)  # revision, model cards
 
     def to_frame(self) -> Any:
@@ -72,6 +77,7 @@ class Report:
             write_frame(out_dir / "tables" / f"{study}.csv", table.frame)
         for study, frame in self.headlines.items():  # W&B logs each as a Table
             write_frame(out_dir / "headline" / f"{study}.csv", frame)
+        write_frame(out_dir / FINDINGS_FILE, findings_frame(self.findings))
         studies = sorted((set(settings.studies.values()) | set(self.tables)) - {settings.study_of("aggregate")})
         for study in studies:
             write_frame(out_dir / "plots" / f"{study}.csv", plot_frame(self.results, study, settings))
@@ -82,7 +88,7 @@ class Report:
                 path.write_bytes(figure["png"])
         page = render_page(title, self.info.get("revision", {}), self.info.get("cards", []), self.tables,
                            self.figures, self.n_hidden, n_runs=len(self.records), n_rows=len(self.results),
-                           headlines=self.headlines, key_tables=self.key_tables,
+                           headlines=self.headlines, key_tables=self.key_tables, findings=self.findings,
                            order=list(dict.fromkeys(settings.studies.values())))
         return write_text(out_dir / "index.html", page)
 
@@ -136,9 +142,11 @@ def collect(settings: ReportSettings, repo: str | Path = ".", env: Mapping[str, 
                                               "thumbnail": thumb, "file": file, "headline": headline})
     revision = {**revision_info(repo, env), "changed_source_runs": sorted({r.run_dir for r in records if r.source_changed})}
     info = {"revision": revision, "cards": model_cards(repo / settings.models_dir)}
+    headlines = collect_headlines(repo, settings)
     return Report(results=results, tables=study_tables(results, settings), records=records,
-                  figures=figures, n_hidden=hidden, info=info, headlines=collect_headlines(repo, settings),
-                  key_tables=collect_key_tables(repo, settings))
+                  figures=figures, n_hidden=hidden, info=info, headlines=headlines,
+                  key_tables=collect_key_tables(repo, settings),
+                  findings=collect_findings(headlines, figures, stage_order=list(settings.studies)))
 
 
 def collect_key_tables(repo: Path, settings: ReportSettings) -> dict[str, list[dict]]:

@@ -3,7 +3,10 @@
 The headline figures are inlined as base64 PNG data URIs (downscaled to ``figure_width_px``), the
 other figures as small thumbnails linking to their full-size copies in ``figures/<study>/``; styles
 are inline and there is no script, so the page opens from a file, an e-mail attachment or a W&B
-HTML panel alike (without its folder, only the thumbnails' links go nowhere). The header shows the model cards and the git/DVC revision of the results.
+HTML panel alike (without its folder, only the thumbnails' links go nowhere). The header shows the git/DVC
+revision of the results; the first screen lists the findings (one per study and model, with interval,
+baseline and verdict); each study's headline table, key figures and collapsed full table follow, and the
+model cards close the page, collapsed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ figure { margin: 0; max-width: 440px; } figure img { max-width: 100%; border: 1p
 figcaption { font-size: .75rem; color: #555; word-break: break-all; }
 figure.key { max-width: 680px; } figure.thumb { max-width: 240px; } .headline table td { white-space: nowrap; }
 .warn { color: #8a4b00; }
+table.findings td { white-space: normal; max-width: 28rem; } td.verdict { font-weight: bold; white-space: nowrap; }
+td.shows { background: #e3f5e1; } td.negative { background: #fdf3d8; } td.uninformative { background: #eee; color: #555; }
 details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 </style>
 </head>
@@ -56,14 +61,23 @@ details > summary { cursor: pointer; color: #335; margin: .5rem 0; }
 {% if revision.get("changed_source_runs") %}<p class="warn">{{ revision.changed_source_runs | length }} of
 {{ n_runs }} runs were made from source files that differed from their commit (their run.json: git_dirty,
 git_changed_files): {{ revision.changed_source_runs | join(", ") }}</p>{% endif %}
-<nav>{% for s in studies %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}<a href="#models">models</a></nav>
-<h2 id="models">Models</h2>
-{% if cards %}<div class="scroll"><table>
-<tr>{% for c in card_columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for card in cards %}<tr>{% for c in card_columns %}<td class="key">{{ card.get(c, "") }}</td>{% endfor %}</tr>
-{% endfor %}</table></div>{% else %}<p class="muted">No model cards found.</p>{% endif %}
+<nav><a href="#findings">findings</a>{% for s in studies %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}<a href="#models">models</a></nav>
 </header>
 <main>
+<section id="findings">
+<h2>Findings</h2>
+{% if findings %}<p class="muted">One line per study and model: the study's headline number with its 95 % interval,
+the floor or baseline it must beat, and what it shows. <b>shows the effect</b>: the interval is clear of the floor;
+<b>valid negative</b>: the study could tell, and the method does not beat the floor; <b>uninformative</b>: the study
+cannot tell here, for the reason given. Each verdict links to the study's key figure.</p>
+<div class="scroll"><table class="findings">
+<tr><th>study</th><th>model</th><th>what is measured</th><th>result [95 % interval]</th><th>floor / baseline</th><th>verdict</th><th>why</th></tr>
+{% for f in findings %}<tr class="finding" data-verdict="{{ f.verdict }}"><td class="key"><a href="#{{ f.anchor }}">{{ f.stage }}</a></td>
+<td class="key">{{ f.model }}</td><td class="key">{{ f.claim }}</td><td>{{ f.value_text }}</td><td class="key">{{ f.baseline_text }}</td>
+<td class="key verdict {{ f.css }}">{% if f.figure %}<a href="{{ f.figure }}">{{ f.verdict }}</a>{% else %}{{ f.verdict }}{% endif %}</td>
+<td class="key">{{ f.reason }}</td></tr>
+{% endfor %}</table></div>{% else %}<p class="muted">No study wrote a headline yet.</p>{% endif %}
+</section>
 {% for s in studies %}
 <section id="{{ s.id }}">
 <h2>{{ s.name }}</h2>
@@ -100,6 +114,12 @@ only (&darr; smaller is better: {{ s.lower | join(", ") or "none" }}); costs, in
 </section>
 {% endfor %}
 {% if not studies %}<p>No results yet: run <code>dvc repro</code>.</p>{% endif %}
+<section id="models"><details><summary><b>Models</b> ({{ cards | length }} model cards)</summary>
+{% if cards %}<div class="scroll"><table>
+<tr>{% for c in card_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for card in cards %}<tr>{% for c in card_columns %}<td class="key">{{ card.get(c, "") }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>{% else %}<p class="muted">No model cards found.</p>{% endif %}
+</details></section>
 </main>
 </body>
 </html>
@@ -214,12 +234,13 @@ def headline_block(frame: Any) -> dict | None:
 def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str, StudyTable],
                 figures: dict[str, list[dict]], n_hidden: dict[str, int], n_runs: int, n_rows: int,
                 order: list[str] | tuple[str, ...] = (), headlines: dict[str, Any] | None = None,
-                key_tables: dict[str, list[dict]] | None = None) -> str:
+                key_tables: dict[str, list[dict]] | None = None, findings: list | None = None) -> str:
     """Render the page, studies in ``order`` first, then alphabetically.
 
     ``figures[study]`` holds dicts with ``caption``, ``png`` bytes, ``width`` and ``height`` (and
     ``headline``: a study's key figure, shown beside its headline table); ``headlines[study]`` the
-    study's headline rows (:mod:`interpipe.headline`).
+    study's headline rows (:mod:`interpipe.headline`); ``findings`` (:mod:`interpipe.report.findings`)
+    open the page.
     """
     import jinja2
 
@@ -248,8 +269,12 @@ def render_page(title: str, revision: dict, cards: list[dict], tables: dict[str,
             "n_hidden": n_hidden.get(name, 0),
         })
     card_columns = [c for c in CARD_COLUMNS if any(c in card for card in cards)]
+    css = {"shows the effect": "shows", "valid negative": "negative", "uninformative": "uninformative"}
+    shown = [{"stage": f.stage, "model": f.model, "claim": f.claim, "value_text": f.value_text,
+              "baseline_text": f.baseline_text, "verdict": f.verdict, "reason": f.reason, "figure": f.figure,
+              "anchor": _anchor(f.study), "css": css.get(f.verdict, "")} for f in findings or []]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
     return env.from_string(TEMPLATE).render(
         title=title, revision=revision, cards=cards, card_columns=card_columns, studies=studies,
-        keys=KEYS, n_runs=n_runs, n_rows=n_rows,
+        keys=KEYS, n_runs=n_runs, n_rows=n_rows, findings=shown,
     )

@@ -73,3 +73,17 @@ def test_the_report_names_runs_from_changed_sources(repo):
     (repo / "pkg" / "mod.py").write_text("v2\n")
     page = render_page("r", revision_info(repo), [], {}, {}, {}, n_runs=3, n_rows=0)
     assert "uncommitted changes to\npkg/mod.py" in page and "runs were made from" not in page
+
+
+def test_the_results_snapshot_and_quoted_docs_do_not_count(repo):
+    """`make run` rewrites results/*.csv and the quoted blocks of the Markdown docs after the stages ran."""
+    for name in ("results/findings.csv", "README.md", "docs/circuits.md"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("v1\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "docs")
+    for name in ("results/findings.csv", "README.md", "docs/circuits.md"):
+        (repo / name).write_text("rewritten by make run\n")
+    assert changed_source_files(repo) == []
+    (repo / "pkg" / "mod.py").write_text("v2\n")
+    assert changed_source_files(repo) == ["pkg/mod.py"]

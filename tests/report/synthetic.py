@@ -82,7 +82,9 @@ def make_repo(root: Path) -> Path:
         "model,task,method,metric,value,ci_low,ci_high,baseline,baseline_value\n"
         "toy,ioi,ig,comprehensiveness,0.7,0.6,0.8,random,0.2\n"
         "toy,ioi,saliency,comprehensiveness,0.5,0.4,0.55,random,0.2\n"
-        "toy,all,normxlogit,speedup_vs_ig,40,,,integrated_gradients,1\n")
+        "toy,all,normxlogit,speedup_vs_ig,40,,,integrated_gradients,1\n"
+        "toy,all,oracle,informative,1,,,oracle above the floor,\n"  # the study can tell ...
+        "toy,all,normxlogit,normalised_comprehensiveness_k,0.4,0.1,0.7,random floor 0 / oracle 1,0\n")  # ... a finding
     write_png(attribute / "headline_faithfulness.png", width=1200, height=600, color=(30, 160, 30))
     (attribute / "operators.csv").write_text("operator,method,metric,value\npad,ig,comprehensiveness,0.71234\n"
                                              "mean,ig,comprehensiveness,\n")  # a key table (report.key_tables)

@@ -93,11 +93,13 @@ def test_page_is_self_contained(report_dir):
     images = re.findall(r'<img src="data:image/png;base64,', html)
     assert len(images) == 4  # three figures and the headline figure
     links = re.findall(r'<a href="(figures/[^"]+\.png)">', html)
-    assert len(links) == 3  # every figure outside the headline links to its full-size copy
+    # every figure outside the headline links to its full-size copy, and the finding to its key figure
+    assert len(links) == 4 and links[0].endswith("headline_faithfulness.png")
     for link in links:
         assert (report_dir / link).is_file(), link
-    for heading in ["attribution", "quantization", "weights", "foundation", "Models"]:
+    for heading in ["Findings", "attribution", "quantization", "weights", "foundation"]:
         assert f">{heading}</h2>" in html
+    assert "<b>Models</b>" in html  # the model cards close the page, collapsed
     assert "causal_lm" in html and "experiment bits4" in html  # model card and DVC experiment in the header
     assert 'class="best"' in html
 
@@ -124,18 +126,26 @@ def test_headline_rows_and_dvc_metrics(tmp_path):
     report = collect(ReportSettings(), root, progress=False)
     frame = report.headlines["attribution"]
     assert list(frame[["method", "metric", "value"]].itertuples(index=False, name=None)) == [
-        ("normxlogit", "speedup_vs_ig", 40.0), ("ig", "comprehensiveness", 0.7), ("saliency", "comprehensiveness", 0.5)]
+        ("normxlogit", "normalised_comprehensiveness_k", 0.4), ("normxlogit", "speedup_vs_ig", 40.0),
+        ("oracle", "informative", 1.0), ("ig", "comprehensiveness", 0.7), ("saliency", "comprehensiveness", 0.5)]
     assert set(frame["run_dir"]) == {"outputs/attribute/toy"} and set(frame["stage"]) == {"attribute"}
     flat = headline_metrics(read_headline(root / "outputs" / "attribute" / "toy" / "headline.csv"))
     assert flat == {"ioi/ig/comprehensiveness": 0.7, "ioi/ig/comprehensiveness_ci_low": 0.6,
                     "ioi/ig/comprehensiveness_ci_high": 0.8, "ioi/ig/comprehensiveness_baseline": 0.2,
                     "ioi/saliency/comprehensiveness": 0.5, "ioi/saliency/comprehensiveness_ci_low": 0.4,
                     "ioi/saliency/comprehensiveness_ci_high": 0.55, "ioi/saliency/comprehensiveness_baseline": 0.2,
-                    "all/normxlogit/speedup_vs_ig": 40.0, "all/normxlogit/speedup_vs_ig_baseline": 1.0}
+                    "all/normxlogit/speedup_vs_ig": 40.0, "all/normxlogit/speedup_vs_ig_baseline": 1.0,
+                    "all/oracle/informative": 1.0, "all/normxlogit/normalised_comprehensiveness_k": 0.4,
+                    "all/normxlogit/normalised_comprehensiveness_k_ci_low": 0.1,
+                    "all/normxlogit/normalised_comprehensiveness_k_ci_high": 0.7,
+                    "all/normxlogit/normalised_comprehensiveness_k_baseline": 0.0}
     report.save(tmp_path / "out", ReportSettings())
     html = (tmp_path / "out" / "index.html").read_text()
     assert "0.7 [0.6, 0.8] (random: 0.2)" in html and "40 (integrated_gradients: 1)" in html
     assert (tmp_path / "out" / "headline" / "attribution.csv").is_file()  # W&B logs it as a Table
+    findings = pd.read_csv(tmp_path / "out" / "findings.csv")
+    assert findings[["stage", "model", "verdict", "value_text"]].values.tolist() == [
+        ["attribute", "toy", "shows the effect", "0.4 [0.1, 0.7]"]]
     assert "outputs/attribute/toy/operators.csv (2 rows)" in html and "<td>0.712</td>" in html
 
 
@@ -144,10 +154,14 @@ def test_terminal_summary(report_dir):
 
     from interpipe.report.summary import print_summary
 
-    console = Console(record=True, width=160)
+    console = Console(record=True, width=60)  # a narrow terminal: lines wrap, nothing is cut
     assert print_summary(report_dir, console=console) == 0
     text = console.export_text()
-    assert "index.html" in text and "attribution" in text and "0.75" in text
+    assert "index.html" in "".join(text.split()) and "attribution" in text
+    flat = " ".join(text.split())
+    assert "attribute · toy — shows the effect" in flat
+    assert "normxlogit: comprehensiveness, normalised (random floor 0, oracle 1): 0.4 [0.1, 0.7]" in flat
+    assert "…" not in text
 
 
 def test_empty_repo(tmp_path):

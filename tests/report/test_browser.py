@@ -54,6 +54,13 @@ def check_page(page_path: Path, screenshot: Path) -> dict:
                 "() => Array.from(document.querySelectorAll('.headline')).map(h => ({study: h.dataset.study, "
                 "rows: h.querySelector('table').querySelectorAll('tr').length, images: h.querySelectorAll('img').length, "
                 "tables: h.querySelectorAll('details').length}))")
+            findings = page.evaluate(
+                "() => Array.from(document.querySelectorAll('#findings tr.finding')).map(r => ({verdict: r.dataset.verdict, "
+                "cells: Array.from(r.cells).map(c => c.innerText)}))")
+            layout = page.evaluate(
+                "() => ({findings: document.querySelector('#findings').getBoundingClientRect().top, "
+                "first_study: document.querySelector('main section[id^=study-]').getBoundingClientRect().top, "
+                "models_open: document.querySelector('#models details').open})")
             images = page.evaluate(
                 "() => Array.from(document.images).map(i => ({src: i.src.slice(0, 40), ok: i.complete && i.naturalWidth > 0}))")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +68,7 @@ def check_page(page_path: Path, screenshot: Path) -> dict:
         finally:
             browser.close()
     return {"errors": errors, "images": images, "broken": [i["src"] for i in images if not i["ok"]],
-            "headlines": headlines, "load_ms": load_ms}
+            "headlines": headlines, "load_ms": load_ms, "findings": findings, "layout": layout}
 
 
 def test_report_page_in_chromium(tmp_path):
@@ -75,7 +82,14 @@ def test_report_page_in_chromium(tmp_path):
     assert result["errors"] == [], result["errors"]
     assert len(result["images"]) == 4
     # the attribution study has a headline block: its 3 quoted numbers (plus the header) and its key figure
-    assert result["headlines"] == [{"study": "attribution", "rows": 4, "images": 1, "tables": 1}]  # + operators.csv
+    assert result["headlines"] == [{"study": "attribution", "rows": 6, "images": 1, "tables": 1}]  # + operators.csv
+    # the first screen: one finding (NormXLogit's normalised score, clear of the floor), above every study's
+    # tables, with its interval, baseline and verdict; the model cards after the studies, collapsed
+    assert [f["verdict"] for f in result["findings"]] == ["shows the effect"]
+    cells = result["findings"][0]["cells"]
+    assert cells[:2] == ["attribute", "toy"] and cells[3] == "0.4 [0.1, 0.7]" and "random floor" in cells[4]
+    assert result["layout"]["findings"] < min(900, result["layout"]["first_study"])  # on the first screen, first
+    assert result["layout"]["models_open"] is False
     assert result["broken"] == []
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
 
