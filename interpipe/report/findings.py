@@ -165,29 +165,31 @@ def judge_talking_heads(frame: Any) -> Finding | None:
     return _finding(row, claim, NEGATIVE, "its interval reaches 0 or the random-component edit")
 
 
-def judge_bigram(frame: Any) -> Finding | None:
-    """The bigram subnetwork's surprisal correlation against a random subnetwork of the same size."""
-    row = _pick(frame, metric="surprisal_corr")
+def _judge_one_row(frame: Any, metric: str, claim: str, clear: Callable[[Any], bool], shows: str,
+                   otherwise: tuple[str, str]) -> Finding | None:
+    """A study read off one headline row: SHOWS when ``clear(row)``, else ``otherwise`` (verdict, reason)."""
+    row = _pick(frame, metric=metric)
     if row is None:
         return None
-    claim = "correlation of the subnetwork's surprisal with the bigram model's"
-    if _num(row, "ci_low") > _num(row, "baseline_value"):
-        return _finding(row, claim, SHOWS, "its interval lies above the random subnetwork's")
-    return _finding(row, claim, NEGATIVE, "not above the random subnetwork of the same size")
+    return _finding(row, claim, SHOWS, shows) if clear(row) else _finding(row, claim, *otherwise)
+
+
+def judge_bigram(frame: Any) -> Finding | None:
+    """The bigram subnetwork's surprisal correlation against a random subnetwork of the same size."""
+    return _judge_one_row(frame, "surprisal_corr", "correlation of the subnetwork's surprisal with the bigram model's",
+                          lambda row: _num(row, "ci_low") > _num(row, "baseline_value"),
+                          "its interval lies above the random subnetwork's",
+                          (NEGATIVE, "not above the random subnetwork of the same size"))
 
 
 def judge_lnfree(frame: Any) -> Finding | None:
     """The LN-free model's held-out CE against the LN-kept control (both fine-tuned alike)."""
-    row = _pick(frame, metric="ce_delta_vs_control")
-    if row is None:
-        return None
-    claim = "CE of the LN-free model minus the LN-kept control (held-out texts, nats)"
-    if _num(row, "ci_high") <= LNFREE_RECOVERED_NATS:
-        return _finding(row, claim, SHOWS, f"within {LNFREE_RECOVERED_NATS} nats of the control: normalisation "
-                        "removed at little cost, its DLA exact")
-    return _finding(row, claim, UNINFORMATIVE, f"not recovered (more than {LNFREE_RECOVERED_NATS} nats above the "
-                    "control): the schedule is too short for this model, and the LN-free model's DLA describes a "
-                    "broken model")
+    return _judge_one_row(
+        frame, "ce_delta_vs_control", "CE of the LN-free model minus the LN-kept control (held-out texts, nats)",
+        lambda row: _num(row, "ci_high") <= LNFREE_RECOVERED_NATS,
+        f"within {LNFREE_RECOVERED_NATS} nats of the control: normalisation removed at little cost, its DLA exact",
+        (UNINFORMATIVE, f"not recovered (more than {LNFREE_RECOVERED_NATS} nats above the control): the schedule is "
+                        "too short for this model, and the LN-free model's DLA describes a broken model"))
 
 
 def _bits_order(bits: str) -> tuple[int, int]:
