@@ -105,42 +105,63 @@ class BigramSettings:
 
 @dataclass
 class LNFreeSettings:
-    """Baroni et al. 2025: fine-tune while freezing each norm's scale (LayerNorm std, RMSNorm RMS) in turn."""
+    """Baroni et al. 2025: fine-tune while freezing each norm's scale (LayerNorm std, RMSNorm RMS) in turn.
 
-    start_step: int = 10  # steps of plain fine-tuning before the first LN is frozen (paper: 20)
-    gap: int = 4  # steps between freezing two LNs (paper: 2 for GPT-2 small)
-    extra_steps: int = 30  # fine-tuning steps after the last LN is frozen
-    batch_size: int = 16  # texts per step
-    lr: float = 1e-3  # AdamW learning rate of the fine-tuning (the short toy schedule needs a high one)
-    ema: float = 0.9  # moving-average factor of each LN's measured std before it is frozen
-    scale_stat: str = "mean"  # per-forward statistic of the real tokens' scales that is averaged: mean | max
-    big_eps: float = 1e12  # LN epsilon of the saved model: sqrt(var + eps) ~ sqrt(eps), i.e. no normalisation
+    Order (docs/layernorm_removal.md): MLP norms, the attention norm's q/k use, its v use, the final
+    norm, then the special positions' own scales. Defaults: the toy on two CPU cores."""
+
+    start_step: int = 10  # plain fine-tuning steps before the first freeze (paper: 20)
+    gap_mlp: int = 4  # steps between two MLP-norm events (paper: 2; the small toy needs more per norm)
+    gap_qk: int = 4  # steps between two attention-norm q/k events (paper: 2)
+    gap_v: int = 4  # steps between two attention-norm v events (paper: 3)
+    gap_special: int = 4  # steps from the final norm to each special position's release (paper: 12 to position 0)
+    norms_per_step: int = 1  # norms of one phase frozen together (deep models: several per event)
+    split_qkv: bool = True  # freeze the attention norm's q/k and v uses at separate steps (official)
+    extra_steps: int = 30  # recovery steps after the last event (paper: ~184)
+    batch_size: int = 16  # rows per step
+    pack: int = 0  # 0: one text per row (padded); N: texts joined by EOS into rows of N tokens (official: 1024)
+    lr: float = 1e-3  # peak AdamW learning rate (paper: 6e-4; the short toy schedule needs a high one)
+    min_lr: float = 5e-4  # cosine decay's end (paper: 3e-4)
+    warmup_steps: int = 5  # linear warm-up to lr (paper: 20)
+    weight_decay: float = 0.01  # AdamW weight decay (official)
+    grad_clip: float = 1.0  # gradient-norm clipping (official); 0 = none
+    aux_weight: float = 0.0  # auxiliary loss keeping each token's scale near the mean (paper variants 0.1/0.03/0.01); 0 = off
+    ema: float = 0.9  # moving-average factor of each norm's measured scale
+    outlier_factor: float = 10.0  # a position whose mean scale is this many times the median at some norm is special
+    max_special: int = 4  # at most this many special positions (position 0 always, outliers by size)
+    big_eps: float = 1e12  # norm epsilon of the saved LN-free model: sqrt(var + eps) ~ sqrt(eps), no normalisation
     max_train_texts: int = 0  # corpus texts to fine-tune on; 0 = all
-    max_tokens: int = 0  # tokens kept of each fine-tuning text (its start, BOS included); 0 = whole texts
-    max_eval_texts: int = 256  # held-out corpus texts for the CE loss; 0 = all
-    checkpoint_every: int = 25  # steps between resumable checkpoints
-    control: bool = True  # also fine-tune the same steps with LN kept: separates LN removal from extra training
-    norms_per_step: int = 1  # norms frozen together at each freezing step (deep models: several per step)
-    n_calibration: int = 256  # corpus texts whose real-token norm scales set the no-fine-tuning baseline
+    max_tokens: int = 0  # tokens kept of each fine-tuning text (pack = 0); 0 = whole texts
+    max_eval_texts: int = 256  # held-out corpus texts for the CE; 0 = all
+    checkpoint_minutes: float = 10.0  # wall-clock minutes between resumable checkpoints
+    control: bool = True  # also fine-tune the same steps with the norms kept: separates removal from extra training
+    n_calibration: int = 256  # corpus texts whose scales set the frozen-without-fine-tuning baseline and the outliers
     tasks: Optional[list[str]] = None  # causal tasks evaluated before/after; None = every prepared one
-    first_token_scale: str = "auto"  # position 0 frozen on its own scale, merged over extra_steps: auto | always | never
-    first_token_outlier: float = 10.0  # auto turns it on when position 0's mean scale is this many times the others'
+    task_prompts: int = 0  # test prompts per task for accuracy and DLA (before/after); 0 = all for accuracy, 32 for DLA
+    patching_prompts: int = 16  # IOI prompts for attribution vs exact patching (z by head, mlp_out by layer); 0 = skip
+    recovered_within: float = 0.3  # recovered: the LN-free CE's upper interval end within this many nats of the control's (the report's rule)
+    on_divergence: str = "stop"  # stop: a non-finite loss stops the stage (checkpoint kept); report: the result says where
 
     def __post_init__(self) -> None:
-        _positive("lnfree", gap=self.gap, batch_size=self.batch_size, lr=self.lr, big_eps=self.big_eps,
-                  checkpoint_every=self.checkpoint_every, norms_per_step=self.norms_per_step,
-                  n_calibration=self.n_calibration)
-        if self.max_tokens < 0 or self.max_tokens == 1:
-            raise ValueError(f"weights.lnfree.max_tokens={self.max_tokens} must be 0 (whole texts) or >= 2")
-        if self.start_step < 0 or self.extra_steps < 0:
-            raise ValueError("weights.lnfree.start_step and weights.lnfree.extra_steps must be >= 0")
-        if self.first_token_scale not in ("auto", "always", "never"):
-            raise ValueError(f"weights.lnfree.first_token_scale={self.first_token_scale!r} must be auto, always or never")
-        if self.first_token_scale != "never" and self.extra_steps < 1:
-            raise ValueError("weights.lnfree.extra_steps must be >= 1 when first_token_scale is auto/always: the first "
-                             "position's scale is merged into the shared one over the extra steps")
-        if self.scale_stat not in ("mean", "max"):
-            raise ValueError(f"weights.lnfree.scale_stat={self.scale_stat!r} must be 'mean' or 'max'")
+        _positive("lnfree", gap_mlp=self.gap_mlp, gap_qk=self.gap_qk, gap_v=self.gap_v, gap_special=self.gap_special,
+                  batch_size=self.batch_size, lr=self.lr, big_eps=self.big_eps, checkpoint_minutes=self.checkpoint_minutes,
+                  norms_per_step=self.norms_per_step, n_calibration=self.n_calibration, max_special=self.max_special,
+                  recovered_within=self.recovered_within)
+        if self.max_tokens < 0 or self.max_tokens == 1 or self.pack < 0 or self.pack == 1:
+            raise ValueError(f"weights.lnfree.max_tokens={self.max_tokens} and weights.lnfree.pack={self.pack} "
+                             f"must be 0 or >= 2")
+        for key in ("start_step", "extra_steps", "warmup_steps", "patching_prompts", "task_prompts"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"weights.lnfree.{key}={getattr(self, key)} must be >= 0")
+        for key in ("min_lr", "weight_decay", "grad_clip", "aux_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"weights.lnfree.{key}={getattr(self, key)} must be >= 0")
+        if self.min_lr > self.lr:
+            raise ValueError(f"weights.lnfree.min_lr={self.min_lr} must be <= weights.lnfree.lr={self.lr}")
+        if self.on_divergence not in ("stop", "report"):
+            raise ValueError(f"weights.lnfree.on_divergence={self.on_divergence!r} must be 'stop' or 'report'")
+        if self.outlier_factor <= 1:
+            raise ValueError(f"weights.lnfree.outlier_factor={self.outlier_factor} must be > 1")
         from interpipe.data.prepare import CAUSAL_TASKS
 
         unknown = [t for t in (self.tasks or []) if t not in CAUSAL_TASKS]

@@ -3,7 +3,7 @@
 - :mod:`interpipe.weights.composition` / :mod:`interpipe.weights.talking_heads` (prompts and
   hooked forwards in :mod:`interpipe.weights.laundry`) — Merullo et al. 2024 (arXiv 2406.09519);
 - :mod:`interpipe.weights.bigram_subnetwork` — Chang & Bergen 2025 (arXiv 2504.15471);
-- :mod:`interpipe.weights.layernorm_removal` (evaluation in :mod:`interpipe.weights.lnfree_eval`) —
+- :mod:`interpipe.weights.lnfree` (fake norms, schedule, recipe, evaluation) —
   Baroni et al. 2025 (arXiv 2507.02559).
 
 ``run_weights(settings, model_folder, data_root, out_dir)`` runs the study named by
@@ -43,7 +43,7 @@ def run_weights(settings: WeightsSettings, model_folder, data_root, out_dir, che
         result = run_bigram(loaded, data_root, settings.bigram, seed=seed, batch_size=settings.batch_size,
                             out_dir=out_dir, checkpoint_dir=checkpoint_dir)
     else:
-        from interpipe.weights.layernorm_removal import run_lnfree
+        from interpipe.weights.lnfree import run_lnfree
 
         result = run_lnfree(loaded, model_folder, data_root, settings.lnfree, seed=seed,
                             batch_size=settings.batch_size, out_dir=out_dir, checkpoint_dir=checkpoint_dir)

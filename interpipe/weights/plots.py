@@ -133,17 +133,7 @@ def plot_bigram(result) -> dict:
 
 def plot_lnfree(result) -> dict:
     figs = {}
-    curve = result.tables["training_curve"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(curve["step"], curve["loss"], label="LayerNorms frozen on the schedule")
-    if "control_loss" in curve:
-        ax.plot(curve["step"], curve["control_loss"], alpha=0.7, label="control: LayerNorms kept")
-        ax.legend(fontsize=8)
-    for row in result.tables["schedule"].itertuples():
-        ax.axvline(row.step, color="grey", lw=0.4)
-    ax.set_xlabel("step (grey: one LayerNorm frozen)"), ax.set_ylabel("train CE (nats/token)")
-    ax.set_title("LayerNorm removal fine-tuning")
-    figs["loss_curve"] = fig
+    figs["loss_curve"] = _lnfree_curve(result.tables["training_curve"], result.tables["schedule"])
 
     dla = result.tables["dla_exactness"]
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -174,5 +164,30 @@ def plot_lnfree(result) -> dict:
         axes[1].set_xticks(range(len(agree)), agree, fontsize=8)
         axes[1].set_ylim(min(0.0, float(y.min()) - 0.1), 1.05)
     axes[1].set_ylabel("r(per-component DLA, original's)"), axes[1].set_title("DLA agreement with the original", fontsize=9)
+    if m.get("recovered") == 0:
+        fig.suptitle("not recovered: LN-free CE far above the LN-kept control (schedule too short)", color="tab:red",
+                     fontsize=10)
     figs["headline_lnfree"] = fig
     return figs
+
+
+PHASE_COLOURS = {"mlp": "tab:green", "qk": "tab:purple", "v": "tab:brown", "attn": "tab:purple", "final": "black",
+                 "special": "tab:red"}
+
+
+def _lnfree_curve(curve, schedule):
+    """Training loss (and the control's) with each freezing event marked, coloured by phase."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if "loss" in curve:
+        ax.plot(curve["step"], curve["loss"], label="norms removed on the schedule")
+    if "control_loss" in curve:
+        ax.plot(curve["step"], curve["control_loss"], alpha=0.7, label="control: norms kept")
+    seen = set()
+    for row in schedule.itertuples():
+        label = None if row.phase in seen else f"event: {row.phase}"
+        seen.add(row.phase)
+        ax.axvline(row.step, color=PHASE_COLOURS.get(row.phase, "grey"), lw=0.6, alpha=0.6, label=label)
+    ax.legend(fontsize=7)
+    ax.set_xlabel("step"), ax.set_ylabel("train CE (nats/token)")
+    ax.set_title("norm removal fine-tuning (lines: freezing events)")
+    return fig

@@ -43,7 +43,8 @@ WEIGHTS = WeightsSettings(
                                        edit_candidates=1, edit_scales=[0.0, 1.0], select_lengths=[5, 6], n_select=4,
                                        test_lengths=[2, 6], n_test_per_length=2),
     bigram=BigramSettings(steps=2, batch_size=4, max_eval_texts=8),
-    lnfree=LNFreeSettings(start_step=1, gap=1, extra_steps=1, batch_size=4, max_eval_texts=8))
+    lnfree=LNFreeSettings(start_step=1, gap_mlp=1, gap_qk=1, gap_v=1, gap_special=1, extra_steps=1, batch_size=4,
+                          max_eval_texts=8))
 
 
 def _finite_where_fp32_is(fp: dict, bf: dict) -> None:

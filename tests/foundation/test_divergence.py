@@ -138,16 +138,16 @@ def test_bigram_masks_stop_and_keep_the_last_checkpoint(where, tiny_toy_folder, 
 def test_layernorm_removal_stops_at_the_planted_step(where, freeze, tiny_toy_folder, monkeypatch):
     from interpipe.models import load_model
     from interpipe.settings.weights import LNFreeSettings
-    from interpipe.weights.layernorm_removal import finetune_lnfree
+    from interpipe.weights.lnfree.recipe import finetune
 
     loaded = load_model(tiny_toy_folder)
     ids, mask = _batch(loaded)
     model = copy.deepcopy(loaded.model)
-    s = LNFreeSettings(start_step=1, gap=1, extra_steps=4, batch_size=4)
+    s = LNFreeSettings(start_step=1, gap_mlp=1, gap_qk=1, gap_v=1, gap_special=1, extra_steps=4, batch_size=4)
     original_deepcopy = copy.deepcopy
     planted = {}
 
-    def planting_copy(obj, *args):  # finetune_lnfree trains a deep copy: plant in the copy
+    def planting_copy(obj, *args):  # finetune trains a deep copy: plant in the copy
         out = original_deepcopy(obj, *args)
         if obj is model:
             planted["p"] = _plant(out, where)
@@ -156,7 +156,7 @@ def test_layernorm_removal_stops_at_the_planted_step(where, freeze, tiny_toy_fol
     monkeypatch.setattr(copy, "deepcopy", planting_copy)
     loop = "LayerNorm removal" if freeze else r"fine-tune control \(LN kept\)"
     with pytest.raises(TrainingDiverged, match=f"{loop} diverged at step {NAN_AT}:.*weights.lnfree.lr"):
-        finetune_lnfree(model, ids, mask, s, seed=0, freeze=freeze)
+        finetune(model, ids, mask, s, seed=0, freeze=freeze)
     assert planted["p"].calls == NAN_AT + 1
 
 
@@ -164,22 +164,22 @@ def test_layernorm_removal_stops_at_a_non_finite_frozen_scale(tiny_toy_folder, m
     """A scale statistic that went NaN while tracked stops the run at the step that would freeze it."""
     from interpipe.models import load_model
     from interpipe.settings.weights import LNFreeSettings
-    from interpipe.weights import layernorm_removal as lr
+    from interpipe.weights.lnfree import recipe
 
     loaded = load_model(tiny_toy_folder)
     ids, mask = _batch(loaded)
-    original = lr.wrap_layernorms
+    original = recipe.wrap_norms
 
-    def poisoned(model, names, *args, **kwargs):
-        wrapped = original(model, names, *args, **kwargs)
-        wrapped[names[-1]].avg_std.fill_(float("nan"))  # stays NaN under the running average
+    def poisoned(model, *args, **kwargs):
+        wrapped = original(model, *args, **kwargs)
+        wrapped[list(wrapped)[-1]].avg.fill_(float("nan"))  # the final norm's; stays NaN under the running average
         return wrapped
 
-    monkeypatch.setattr(lr, "wrap_layernorms", poisoned)
-    s = LNFreeSettings(start_step=1, gap=1, extra_steps=2, batch_size=4)
-    n_norms = len(lr.layernorm_schedule(loaded.model))
-    with pytest.raises(TrainingDiverged, match=f"diverged at step {n_norms}: non-finite statistic .*frozen scale = nan"):
-        lr.finetune_lnfree(loaded.model, ids, mask, s, seed=0)
+    monkeypatch.setattr(recipe, "wrap_norms", poisoned)
+    s = LNFreeSettings(start_step=1, gap_mlp=1, gap_qk=1, gap_v=1, gap_special=1, extra_steps=2, batch_size=4)
+    final_step = next(e.step for e in recipe.schedule_of(loaded.model, s, (0,)) if e.phase == "final")
+    with pytest.raises(TrainingDiverged, match=f"diverged at step {final_step}: non-finite statistic .*frozen scale = nan"):
+        recipe.finetune(loaded.model, ids, mask, s, seed=0)
 
 
 def test_a_half_precision_finetune_is_refused_before_any_work(tmp_path):

@@ -146,19 +146,21 @@ LNFREE_FAMILIES = [f for f in CAUSAL_FAMILIES if f != "opt"]  # OPT hard-codes i
 
 @pytest.mark.parametrize("family", LNFREE_FAMILIES)
 def test_lnfree_folder_loads_stock_and_matches_frozen(family, loaded_archs, arch_folders, tmp_path):
+    """Every norm frozen (the attention norm's v scale 1.7x its q/k scale, folded into the value
+    weights at saving), saved, reloaded with stock from_pretrained: the same logits, exact DLA."""
     from transformers import AutoModelForCausalLM
 
     from interpipe.models import describe, save_model_folder
-    from interpipe.weights.layernorm_removal import calibrate, layernorm_schedule, unwrap_to_lnfree, wrap_layernorms
-    from interpipe.weights.lnfree_eval import dla_exactness
+    from interpipe.weights.lnfree.evaluate import dla_exactness
+    from interpipe.weights.lnfree.fake_norm import norm_paths, unwrap_to_lnfree
+    from tests.weights.test_lnfree import freeze_everything
 
     loaded = loaded_archs[family]
     spec = describe_architecture(loaded.model)
-    model = copy.deepcopy(loaded.model)
-    names = layernorm_schedule(model)
+    model = copy.deepcopy(loaded.model).eval()
+    names = norm_paths(spec)
     assert len(names) == 2 * spec.n_layers + 1 and names[-1] == spec.final_norm
-    wrapped = wrap_layernorms(model, names, 0.9)
-    calibrate(model, wrapped, loaded.tokenizer, TEXTS, batch_size=2)
+    wrapped = freeze_everything(model, loaded.tokenizer, TEXTS, v_factor=1.7)
     ids = loaded.tokenizer(TEXTS[:1], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         frozen = model(input_ids=ids).logits
@@ -174,10 +176,10 @@ def test_lnfree_folder_loads_stock_and_matches_frozen(family, loaded_archs, arch
 def test_frozen_scale_averages_real_tokens_only():
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from interpipe.weights.layernorm_removal import FrozenScaleNorm, set_token_mask
+    from interpipe.weights.lnfree.fake_norm import FakeNorm, set_token_mask
 
     norm = LlamaRMSNorm(8, eps=1e-6)
-    wrapper = FrozenScaleNorm(norm, ema=0.0, kind="rmsnorm")
+    wrapper = FakeNorm(norm, ema=0.0, kind="rmsnorm")
     x = torch.randn(2, 5, 8)
     x[1, 3:] *= 100  # right padding with a very different scale
     mask = torch.ones(2, 5, dtype=torch.bool)
@@ -187,14 +189,57 @@ def test_frozen_scale_averages_real_tokens_only():
     set_token_mask({"n": wrapper}, mask)
     wrapper(x)
     rms = (x.pow(2).mean(-1) + 1e-6).sqrt()  # (batch, pos)
-    assert float(wrapper.avg_std) == pytest.approx(float(rms[mask].mean()), rel=1e-5)
+    assert float(wrapper.avg) == pytest.approx(float(rms[mask].mean()), rel=1e-5)
+
+
+def constant_scale_llama(loaded, scale: float = 3.0, first: float = 100.0):
+    """The tiny Llama made into a known answer: attention and MLP outputs zeroed, every embedding of
+    RMS ``scale`` (token 0, which every text here starts with, ``first`` times that), so each norm's
+    input is the embedding itself, its RMS known at every position."""
+    model = copy.deepcopy(loaded.model).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = model.model.embed_tokens.weight
+        emb.copy_(emb / emb.pow(2).mean(-1, keepdim=True).sqrt() * scale)
+        emb[0] *= first
+    return model
+
+
+def test_frozen_only_llama_with_known_constant_scales_is_exact(loaded_archs):
+    """Every token's norm input has RMS 3 except position 0's (300): frozen at the ordinary mean with
+    position 0 on its own scale, the frozen-only model computes what the original does (known answer:
+    the same logits); one shared scale for every position (no special position) does not."""
+    from interpipe.weights.lnfree.fake_norm import wrap_norms
+    from interpipe.weights.lnfree.recipe import track
+
+    loaded = loaded_archs["llama"]
+    model = constant_scale_llama(loaded)
+    ids = torch.tensor([[0, 5, 9, 17, 23, 40], [0, 7, 11, 13, 29, 31]])  # (batch, pos), token 0 first
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    results = {}
+    for special in ((0,), ()):
+        frozen = copy.deepcopy(model)
+        wrapped = wrap_norms(frozen, 0.9, split_qkv=True, special=special)
+        track(frozen, wrapped, ids, mask, batch_size=2)
+        for norm in wrapped.values():
+            for use in norm.uses:
+                norm.freeze(use)
+        assert all(float(n.avg) == pytest.approx(3.0, rel=1e-3) for n in wrapped.values()) or not special
+        with torch.no_grad():
+            results[special] = frozen(input_ids=ids).logits
+    torch.testing.assert_close(results[(0,)], want, rtol=1e-4, atol=1e-4)
+    assert (results[()] - want).abs().max() > 1e-2
 
 
 def test_opt_lnfree_refuses_before_work(loaded_archs):
-    from interpipe.weights.layernorm_removal import layernorm_schedule
+    from interpipe.weights.lnfree.recipe import lnfree_architecture
 
     with pytest.raises(UnsupportedArchitecture, match="model_type='opt'.*epsilon"):
-        layernorm_schedule(loaded_archs["opt"].model)
+        lnfree_architecture(loaded_archs["opt"].model)
 
 
 @pytest.mark.parametrize("family", ["bert", *UNSUPPORTED])

@@ -49,7 +49,8 @@ def test_study_writes_outputs(study, tiny_toy_folder, data_root, tmp_path):
                                            edit_candidates=1, edit_scales=[0.0, 1.0, 2.0], select_lengths=[5, 6],
                                            n_select=8, test_lengths=[2, 6], n_test_per_length=4),
         bigram=BigramSettings(steps=6, batch_size=4, max_eval_texts=16),
-        lnfree=LNFreeSettings(start_step=1, gap=1, extra_steps=2, batch_size=4, max_eval_texts=16))
+        lnfree=LNFreeSettings(start_step=1, gap_mlp=1, gap_qk=1, gap_v=1, gap_special=1, extra_steps=2, batch_size=4,
+                              max_eval_texts=16, patching_prompts=4))
     metrics = run_weights(settings, tiny_toy_folder, data_root, tmp_path, checkpoint_dir=tmp_path / "ckpt")
     assert (tmp_path / "result.json").exists() and list(tmp_path.glob("*.png"))
     if study == "talking_heads":
@@ -65,7 +66,7 @@ def test_study_writes_outputs(study, tiny_toy_folder, data_root, tmp_path):
 
         from interpipe.data import load_task
         from interpipe.models import load_model
-        from interpipe.weights.lnfree_eval import text_losses
+        from interpipe.weights.lnfree.evaluate import text_losses
 
         stock = AutoModelForCausalLM.from_pretrained(tmp_path / "model_lnfree").eval()
         valid = list(load_task(data_root, "corpus", "validation")["text"])[:16]
@@ -73,5 +74,8 @@ def test_study_writes_outputs(study, tiny_toy_folder, data_root, tmp_path):
         assert nll.sum() / count.sum() == pytest.approx(metrics["ce_lnfree"], rel=1e-5)  # the stock folder is what was scored
         assert metrics["ce_delta_vs_control_ci_low"] <= metrics["ce_delta_vs_control"] <= metrics["ce_delta_vs_control_ci_high"]
         assert -1 <= metrics["dla_agreement_lnfree"] <= 1 and "dla_agreement_control" in metrics
+        assert metrics["recovered"] in (0, 1) and "attribution_patching_r_z_lnfree" in metrics
+        assert (tmp_path / "position_scales.csv").exists() and (tmp_path / "schedule.csv").exists()
+        assert "frozen_no_finetune" in metrics["verdict"] or "frozen without fine-tuning" in metrics["verdict"]
     headline = pd.read_csv(tmp_path / "headline.csv")
     assert {"metric", "value", "ci_low", "ci_high", "baseline", "baseline_value"} <= set(headline.columns) and len(headline)

@@ -6,29 +6,32 @@ direct logit attribution (DLA) exact. Reported here, each model on the same held
 - **CE** on held-out corpus text, per text (token-weighted), so that differences get a *paired*
   bootstrap interval over texts (:func:`interpipe.stats.bootstrap`): ``ce_delta`` (LN-free minus
   original) and ``ce_delta_vs_control`` (LN-free minus the control fine-tuned the same steps with its
-  norms kept: the cost of removing the norms itself).
+  norms kept: the cost of removing the norms itself); ``ce_frozen_no_finetune``: every norm frozen at
+  its calibration scale, no fine-tuning (what the recipe starts from).
+- **Verdict** (:func:`verdict`): *recovered* when the LN-free CE's upper interval end is within
+  ``recovered_within`` nats of the control's CE. A model that has not recovered is reported as such:
+  its DLA exactness holds by construction and says nothing about the mechanisms it kept.
 - **DLA exactness** (:func:`dla_exactness`): the sum of component DLAs against the logit, and each
   component's DLA against its true direct effect. On the saved LN-free model the final norm is
-  linear, so the second holds *by construction*; it shows the conversion is right, not that the
-  model computes the same way.
+  linear, so the second holds *by construction*; it shows the conversion is right.
 - **DLA agreement** — the check that does not hold by construction: the Pearson correlation, over
   (prompt, component) pairs, of each component's DLA of the answer logit in the LN-free model with
   the same component's DLA in the original (bootstrap interval over prompts), next to the same
   correlation for the control (how much fine-tuning alone moves the attributions).
-- Task loss/accuracy (:func:`task_metrics`) before/after.
-
-Attribution-patching accuracy before/after (the paper's other check) is not measured here.
+- Task loss/accuracy (:func:`task_metrics`) before/after; attribution patching's accuracy against
+  exact patching lives in :mod:`interpipe.weights.lnfree.patching`.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from interpipe.weights.common import architecture
-from interpipe.weights.layernorm_removal import norm_eps
+from interpipe.weights.lnfree.fake_norm import norm_eps
 
 
 def _component_paths(spec) -> list[str]:
@@ -126,7 +129,7 @@ def text_losses(model, tokenizer, texts: list[str], batch_size: int = 64) -> tup
         ids, mask = encode_texts(tokenizer, [texts[r] for r in rows], model)
         ids, mask = ids.to(device), mask.to(device)
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)  # (B, T-1, V)
-        tok = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]  # (B, T-1)
+        tok = torch.where(mask[:, 1:].bool(), -logp.gather(-1, ids[:, 1:, None]).squeeze(-1), 0.0)  # (B, T-1)
         nll[rows], count[rows] = tok.sum(1).cpu().numpy(), mask[:, 1:].sum(1).cpu().numpy()
     return nll, count
 
@@ -145,15 +148,17 @@ def task_list(data_root, wanted: list[str] | None) -> list[str]:
 
 
 @torch.inference_mode()
-def task_metrics(lm, data_root, task: str, batch_size: int) -> dict[str, float]:
-    """Loss, accuracy and logit difference of a causal LM on ``task``'s test split, as
-    :func:`interpipe.models.evaluate.evaluate_task` defines them (only the final positions are unembedded)."""
+def task_metrics(lm, data_root, task: str, batch_size: int, n_prompts: int = 0) -> dict[str, float]:
+    """Loss, accuracy and logit difference of a causal LM on ``task``'s test split (its first
+    ``n_prompts``; 0 = all), as :func:`interpipe.models.evaluate.evaluate_task` defines them (only the
+    final positions are unembedded)."""
     from interpipe.data import load_task
     from interpipe.models.evaluate import _scores
     from interpipe.models.tokens import answer_token_id, context_length, encode_prompts
     from interpipe.weights.common import final_position_logits
 
     rows, tok, spec = load_task(data_root, task, "test"), lm.tokenizer, architecture(lm.model, "lnfree")
+    rows = rows.select(range(min(n_prompts, len(rows)))) if n_prompts else rows
     logits = []
     for i in range(0, len(rows), batch_size):
         ids, mask, last = encode_prompts(tok, rows["prompt"][i:i + batch_size], context_length(lm.model))
@@ -165,49 +170,69 @@ def task_metrics(lm, data_root, task: str, batch_size: int) -> dict[str, float]:
 CE_ONLY = ("frozen_no_finetune",)  # baselines measured on held-out CE only (saves their task and DLA passes)
 
 
-def compare_models(models, data_root, tasks: list[str], valid: list[str], batch_size: int):
-    """CE per held-out text, task metrics and DLA of each ``(name, loaded)``, each compared with the
-    first (the original); returns (flat metrics with intervals, tables)."""
+def compare_models(models, data_root, tasks: list[str], valid: list[str], batch_size: int, n_prompts: int = 0):
+    """CE per held-out text, task metrics and DLA (the first ``n_prompts`` of each task; 0: every
+    test prompt for accuracy, the first 32 for DLA) of each ``(name, loaded)``, each compared with the first (the original); returns (flat metrics with
+    intervals, tables). ``lnfree`` may be absent (a removal that diverged)."""
     import pandas as pd
 
     from interpipe.data import load_task
-    from interpipe.stats import bootstrap, to_metrics
 
     prompts, answers = [], []
     for task in tasks:
         test = load_task(data_root, task, "test")
-        prompts += list(test["prompt"][:32])
-        answers += list(test["answer"][:32])
+        prompts += list(test["prompt"][:n_prompts or 32])
+        answers += list(test["answer"][:n_prompts or 32])
     rows, dla_rows, metrics, losses, dla = [], [], {}, {}, {}
     for name, lm in models:
         losses[name] = text_losses(lm.model, lm.tokenizer, valid, batch_size)
         if name in CE_ONLY:
             continue
-        rows += [{"model": name, "task": task, **task_metrics(lm, data_root, task, batch_size)} for task in tasks]
+        rows += [{"model": name, "task": task, **task_metrics(lm, data_root, task, batch_size, n_prompts)} for task in tasks]
         if prompts:
             exact, dla[name] = dla_exactness(lm.model, lm.tokenizer, None, prompts, answers, batch_size, return_dla=True)
             dla_rows.append({"model": name, **exact})
             metrics.update({f"{k}_{name}": v for k, v in exact.items()})
-    nll0, count = losses["original"]
-    ratio = lambda n: float(n.sum() / count.sum())  # noqa: E731  token-weighted CE over the texts
-    for name, (nll, _) in losses.items():
-        metrics.update(to_metrics(f"ce_{name}", bootstrap(nll, count, statistic=lambda a, c: float(a.sum() / c.sum()))))
-    delta = lambda a, b, c: float((a.sum() - b.sum()) / c.sum())  # noqa: E731  paired CE difference
-    metrics.update(to_metrics("ce_delta", bootstrap(losses["lnfree"][0], nll0, count, statistic=delta)))
-    if "control" in losses:
-        metrics.update(to_metrics("ce_delta_vs_control", bootstrap(losses["lnfree"][0], losses["control"][0], count,
-                                                                   statistic=delta)))
-        metrics["ce_delta_control"] = ratio(losses["control"][0]) - ratio(nll0)
+    metrics.update(ce_metrics(losses))
     if prompts:
         metrics.update(dla_agreement(dla))
     frame = pd.DataFrame(rows)
     for task in tasks:
         sub = frame[frame["task"] == task].set_index("model")
-        metrics[f"{task}_loss_delta"] = float(sub.loc["lnfree", "loss"] - sub.loc["original", "loss"])
+        if "lnfree" in sub.index:
+            metrics[f"{task}_loss_delta"] = float(sub.loc["lnfree", "loss"] - sub.loc["original", "loss"])
         for name in sub.index:
             metrics[f"{task}_accuracy_{name}"] = float(sub.loc[name, "accuracy"])
     per_component = pd.DataFrame({name: d.mean(0).numpy() for name, d in dla.items()}) if dla else pd.DataFrame()
     return metrics, {"task_loss": frame, "dla_exactness": pd.DataFrame(dla_rows), "dla_per_component": per_component}
+
+
+def ce_metrics(losses: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """``ce_<model>`` with intervals over texts, and the paired differences ``ce_delta`` (LN-free minus
+    original) and ``ce_delta_vs_control``. A model whose loss is not finite on some texts (a frozen
+    SmolLM2 overflows on some) gets no ``ce_<model>`` but ``nonfinite_texts_<model>`` (the fraction)
+    and ``ce_<model>_finite_texts`` (CE over the other texts, not comparable with the rest)."""
+    from interpipe.stats import bootstrap, to_metrics
+
+    nll0, count = losses["original"]
+    mean = lambda a, c: float(a.sum() / c.sum())  # noqa: E731  token-weighted CE over the texts
+    delta = lambda a, b, c: float((a.sum() - b.sum()) / c.sum())  # noqa: E731  paired CE difference
+    out = {}
+    for name, (nll, _) in losses.items():
+        finite = np.isfinite(nll)
+        out[f"nonfinite_texts_{name}"] = float(1 - finite.mean())
+        if finite.all():
+            out.update(to_metrics(f"ce_{name}", bootstrap(nll, count, statistic=mean)))
+        else:
+            if finite.any():  # no ce_<model>: metrics are finite numbers
+                out[f"ce_{name}_finite_texts"] = mean(nll[finite], count[finite])
+    paired = [("ce_delta", "lnfree", "original"), ("ce_delta_vs_control", "lnfree", "control")]
+    for key, a, b in paired:
+        if a in losses and b in losses and out[f"nonfinite_texts_{a}"] == 0 and out[f"nonfinite_texts_{b}"] == 0:
+            out.update(to_metrics(key, bootstrap(losses[a][0], losses[b][0], count, statistic=delta)))
+    if "control" in losses:
+        out["ce_delta_control"] = mean(losses["control"][0], count) - mean(nll0, count)
+    return out
 
 
 def dla_agreement(dla: dict[str, torch.Tensor]) -> dict:
@@ -231,25 +256,85 @@ def dla_agreement(dla: dict[str, torch.Tensor]) -> dict:
     return out
 
 
+
+
+def verdict(metrics: dict, within: float) -> dict:
+    """``recovered`` (1/0): the LN-free CE's upper interval end lies within ``within`` nats of the
+    LN-kept control's CE (without a control: of the original's); ``verdict``: the sentence to quote."""
+    reference = "control" if "ce_control" in metrics else "original"
+    base, frozen = metrics[f"ce_{reference}"], metrics.get("ce_frozen_no_finetune", float("nan"))
+    frozen_text = f"{frozen:.3f}" if math.isfinite(frozen) else \
+        f"non-finite on {metrics.get('nonfinite_texts_frozen_no_finetune', float('nan')):.0%} of the texts"
+    if "diverged_at_step" in metrics:
+        return {"recovered": 0,
+                "verdict": f"not recovered: the removal diverged at step {metrics['diverged_at_step']} "
+                           f"({metrics.get('diverged_after', '')}); {reference} CE {base:.3f}, frozen without "
+                           f"fine-tuning: {frozen_text}"}
+    if "ce_lnfree" not in metrics:  # finite on only some held-out texts
+        return {"recovered": 0, "verdict": f"not recovered: the LN-free model's loss is not finite on "
+                                           f"{metrics['nonfinite_texts_lnfree']:.0%} of the held-out texts; {reference} "
+                                           f"CE {base:.3f}, frozen without fine-tuning: {frozen_text}"}
+    gap = metrics["ce_lnfree"] - base
+    high = metrics.get("ce_lnfree_ci_high", metrics["ce_lnfree"]) - base
+    recovered = bool(high <= within)
+    text = (f"recovered: LN-free CE {metrics['ce_lnfree']:.3f} is {gap:+.3f} nats from the {reference}'s"
+            if recovered else
+            f"not recovered: LN-free CE {metrics['ce_lnfree']:.3f} is {gap:+.3f} nats above the {reference}'s "
+            f"{base:.3f} (frozen without fine-tuning: {frozen_text}); the schedule is too short "
+            f"to recover, and the LN-free model's exact DLA holds by construction, not as a finding")
+    return {"recovered": int(recovered), "ce_gap_vs_reference": gap, "verdict": text}
+
+
 def headline_frame(model: str, metrics: dict):
-    """The quoted numbers: CE of the LN-free model (baseline: the LN-kept control fine-tuned the same
-    steps), its paired difference from the control (baseline 0), and the DLA agreement with the
-    original (baseline: the control's agreement)."""
+    """The quoted numbers: the verdict (recovered 1/0, the sentence in its note), CE of the LN-free
+    model (baseline: the LN-kept control), the frozen-only CE (baseline: the original), the paired
+    difference from the control, and the DLA agreement with the original (baseline: the control's)."""
     import pandas as pd
 
     def row(metric, key, baseline, base_value, note=""):
-        return {"model": model, "task": "corpus" if metric.startswith("ce") else "tasks", "method": "lnfree",
+        return {"model": model, "task": "tasks" if metric.startswith("dla") else "corpus", "method": "lnfree",
                 "metric": metric, "value": metrics[key], "ci_low": metrics.get(key + "_ci_low", float("nan")),
                 "ci_high": metrics.get(key + "_ci_high", float("nan")), "baseline": baseline,
                 "baseline_value": base_value, "note": note}
 
-    rows = []
-    if "ce_control" in metrics:
+    rows = [row("recovered", "recovered", "LN-kept control" if "ce_control" in metrics else "original", 1.0,
+                metrics["verdict"])]
+    if "ce_lnfree" not in metrics:
+        pass  # diverged: no LN-free model to score
+    elif "ce_control" in metrics:
         rows += [row("ce", "ce_lnfree", "LN-kept control", metrics["ce_control"], f"original {metrics['ce_original']:.3f}"),
-                 row("ce_delta_vs_control", "ce_delta_vs_control", "no change", 0.0, "paired over held-out texts")]
+                 row("ce_delta_vs_control", "ce_delta_vs_control", "no change", 0.0, "paired over held-out texts")
+                 if "ce_delta_vs_control" in metrics else row("ce_control", "ce_control", "original", metrics["ce_original"])]
     else:
         rows.append(row("ce", "ce_lnfree", "original", metrics["ce_original"]))
+    if "ce_frozen_no_finetune" in metrics:
+        rows.append(row("ce_frozen_no_finetune", "ce_frozen_no_finetune", "original", metrics["ce_original"],
+                        "every norm frozen at its calibration scale, special positions on their own, no fine-tuning"))
+    for name in ("lnfree", "frozen_no_finetune"):
+        if metrics.get(f"nonfinite_texts_{name}", 0) > 0:
+            rows.append(row(f"nonfinite_texts_{name}", f"nonfinite_texts_{name}", "original", 0.0,
+                            "fraction of held-out texts whose loss overflows (no CE is quoted for this model)"))
     if "dla_agreement_lnfree" in metrics:
+        note = "Pearson r of per-component DLA with the original"
         rows.append(row("dla_agreement", "dla_agreement_lnfree", "LN-kept control",
-                        metrics.get("dla_agreement_control", float("nan")), "Pearson r of per-component DLA with the original"))
+                        metrics.get("dla_agreement_control", float("nan")),
+                        note if metrics["recovered"] else note + "; model not recovered"))
+    return pd.DataFrame(rows)
+
+
+def position_table(wrapped: dict, special: tuple[int, ...]):
+    """Per norm: the mean scale of the ordinary real tokens, and each special position's mean scale
+    and its ratio to it (calibration texts)."""
+    import pandas as pd
+
+    rows = []
+    for name, norm in wrapped.items():
+        means = norm.position_means()  # (pos,)
+        row = {"norm": name, "ordinary_scale": float(norm.avg)}
+        for j, pos in enumerate(special):
+            row[f"position{pos}_scale"] = float(norm.avg_special[j])
+            row[f"position{pos}_ratio"] = float(norm.avg_special[j] / norm.avg)
+        seen = means[~torch.isnan(means)]
+        row["max_position_over_median"] = float(seen.max() / seen.median()) if len(seen) else float("nan")
+        rows.append(row)
     return pd.DataFrame(rows)
