@@ -5,7 +5,8 @@ Direct logit attribution and the logit lens (:mod:`.dla`), batched activation pa
 (:mod:`.paths`), IOI head classes with OV copy scores (:mod:`.copying`) and S-inhibition path
 patching (:mod:`.inhibition`, put together in :mod:`.head_classes`), ablations (:mod:`.ablation`), circuit scoring with intervals and random baselines
 (:mod:`.scoring`), circuit discovery, CPR / CMD and overlap beside chance (:mod:`.discovery`), the headline and
-reuse tables (:mod:`.tables`), figures (:mod:`.figures`) and the whole study as one call (:mod:`.study`).
+reuse tables (:mod:`.tables`), figures (:mod:`.figures`), edge circuits (EAP, EAP-IG, exact edge patching, MIB's
+CPR / CMD: :mod:`.edges`) and the whole study as one call (:mod:`.study`).
 References: Wang et al. 2022 (IOI), Merullo et al. 2024 (circuit component reuse), Lieberum et
 al. 2023 (Chinchilla), Nanda 2023 (attribution patching), Mueller et al. 2025 (MIB: CPR, CMD).
 """

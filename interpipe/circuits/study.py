@@ -80,6 +80,8 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
         kw = {"metric": _metric(bridge, halves[0][0])[0], "memory_mb": settings.memory_mb}
         exact, estimates = _patching(bridge, halves[0][0], settings, kw, metrics, tables, out, title)
         found = _discover(bridge, halves, settings, kw, exact, estimates, metrics, tables, out, title)
+        if task in settings.edge_tasks:
+            _edges(bridge, halves, settings, found, metrics, out, title, info)
     if classes is not None:  # the head-class table marks the circuit's heads and where each head ranked
         write_frame(out / "ioi_heads.csv", mark_circuit(classes, found.components if found else [],
                                                         found.ranking if found else []))
@@ -87,6 +89,27 @@ def analyse_task(bridge: Any, settings: CircuitSettings, data_root: str | Path, 
     metrics["seconds"] = time.perf_counter() - start
     write_json(out / "metrics.json", metrics)
     return metrics, found
+
+
+def _edges(bridge: Any, halves: list, settings: CircuitSettings, found: TaskCircuit, metrics: dict, out: Path,
+           title: str, info: dict | None) -> None:
+    """Edge circuits (:mod:`.edges`, ``docs/edges.md``): EAP-IG / EAP curves beside random edge sets and the node
+    circuit's induced edges, on the same halves; written to ``out/edges``, summarised as ``edge_*`` metrics."""
+    from interpipe.circuits.edges import EdgeRun, edge_study
+    from interpipe.models.arch import UnsupportedArchitecture
+
+    run = EdgeRun(settings.edge_methods, settings.edge_budgets, settings.edge_ig_steps, settings.edge_prompts,
+                  settings.edge_random_seeds, settings.edge_exact_max_edges, settings.memory_mb, settings.progress)
+    node = found.components if found.smaller_than_model else []  # the whole pool is no circuit to compare with
+    try:
+        result = edge_study(bridge, halves[0][0], halves[1][0], run, node,
+                            {**(info or {}), "title": f"{title}: edge circuits (held-out prompts)"})
+    except UnsupportedArchitecture as exc:
+        metrics["edge_skipped"] = 1
+        write_json(out / "edges_skipped.json", {"reason": str(exc)})
+        return
+    result.save(out / "edges", overwrite=True)
+    metrics.update({f"edge_{k}": v for k, v in result.summary.items()})
 
 
 def ablation_halves(bridge: Any, batch: Any, settings: CircuitSettings) -> list[tuple[Any, dict]]:
@@ -317,7 +340,7 @@ def run_circuits(settings: CircuitSettings, model_source: str | Path, data_root:
         task_metrics, circuit = analyse_task(bridge, settings, data_root, task, folder, model_name, info)
         if circuit is not None:
             found[task] = circuit
-        for key in SUMMARY:
+        for key in [*SUMMARY, *(k for k in task_metrics if k.startswith(EDGE_SUMMARY))]:
             if key in task_metrics:
                 metrics[f"{task}/{key}"] = task_metrics[key]
         headline += headline_rows(model_name, task, task_metrics, f"{settings.ablation} ablation of "
@@ -333,3 +356,4 @@ SUMMARY = tuple(f"{k}{s}" for k in ("faithfulness", "faithfulness_per_prompt", "
     "circuit_size", "circuit_heads", "pool_size", "heldout_above_target", "target_reached", "completeness_gap_max",
     "minimality_min", "attribution_corr_heads", "clean_accuracy", "clean_pairwise_accuracy", "heldout_accuracy", "solved",
     "seconds")
+EDGE_SUMMARY = tuple(f"edge_{m}" for m in ("eap", "random", "node_circuit", "edges_total", "seconds", "skipped"))  # prefixes

@@ -83,9 +83,40 @@ def headline_rows(model: str, task: str, m: dict[str, Any], ablated: str, target
                      ("circuit", "excess_over_random", *iv("excess_over_random"), "random circuit, same size", 0.0, ""),
                      ("circuit", "circuit_accuracy", *iv("circuit_accuracy"), "full model", m.get("heldout_accuracy"), ""),
                      ("circuit", "circuit_size", m["circuit_size"], None, None, "pool size", m["pool_size"], "")]
+        rows += edge_rows(m)
     return [{"model": model, "task": task, "method": method, "metric": name, "value": v, "ci_low": lo, "ci_high": hi,
              "baseline": base, "baseline_value": bv, "solved": int(m.get("solved", 0)), "note": note}
             for method, name, v, lo, hi, base, bv, note in rows]
+
+
+EDGE_METHOD_KEYS = ("eap_ig_inputs", "eap_ig_activations", "eap")
+
+
+def edge_rows(m: dict[str, Any]) -> list[tuple]:
+    """Headline rows of a task's edge circuits (``edge_*`` metrics, :mod:`interpipe.circuits.edges`): each method's
+    CPR and CMD beside random edge sets of the same sizes, the random floor, and the edges each method needs to
+    match the node circuit's held-out faithfulness beside the node circuit's own edge count."""
+    if "edge_random_cpr" not in m:
+        return []
+    iv = lambda key: (m.get(key), m.get(key + "_ci_low"), m.get(key + "_ci_high"))  # noqa: E731
+    note = (f"MIB faithfulness curve of edge circuits (of {int(m.get('edge_edges_total', 0))} edges) on "
+            f"{int(m.get('edge_eval_prompts', 0))} held-out prompts, exact edge patching; docs/edges.md")
+    rows = []
+    for k in (k for k in EDGE_METHOD_KEYS if f"edge_{k}_cpr" in m):
+        rows += [(f"edge_{k}", "cpr", *iv(f"edge_{k}_cpr"), "random edges, same sizes", m["edge_random_cpr"], note),
+                 (f"edge_{k}", "cmd", *iv(f"edge_{k}_cmd"), "random edges, same sizes", m["edge_random_cmd"], note)]
+        if f"edge_{k}_edges_at_node_faithfulness" in m:
+            rows.append((f"edge_{k}", "edges_at_node_faithfulness", m[f"edge_{k}_edges_at_node_faithfulness"], None, None,
+                         "node circuit's induced edges", m.get("edge_node_circuit_edges"),
+                         f"edges the circuit needs for the node circuit's held-out faithfulness "
+                         f"{m.get('edge_node_circuit_faithfulness', float('nan')):.3g}"))
+        elif m.get(f"edge_{k}_reaches_node_faithfulness") == 0:
+            rows.append((f"edge_{k}", "reaches_node_faithfulness", 0.0, None, None, "node circuit's induced edges",
+                         m.get("edge_node_circuit_edges"), "no budget's circuit reaches the node circuit's held-out "
+                         f"faithfulness {m.get('edge_node_circuit_faithfulness', float('nan')):.3g}"))
+    rows += [("edge_random", "cpr", *iv("edge_random_cpr"), "", None, note),
+             ("edge_random", "cmd", *iv("edge_random_cmd"), "", None, note)]
+    return rows
 
 
 def headline_frame(rows: list[dict[str, Any]]) -> Any:

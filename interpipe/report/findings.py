@@ -32,9 +32,6 @@ VERDICTS = (SHOWS, NEGATIVE, UNINFORMATIVE)
 # Models a quantize stage exported (`<model>-<method>-w<bits>a<bits>`): their studies are read as pairs
 # by quant_interp, so they make no finding of their own.
 QUANTIZED_EXPORT = re.compile(r"-(rtn|smoothquant|osplus|gptq|llmint8|quarot)-w\d+a\d+$")
-# An LN-free model whose CE exceeds its LN-kept control by more than this has not recovered (nats;
-# the LN removal paper's GPT-2 gap is 0.03-0.10).
-LNFREE_RECOVERED_NATS = 0.3
 # The quantization setting a finding quotes when RTN degrades there: SmoothQuant's and OS+'s main setting.
 PRIMARY_BITS = "w8a8"
 
@@ -149,6 +146,29 @@ def judge_circuits(frame: Any) -> Finding | None:
     return _finding(faithfulness, claim, NEGATIVE, "not distinguishable from random circuits of the same size")
 
 
+def judge_edges(frame: Any) -> Finding | None:
+    """The EAP-IG edge circuits' CPR (MIB's area under the faithfulness curve over edge budgets) against
+    random edge sets of the same sizes, on the task edges were scored for (IOI first)."""
+    edges = frame[frame["method"].astype(str).str.startswith("edge_")]
+    if not len(edges):
+        return None
+    tasks = list(dict.fromkeys(edges["task"]))
+    task = "ioi" if "ioi" in tasks else tasks[0]
+    part = edges[edges["task"] == task]
+    method = next((m for m in ("edge_eap_ig_inputs", "edge_eap_ig_activations", "edge_eap") if (part["method"] == m).any()),
+                  None)
+    row = _pick(part, method=method, metric="cpr") if method else None
+    floor = _pick(part, method="edge_random", metric="cpr")
+    if row is None or floor is None:
+        return None
+    name = method.removeprefix("edge_").replace("_", "-")
+    claim = f"{task}: CPR of {name} edge circuits over MIB's edge budgets (random edges the floor, the model 1)"
+    override = {"baseline": "random edges, same sizes", "baseline_value": _num(floor, "value")}
+    if _num(row, "ci_low") > _num(floor, "ci_high"):
+        return _finding(row, claim, SHOWS, f"above random edge sets, whose CPR is {_interval(floor)}", **override)
+    return _finding(row, claim, NEGATIVE, f"not above random edge sets ({_interval(floor)})", **override)
+
+
 def judge_talking_heads(frame: Any) -> Finding | None:
     """The weight edit's accuracy gain on the failing lengths against editing a random component."""
     row = _pick(frame, method="weight_edit", metric="gain_failing")
@@ -183,13 +203,22 @@ def judge_bigram(frame: Any) -> Finding | None:
 
 
 def judge_lnfree(frame: Any) -> Finding | None:
-    """The LN-free model's held-out CE against the LN-kept control (both fine-tuned alike)."""
-    return _judge_one_row(
-        frame, "ce_delta_vs_control", "CE of the LN-free model minus the LN-kept control (held-out texts, nats)",
-        lambda row: _num(row, "ci_high") <= LNFREE_RECOVERED_NATS,
-        f"within {LNFREE_RECOVERED_NATS} nats of the control: normalisation removed at little cost, its DLA exact",
-        (UNINFORMATIVE, f"not recovered (more than {LNFREE_RECOVERED_NATS} nats above the control): the schedule is "
-                        "too short for this model, and the LN-free model's DLA describes a broken model"))
+    """The LN-free model's held-out CE against the LN-kept control, judged by the study's own rule (its
+    ``recovered`` row, the verdict sentence in its note): not recovered makes the study uninformative,
+    since an LN-free model that computes nothing has exact DLA by construction."""
+    recovered = _pick(frame, metric="recovered")
+    if recovered is None:
+        return None
+    sentence = str(recovered.get("note", "") or "")
+    for metric, claim in (("ce_delta_vs_control", "CE of the LN-free model minus the LN-kept control (held-out, nats)"),
+                          ("ce_frozen_no_finetune", "CE with every norm frozen, before fine-tuning (held-out, nats)"),
+                          ("recovered", "the LN-free model recovered (1) or not (0)")):
+        row = _pick(frame, metric=metric)
+        if row is not None:
+            break
+    if _num(recovered, "value") >= 1:
+        return _finding(row, claim, SHOWS, sentence or "recovered: normalisation removed at little cost, its DLA exact")
+    return _finding(row, claim, UNINFORMATIVE, sentence or "not recovered: the LN-free model's DLA describes a broken model")
 
 
 def _bits_order(bits: str) -> tuple[int, int]:
@@ -258,9 +287,10 @@ def judge_quant_interp(frame: Any) -> list[Finding]:
     return found
 
 
-JUDGES: dict[str, Callable[[Any], Any]] = {
-    "attribute": judge_attribution, "circuits": judge_circuits, "talking_heads": judge_talking_heads,
-    "bigram": judge_bigram, "lnfree": judge_lnfree, "quantize": judge_quantize,
+JUDGES: dict[str, tuple[Callable[[Any], Any], ...]] = {  # stage -> its judges, one finding each
+    "attribute": (judge_attribution,), "circuits": (judge_circuits, judge_edges),
+    "talking_heads": (judge_talking_heads,), "bigram": (judge_bigram,), "lnfree": (judge_lnfree,),
+    "quantize": (judge_quantize,),
 }
 
 
@@ -280,14 +310,13 @@ def stage_findings(stage: str, frame: Any) -> list[Finding]:
     """The findings of one stage's headline rows (every model but the quantized exports)."""
     if stage == "quant_interp":
         return judge_quant_interp(frame)
-    judge = JUDGES.get(stage)
     found = []
     for model, part in frame.groupby("model", sort=False):
         if QUANTIZED_EXPORT.search(str(model)):
             continue
-        finding = _own_verdict(part) or (judge(part) if judge else None)
-        if finding is not None:
-            found.append(finding)
+        own = _own_verdict(part)
+        judged = [own] if own else [judge(part) for judge in JUDGES.get(stage, ())]
+        found += [f for f in judged if f is not None]
     return found
 
 

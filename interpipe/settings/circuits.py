@@ -20,6 +20,8 @@ GRIDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pattern": ("pattern", ("layer", "head")), "pattern_pos": ("pattern", ("layer", "head", "pos")),
     "attn_layer": ("attn_out", ("layer",)), "mlp_layer": ("mlp_out", ("layer",)),  # whole layer, all positions
 }
+EDGE_METHODS = ("eap-ig-inputs", "eap-ig-activations", "eap")  # edge scores (interpipe.circuits.edges.scores)
+EDGE_BUDGETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]  # MIB's circuit sizes, fractions of all edges
 RANK_BY = ("denoise", "noise", "both", "ablation", "all")  # effects that rank components (interpipe.circuits.study)
 RANK_WITH = ("exact", "attribution")
 
@@ -62,6 +64,13 @@ class CircuitSettings:
     min_logit_gap: float = 0.5  # solved: the 95 % interval of the clean-corrupted logit-difference gap lies above this
     memory_mb: float = 512.0  # activation memory per batched forward; sets the chunk size
     progress: bool = False  # per-chunk progress bars
+    edge_tasks: list[str] = field(default_factory=lambda: ["ioi"])  # solved tasks that also get edge circuits (docs/edges.md); []: none
+    edge_methods: list[str] = field(default_factory=lambda: ["eap-ig-inputs", "eap"])  # edge scores, each a curve (also: eap-ig-activations)
+    edge_budgets: list[float] = field(default_factory=lambda: list(EDGE_BUDGETS))  # circuit sizes as fractions of all edges (MIB's)
+    edge_ig_steps: int = 5  # EAP-IG interpolation steps (one forward + backward of the scoring prompts each)
+    edge_prompts: int = 8  # the first 8 selection prompts score the edges, the first 8 held-out prompts evaluate the circuits
+    edge_random_seeds: int = 3  # random edge circuits of every size, this many draws (the floor and its range)
+    edge_exact_max_edges: int = 500  # patch every edge alone (rank correlation with the scores) when the graph has at most this many
 
     def __post_init__(self) -> None:
         unknown = [t for t in [*self.tasks, *self.overlap] if t not in CIRCUIT_TASKS]
@@ -94,6 +103,22 @@ class CircuitSettings:
             raise ValueError(f"circuits.curve_points={self.curve_points} must be >= 0 (0: every circuit size)")
         if self.memory_mb <= 0:
             raise ValueError(f"circuits.memory_mb={self.memory_mb} must be > 0")
+        self._check_edges()
+
+    def _check_edges(self) -> None:
+        unknown = [t for t in self.edge_tasks if t not in CIRCUIT_TASKS]
+        if unknown:
+            raise ValueError(f"circuits.edge_tasks names unknown tasks {unknown}: use {list(CIRCUIT_TASKS)}")
+        bad = [m for m in self.edge_methods if m not in EDGE_METHODS]
+        if bad or len(set(self.edge_methods)) != len(self.edge_methods):
+            raise ValueError(f"circuits.edge_methods={list(self.edge_methods)} must be distinct entries of {EDGE_METHODS}")
+        b = [float(x) for x in self.edge_budgets]
+        if not b or any(not 0 < x < 1 for x in b) or any(y <= x for x, y in zip(b, b[1:])):
+            raise ValueError(f"circuits.edge_budgets={b} must be increasing fractions of all edges in (0, 1) "
+                             f"(the model, 1, is added to the curve)")
+        for key, low in (("edge_ig_steps", 1), ("edge_prompts", 1), ("edge_random_seeds", 0), ("edge_exact_max_edges", 0)):
+            if getattr(self, key) < low:
+                raise ValueError(f"circuits.{key}={getattr(self, key)} must be >= {low}")
 
     def _check_task_prompts(self) -> None:
         for key in ("task_prompts", "task_grids"):

@@ -76,7 +76,14 @@ def test_study_writes_outputs(tiny_folder, data_root, tmp_path):
     assert {"cpr", "cmd", "logit_gap"} <= set(headline["metric"]) and set(headline["task"]) == {"sva", "ioi"}
     assert set(headline.loc[headline["metric"] == "faithfulness", "task"]) == set(held)
     assert set(headline.loc[headline["metric"] == "circuit_found", "task"]) == {"sva", "ioi"} - set(held)
-    assert set(headline["method"]) == {"model", "circuit"}
+    assert set(headline["method"]) == {"model", "circuit", "edge_eap_ig_inputs", "edge_eap", "edge_random"}  # IOI's edges
+    assert set(headline.loc[headline["method"].str.startswith("edge_"), "task"]) == {"ioi"}  # circuits.edge_tasks
+    from interpipe.circuits.edges import EdgeCurves
+
+    edges = EdgeCurves.load(tmp_path / "tiny-ioi" / "edges")  # curves.csv, summary.json, edge_faithfulness.png
+    assert set(edges.to_frame()["method"]) >= {"eap-ig-inputs", "eap", "random"}
+    assert (tmp_path / "tiny-ioi" / "edges" / "edge_faithfulness.png").exists()
+    assert "ioi/edge_eap_ig_inputs_cpr" in metrics and "sva/edge_seconds" not in metrics
     classes = pd.read_csv(tmp_path / "tiny-ioi" / "ioi_heads.csv")  # IOI head evidence, one row per head
     assert len(classes) == 8 and classes["in_circuit"].sum() == metrics["ioi/circuit_heads"]
     assert {"copy_score", "negative_copy_score", "name_mover_receiver", "s_inhibition_effect"} <= set(classes.columns)

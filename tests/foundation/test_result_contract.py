@@ -21,6 +21,7 @@ import torch
 from pandas.testing import assert_frame_equal
 
 from interpipe.attribution.result import Attribution
+from interpipe.circuits.edges.results import EdgeCurves
 from interpipe.circuits.results import CircuitResult
 from interpipe.io import OutputExistsError
 from interpipe.quant.results import QuantStudyResult, SettingResult
@@ -29,7 +30,7 @@ from interpipe.quant_interp.study import PairResult
 from interpipe.result import Result, writing
 from interpipe.stats import Interval
 from interpipe.weights.bigram_subnetwork import BigramResult
-from interpipe.weights.layernorm_removal import LNFreeResult
+from interpipe.weights.lnfree import LNFreeResult
 from interpipe.weights.result import StudyResult
 from interpipe.weights.talking_heads import TalkingHeadsResult
 
@@ -167,6 +168,19 @@ def _same_pair(a: PairResult, b: PairResult) -> None:
         assert_frame_equal(fa, fb)
 
 
+def _edges(v: float) -> EdgeCurves:
+    rows = [{"method": m, "seed": seed, "budget": b, "edges": int(b * 1000), "faithfulness": v * b, "ci_low": v * b - 0.1,
+             "ci_high": v * b + 0.1} for m, seed in (("eap-ig-inputs", -1), ("random", 0)) for b in (0.001, 0.5)]
+    rows.append({"method": "node_circuit", "seed": -1, "budget": 0.05, "edges": 50, "faithfulness": v, "ci_low": v - 0.1,
+                 "ci_high": v + 0.1})
+    return EdgeCurves(rows, {"eap_ig_inputs_cpr": v, "random_cpr": v / 4}, _info(v))
+
+
+def _same_edges(a: EdgeCurves, b: EdgeCurves) -> None:
+    assert a.info == b.info and a.summary == pytest.approx(b.summary)
+    assert_frame_equal(a.to_frame(), b.to_frame(), check_dtype=False)
+
+
 @dataclass
 class Case:
     cls: type
@@ -177,6 +191,7 @@ class Case:
 CASES = {
     "attribution": Case(Attribution, _attribution, _same_attribution),
     "circuits": Case(CircuitResult, _circuit, _same_circuit),
+    "edges": Case(EdgeCurves, _edges, _same_edges),
     "weights": Case(StudyResult, _study(StudyResult), _same_study),
     "talking_heads": Case(TalkingHeadsResult, _study(TalkingHeadsResult), _same_study),
     "bigram": Case(BigramResult, _study(BigramResult), _same_study),

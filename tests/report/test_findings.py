@@ -53,6 +53,17 @@ def test_circuits_verdicts():
     assert unsolved.verdict == UNINFORMATIVE and unsolved.metric == "logit_gap"
 
 
+def test_edge_circuits_against_random_edges():
+    rows = circuits(1.0, 1, 0.5)
+    edges = frame([("m", "ioi", "edge_eap_ig_inputs", "cpr", 0.95, 0.9, 1.0, "random edges", 0.3),
+                   ("m", "ioi", "edge_random", "cpr", 0.3, 0.25, 0.35, "", None)])
+    node, edge = stage_findings("circuits", pd.concat([rows, edges], ignore_index=True))
+    assert node.metric == "faithfulness" and edge.metric == "cpr" and edge.verdict == SHOWS
+    assert edge.baseline_value == 0.3 and "eap-ig-inputs" in edge.claim
+    edges.loc[0, "ci_low"] = 0.3  # reaches the random sets' interval
+    assert stage_findings("circuits", pd.concat([rows, edges], ignore_index=True))[1].verdict == NEGATIVE
+
+
 def quantize(osplus_diff: tuple[float, float, float], rtn_w8_low: float = 0.5) -> pd.DataFrame:
     rows = []
     for bits, rtn, rtn_low in (("w16a8", 0.4, 0.2), ("w8a8", 0.8, rtn_w8_low), ("w4a4", 9.0, 8.0)):
@@ -83,10 +94,18 @@ def test_quantize_without_room_or_interval_is_uninformative():
     assert "one calibration seed" in stage_findings("quantize", one_seed)[0].reason
 
 
-@pytest.mark.parametrize("low, high, verdict", [(0.0, 0.1, SHOWS), (7.7, 8.0, UNINFORMATIVE)])
-def test_lnfree(low, high, verdict):
-    rows = frame([("m", "corpus", "lnfree", "ce_delta_vs_control", (low + high) / 2, low, high, "no change", 0.0)])
-    assert stage_findings("lnfree", rows)[0].verdict == verdict
+def test_lnfree_reads_the_studys_own_recovered_rule():
+    ok = frame([("m", "corpus", "lnfree", "recovered", 1.0, None, None, "LN-kept control", 1.0),
+                ("m", "corpus", "lnfree", "ce_delta_vs_control", 0.05, 0.0, 0.1, "no change", 0.0)],
+               note=["recovered: within 0.3 nats", "paired"])
+    finding = stage_findings("lnfree", ok)[0]
+    assert finding.verdict == SHOWS and finding.metric == "ce_delta_vs_control" and finding.reason.startswith("recovered")
+    diverged = frame([("m", "corpus", "lnfree", "recovered", 0.0, None, None, "LN-kept control", 1.0),
+                      ("m", "corpus", "lnfree", "ce_frozen_no_finetune", 9.0, 8.9, 9.1, "original", 5.2)],
+                     note=["not recovered: the removal diverged at step 1", ""])
+    finding = stage_findings("lnfree", diverged)[0]
+    assert finding.verdict == UNINFORMATIVE and finding.metric == "ce_frozen_no_finetune"
+    assert finding.reason == "not recovered: the removal diverged at step 1"
 
 
 def test_talking_heads_and_bigram():
