@@ -6,7 +6,9 @@ Fake quantization (:mod:`~interpipe.quant.fake`) of the target linears
 2023) and OS+ (Wei et al. 2023) migration folded into LayerNorm and the next linear, exact for
 pre-LN (GPT-2) and with a shortcut restore for post-LN (BERT) blocks
 (:mod:`~interpipe.quant.migrate`, :mod:`~interpipe.quant.arch`), end metrics
-(:mod:`~interpipe.quant.metrics`) and results over calibration seeds (:mod:`~interpipe.quant.results`).
+(:mod:`~interpipe.quant.metrics`), results over calibration seeds (:mod:`~interpipe.quant.results`) with
+intervals over seeds and held-out examples (:mod:`~interpipe.quant.resample`), and the survival frontier
+per method (:mod:`~interpipe.quant.frontier`).
 :func:`run_quantize` runs a whole grid on one model; :mod:`~interpipe.quant.recipe` re-applies an
 exported setting when a model folder is loaded.
 

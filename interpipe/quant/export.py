@@ -106,18 +106,25 @@ def _unwrap_quantized(model, layers: dict) -> None:
 
 
 def save_quantized(folder: Path, model, layers: dict, tokenizer, card, recipe: Recipe,
-                   migration: Migration | None) -> Path:
+                   migration: Migration | None, rotation=None) -> Path:
     """Write a quantized setting as a model folder (atomically); ``model`` is unwrapped in place.
 
     ``model`` holds the :class:`~interpipe.quant.layers.QuantLinear` ``layers`` (calibrated); ``recipe``
     its method, bits and grids (its tensors are filled here); ``migration`` the migration folded into it
-    (None for RTN), whose shortcut restores the recipe carries.
+    (None for RTN), whose shortcut restores the recipe carries; ``rotation`` the
+    :class:`~interpipe.quant.rotate.Rotation` fused into it (QuaRot), whose online Hadamards and residual
+    rotation the recipe carries.
     """
     from interpipe.models import save_model_folder
 
-    recipe = replace(recipe, layers=list(layers), tensors=_recipe_tensors(layers, migration))
+    tensors = _recipe_tensors(layers, migration)
+    if rotation is not None:
+        tensors.update({f"{path}.online_hadamard": h for path, h in rotation.online.items()})
+        tensors["rotation.residual"] = rotation.residual
+    recipe = replace(recipe, layers=list(layers), tensors=tensors)
     _unwrap_quantized(model, layers)
-    quant = {k: getattr(recipe, k) for k in ("method", "bits", "protocol", "weight", "activation", "calib_seed")}
+    quant = {k: getattr(recipe, k) for k in ("method", "bits", "protocol", "weight", "activation", "calib_seed",
+                                             "threshold", "rotation") if getattr(recipe, k) is not None}
     card = replace(card, name=folder.name, extra={**card.extra, "base_model": card.name, "base_source": card.source,
                                                   "quantization": {**quant, "recipe": "quantization.json"}})
     with atomic_dir(folder) as tmp:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Bool
 
 from interpipe.settings.quantize import A_GRANULARITIES, MAX_BITS, W_GRANULARITIES, check_bits, parse_bits
 from interpipe.typing import Float, Tensor
@@ -182,6 +183,29 @@ def quantize_activation(x: Float[Tensor, "... d_in"], spec: ActSpec, x_min: Tens
     x_min, x_max = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)  # (..., 1) per token
     scale, zero = qparams(x_min, x_max, spec.bits, spec.symmetric)
     return quantize_dequantize(x, scale, zero, spec.bits, spec.symmetric)
+
+
+def outlier_columns(x: Float[Tensor, "batch pos d_in"], threshold: float,
+                    mask: Bool[Tensor, "batch pos"] | None = None) -> Bool[Tensor, "batch 1 d_in"]:
+    """LLM.int8()'s outlier dimensions of each example: any (non-padding, where ``mask`` says) ``|x|`` above
+    ``threshold`` (:func:`interpipe.quant.int8.outlier_dims` brings any input into this shape)."""
+    big = x.abs() > threshold  # (batch, pos, d_in)
+    if mask is not None:
+        big = big & mask[..., None]  # padding tokens decide nothing
+    return big.any(dim=1, keepdim=True)  # (batch, 1, d_in)
+
+
+def decomposed_activation(x: Float[Tensor, "... d_in"], spec: ActSpec, threshold: float) -> Float[Tensor, "... d_in"]:
+    """``x_O + Q(x_~O)``: LLM.int8()'s input with its outlier columns (per example, every position of the
+    leading batch dimension; a 2-D input is one matrix) kept and the rest on the per-token grid ``spec``.
+
+    Multiplied by the vector-wise quantized weight ``Q(W)`` this is the decomposition with the 16-bit
+    part on the dequantized weight columns (bitsandbytes' choice); an exported model applies it.
+    """
+    x3 = x if x.ndim == 3 else x.reshape(1, -1, x.shape[-1])  # (batch, pos, d_in)
+    dims = outlier_columns(x3, threshold)  # (batch, 1, d_in)
+    x_int = x3.masked_fill(dims, 0.0)  # (batch, pos, d_in) outlier columns removed before quantizing
+    return (x3 - x_int + quantize_activation(x_int, spec)).reshape(x.shape)  # (..., d_in)
 
 
 def sqnr_db(reference: Tensor, approx: Tensor) -> float:

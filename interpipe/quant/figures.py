@@ -76,7 +76,8 @@ def layer_sqnr(frames: dict[str, pd.DataFrame], note: str | None = None):
 
 
 def end_metrics(frame: pd.DataFrame, metric: str, note: str | None = None):
-    """Grouped bars of the headline end-metric delta, methods x bits, with the seed interval as error bars.
+    """Grouped bars of the headline end-metric delta, methods x bits, with its interval (over calibration
+    seeds and held-out examples) as error bars.
 
     ``note``: where the FP weights came from (SmolLM2: dequantised 4-bit weights).
     """
@@ -101,7 +102,7 @@ def end_metrics(frame: pd.DataFrame, metric: str, note: str | None = None):
         ax.set_yscale("log")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
-    title = "error bars: 95 % interval over calibration seeds"
+    title = "error bars: 95 % interval over calibration seeds and held-out examples"
     ax.set_title(f"{title}\nFP weights: {note}" if note else title, fontsize=7, wrap=True)
     fig.tight_layout()
     return fig
@@ -126,5 +127,48 @@ def massive_activations(tokens: pd.DataFrame, note: str | None = None):
     axes.flat[0].set_ylabel("max |x| over channels")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Massive activations at quantized inputs" + (f" (FP weights: {note})" if note else ""), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def frontier(frame: pd.DataFrame, tasks: list[str], chance: float, note: str | None = None):
+    """Pairwise accuracy with its interval against bits, one line per method, one panel per task x series
+    (weights and activations; activation-only; weight-only), the most bits left; chance and FP dashed.
+
+    ``frame``: one row per setting (``QuantStudyResult.to_frame``) with ``pairwise_acc/<task>`` columns.
+    """
+    from interpipe.quant.frontier import SERIES, ordered, series
+
+    plt = _plt()
+    tags = {s: ordered({t for t in frame["bits"] if series(t) == s}) for s in SERIES}
+    cols = [s for s in SERIES if tags[s]]
+    fig, axes = plt.subplots(len(tasks), len(cols), figsize=(3.6 * len(cols) + 1, 2.8 * len(tasks)), squeeze=False)
+    for i, task in enumerate(tasks):
+        key = f"pairwise_acc/{task}"
+        for j, name in enumerate(cols):
+            ax, x = axes[i, j], list(range(len(tags[name])))
+            for k, method in enumerate(dict.fromkeys(frame["method"])):
+                sub = frame[(frame["method"] == method)].set_index("bits")
+                if key not in sub:
+                    continue
+                get = lambda col, t: float(sub.loc[t, col]) if t in sub.index and col in sub else float("nan")  # noqa: E731
+                v = [get(key, t) for t in tags[name]]
+                lo = [get(f"{key}_ci_low", t) for t in tags[name]]
+                hi = [get(f"{key}_ci_high", t) for t in tags[name]]
+                err = [[0.0 if math.isnan(a) else b - a for a, b in zip(lo, v)],
+                       [0.0 if math.isnan(c) else c - b for c, b in zip(hi, v)]]
+                ax.errorbar([p + 0.04 * k for p in x], v, yerr=err, marker="o", ms=3, capsize=2, label=method)
+            fp = frame.get(f"fp_{key}")
+            if fp is not None and fp.notna().any():
+                ax.axhline(float(fp.dropna().iloc[0]), color="k", ls=":", lw=0.8, label="FP")
+            ax.axhline(chance, color="C3", ls="--", lw=0.8, label=f"chance ({chance:g})")
+            ax.set_xticks(x, tags[name], fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{task}: {name} quantized", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("pairwise accuracy", fontsize=8)
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    title = "answer logit above the foil's; error bars: 95 % interval over calibration seeds and prompts"
+    fig.suptitle(f"{title}\nFP weights: {note}" if note else title, fontsize=7)
     fig.tight_layout()
     return fig

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool
 
 from interpipe.quant.calibrate import as_tokens
-from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation
+from interpipe.quant.fake import ActSpec, WeightSpec, outlier_columns, quantize_activation
 from interpipe.typing import Float, Tensor
 
 PAPER_THRESHOLD = 6.0  # alpha of the paper: "magnitude of at least 6"
@@ -64,10 +64,7 @@ def outlier_dims(x: Float[Tensor, "*rows d_in"], threshold: float = PAPER_THRESH
     Returns ``(batch, 1, d_in)`` (``(1, 1, d_in)`` for one unmasked matrix).
     """
     x3, m = as_examples(x, mask)
-    big = x3.abs() > threshold  # (batch, pos, d_in)
-    if m is not None:
-        big = big & m[..., None]  # padding tokens decide nothing
-    return big.any(dim=1, keepdim=True)  # (batch, 1, d_in)
+    return outlier_columns(x3, threshold, m)  # (batch, 1, d_in)
 
 
 def int8_linear(x: Float[Tensor, "*rows d_in"], weight: Float[Tensor, "d_out d_in"],

@@ -15,6 +15,11 @@ better for every one.
 - sequence classifier (fine-tuned MiniLM): accuracy on the ``sentiment`` test split and
   agreement with the FP predictions.
 
+Every end metric is also kept per held-out example (:meth:`EndMetrics.examples`), from which
+:mod:`~interpipe.quant.resample` draws its intervals; a causal LM's per-task pairwise accuracy
+(``pairwise_acc/<task>``: the share of prompts whose answer logit beats the foil's, the circuits and
+quant_interp studies' rule) comes with them.
+
 Per layer: MSE and SQNR of each quantized linear's output against the FP model's output of the
 same linear on the same examples (propagated error: earlier layers' quantization included),
 and against the FP layer on the same (quantized-model) input (local error).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,14 +118,17 @@ class EndMetrics:
         """Raw per-example results (CPU tensors) of one model."""
         raw: dict[str, torch.Tensor] = {}
         if self.kind == "causal_lm":
-            nll, count = 0.0, 0
+            nll, count = [], []
             for batch in self.text_batches:
                 batch, hidden, head = self._hidden(model, batch, tokens)
                 valid = batch.mask[:, 1:]  # (batch, pos-1): position p predicts token p+1
                 logits = head(hidden[:, :-1][valid]).float()  # (n_valid, vocab)
-                nll += float(F.cross_entropy(logits, batch.input_ids[:, 1:][valid], reduction="sum"))
-                count += int(valid.sum())
-            raw["nll"] = torch.tensor([nll / count])
+                losses = F.cross_entropy(logits, batch.input_ids[:, 1:][valid], reduction="none")  # (n_valid,)
+                rows = valid.nonzero()[:, 0]  # (n_valid,) the text of each predicted token
+                nll.append(torch.zeros(len(valid), dtype=torch.float64, device=losses.device)
+                           .index_add_(0, rows, losses.double()).cpu())  # (batch,) summed nll per text
+                count.append(valid.sum(1).cpu())  # (batch,) predicted tokens per text
+            raw["nll"], raw["tokens"] = torch.cat(nll), torch.cat(count)  # (n_texts,) each
             for task, (batches, _, foils) in self.tasks.items():
                 last_logits = []
                 for batch in batches:
@@ -150,7 +159,8 @@ class EndMetrics:
         """End metrics of ``q`` and their deltas against ``fp`` (both from :meth:`measure`)."""
         m: dict[str, float] = {}
         if self.kind == "causal_lm":
-            m["fp_loss"], m["loss"] = float(fp["nll"]), float(q["nll"])
+            tokens = float(fp["tokens"].sum())
+            m["fp_loss"], m["loss"] = float(fp["nll"].sum()) / tokens, float(q["nll"].sum()) / tokens
             m["loss_delta"] = m["loss"] - m["fp_loss"]
             m["fp_ppl"], m["ppl"] = math.exp(m["fp_loss"]), math.exp(m["loss"])
             m["ppl_delta"] = m["ppl"] - m["fp_ppl"]
@@ -160,6 +170,9 @@ class EndMetrics:
                     m[f"logit_diff/{task}"] = float(q[f"ld/{task}"].mean())
                     m[f"fp_logit_diff/{task}"] = float(fp[f"ld/{task}"].mean())
                     lds.append(m[f"logit_diff/{task}"])
+                    # pairwise accuracy: the share of prompts whose answer logit beats the foil's
+                    m[f"pairwise_acc/{task}"] = float((q[f"ld/{task}"] > 0).float().mean())
+                    m[f"fp_pairwise_acc/{task}"] = float((fp[f"ld/{task}"] > 0).float().mean())
                     fp_lds.append(m[f"fp_logit_diff/{task}"])
                 m[f"acc/{task}"] = float((q[f"pred/{task}"] == answers).float().mean())
                 m[f"fp_acc/{task}"] = float((fp[f"pred/{task}"] == answers).float().mean())
@@ -195,13 +208,46 @@ class EndMetrics:
         return m
 
 
-def _margin(logits: Float[Tensor, "n classes"], labels: Int[Tensor, " n"]) -> float:
-    """Mean logit margin of the gold class over the best other class."""
+    def examples(self, fp: dict[str, torch.Tensor], q: dict[str, torch.Tensor]) -> pd.DataFrame:
+        """Per held-out example, the values every end metric averages (:mod:`~interpipe.quant.resample`):
+        one row per ``set`` (``corpus``, each task, ``sentiment``, ``texts``) x ``example``; the FP model's
+        on the same row (paired). Columns: causal LM ``nll`` / ``fp_nll`` (summed over the text's predicted
+        ``tokens``), per task ``correct`` / ``fp_correct`` (argmax is the answer) and ``ld`` / ``fp_ld``
+        (answer minus foil logit); classifier ``correct``, ``fp_correct``, ``margin``, ``fp_margin``; encoder
+        ``cos`` (to the FP embedding)."""
+        frames = []
+
+        def add(name: str, **columns) -> None:
+            n = len(next(iter(columns.values())))
+            frames.append(pd.DataFrame({"set": name, "example": range(n),
+                                        **{k: v.double().numpy() for k, v in columns.items()}}))
+
+        if self.kind == "causal_lm":
+            add("corpus", nll=q["nll"], fp_nll=fp["nll"], tokens=fp["tokens"])
+            for task, (_, answers, foils) in self.tasks.items():
+                extra = {"ld": q[f"ld/{task}"], "fp_ld": fp[f"ld/{task}"]} if foils is not None else {}
+                add(task, correct=(q[f"pred/{task}"] == answers), fp_correct=(fp[f"pred/{task}"] == answers), **extra)
+        elif self.kind == "encoder":
+            add("texts", cos=(fp["emb"] * q["emb"]).sum(-1))  # (n,) both normalised
+        else:
+            add("sentiment", correct=q["logits"].argmax(-1) == self.labels,
+                fp_correct=fp["logits"].argmax(-1) == self.labels,
+                margin=_margins(q["logits"], self.labels), fp_margin=_margins(fp["logits"], self.labels))
+        return pd.concat(frames, ignore_index=True)
+
+
+def _margins(logits: Float[Tensor, "n classes"], labels: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """Per example, the logit margin of the gold class over the best other class."""
     rows = torch.arange(len(labels))
     gold = logits[rows, labels]  # (n,)
     other = logits.clone()
     other[rows, labels] = float("-inf")
-    return float((gold - other.max(-1).values).mean())
+    return gold - other.max(-1).values
+
+
+def _margin(logits: Float[Tensor, "n classes"], labels: Int[Tensor, " n"]) -> float:
+    """Mean logit margin of the gold class over the best other class."""
+    return float(_margins(logits, labels).mean())
 
 
 @torch.no_grad()

@@ -10,7 +10,16 @@ stock ``from_pretrained`` gives the quantized weights), plus:
 - ``quantization.safetensors``: per layer the static activation range (``<module>.x_min`` /
   ``.x_max``), and for OS+ behind a bias-free norm the input shift ``delta`` (``.input_shift``)
   with its output offset ``W delta`` (``.shift_bias``, from the full-precision weight); for a
-  migrated post-LN model the shortcut restores (``<module>.shortcut_scale`` / ``.shortcut_shift``).
+  migrated post-LN model the shortcut restores (``<module>.shortcut_scale`` / ``.shortcut_shift``);
+  for a QuaRot model the online Hadamard of the down projections (``<module>.online_hadamard``) and
+  the residual rotation ``Q`` (``rotation.residual``: the stream is ``h Q``, for analyses that want the
+  original basis back).
+
+An LLM.int8() recipe carries its ``threshold``: the hook keeps each example's outlier input columns
+unquantized and the stored weight is the vector-wise ``Q(W)``, so the 16-bit part multiplies dequantized
+weight columns (as bitsandbytes does; the study's in-memory layer uses the full-precision columns). A
+QuaRot folder holds the rotated weights (norm gains folded, unembedding untied): stock
+``from_pretrained`` without the recipe's online Hadamard computes a different function.
 
 :func:`apply_recipe` re-applies the activation side with forward hooks on the original modules
 (nothing replaced, no attribute added): a pre-hook feeds the linear ``Q(x - delta)``, a forward
@@ -32,7 +41,7 @@ import torch
 from torch import nn
 
 from interpipe.io import read_json, write_json
-from interpipe.quant.fake import ActSpec, WeightSpec, quantize_activation
+from interpipe.quant.fake import ActSpec, WeightSpec, decomposed_activation, quantize_activation
 from interpipe.typing import Float, Tensor
 
 FILE = "quantization.json"
@@ -56,6 +65,8 @@ class Recipe:
     base_model: str = ""
     calib_seed: int = 0
     tensors: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    threshold: float | None = None  # LLM.int8(): input columns with any |x| above it stay unquantized
+    rotation: dict | None = None  # QuaRot: the residual basis is rotated (seed, what it means)
 
     @property
     def w_spec(self) -> WeightSpec:
@@ -117,19 +128,29 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class ActQuantizer:
-    """Forward pre-hook: a linear's input ``x`` becomes ``Q(x - delta)`` on the layer's grid."""
+    """Forward pre-hook: a linear's input ``x`` becomes ``Q(x - delta)`` on the layer's grid.
 
-    def __init__(self, spec: ActSpec, x_min: Tensor | None, x_max: Tensor | None, shift: Tensor | None):
+    With ``online`` (QuaRot's online Hadamard ``H``) the input is first ``x H`` (differentiable: gradients
+    go back through ``H``); with ``threshold`` (LLM.int8()) ``Q`` keeps each example's outlier columns
+    unquantized (:func:`~interpipe.quant.fake.decomposed_activation`).
+    """
+
+    def __init__(self, spec: ActSpec, x_min: Tensor | None, x_max: Tensor | None, shift: Tensor | None,
+                 threshold: float | None = None, online: Tensor | None = None):
         self.spec, self.x_min, self.x_max, self.shift = spec, x_min, x_max, shift
+        self.threshold, self.online = threshold, online
 
     def quantize(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         shifted = x if self.shift is None else x - self.shift.to(x)  # (..., d_in) what the quantizer sees
+        if self.threshold is not None:
+            return decomposed_activation(shifted, self.spec, self.threshold)
         lo = None if self.x_min is None else self.x_min.to(x.device)  # float32: the grid's scale comes from it
         hi = None if self.x_max is None else self.x_max.to(x.device)
         return quantize_activation(shifted, self.spec, lo, hi)
 
     def __call__(self, module: nn.Module, args: tuple):
-        return (_StraightThrough.apply(args[0], self), *args[1:])
+        x = args[0] if self.online is None else args[0] @ self.online.to(args[0])  # (..., d_in) x H
+        return (_StraightThrough.apply(x, self), *args[1:])
 
 
 class OutputOffset:
@@ -191,7 +212,8 @@ def apply_recipe(model: nn.Module, recipe: Recipe) -> InstalledRecipe:
     installed = InstalledRecipe({})
     for path in recipe.layers:
         module = _module(model, path, recipe)
-        hook = ActQuantizer(spec, t.get(f"{path}.x_min"), t.get(f"{path}.x_max"), t.get(f"{path}.input_shift"))
+        hook = ActQuantizer(spec, t.get(f"{path}.x_min"), t.get(f"{path}.x_max"), t.get(f"{path}.input_shift"),
+                            recipe.threshold, t.get(f"{path}.online_hadamard"))
         installed.quantizers[path] = hook
         installed.handles.append(module.register_forward_pre_hook(hook))
         if f"{path}.shift_bias" in t:

@@ -1,16 +1,21 @@
 """Results of the quantization study: one setting over calibration seeds, the whole study, headlines.
 
 A setting (method x bits x protocol) runs once per calibration seed; its metrics are the mean over
-seeds, and every delta/drop of a setting with two or more seeds carries the 95 % t interval over seeds (``interpipe.stats.seed_interval``)
-plus, for the migrations, the paired difference to RTN at the same bits and seed
-(``<metric>_minus_rtn``: same calibration texts, so the pairing removes the shared part of the
-spread); OS+ and its ablations also against SmoothQuant (``<metric>_minus_smoothquant``). ``headline.csv`` is the tidy table a results section quotes (docs/quantization.md).
+seeds. Every end metric (and a causal LM's per-task pairwise accuracy) carries the 95 % interval over
+calibration seeds and held-out examples (:mod:`~interpipe.quant.resample`), plus, for every method but
+RTN, the paired difference to RTN at the same bits (``<metric>_minus_rtn``: same calibration texts and
+the same draw of the examples, so the pairing removes the shared part of the spread); OS+ and its
+ablations also against SmoothQuant (``<metric>_minus_smoothquant``). Other deltas and drops keep the t
+interval over seeds (``interpipe.stats.seed_interval``). ``headline.csv`` is the tidy table a results
+section quotes (docs/quantization.md); causal LMs add ``frontier.csv``, the survival frontier
+(:mod:`~interpipe.quant.frontier`).
 
 Both result classes are :class:`interpipe.result.Result` classes. A setting's folder
-(``<out>/<model>-<method>-<bits>-<protocol>/``: ``layers.csv``, ``seeds.csv``, ``migration.csv`` for
-migrations, ``info.json``, ``metrics.json`` last) also holds its migrated model; the study's folder
-(the setting folders, ``outliers/``, ``headline_*.png``, ``info.json``, ``seeds.csv``, ``headline.csv``,
-``summary.csv`` last) also holds the stage's exports, ``metrics.json`` and outlier figures.
+(``<out>/<model>-<method>-<bits>-<protocol>/``: ``layers.csv``, ``seeds.csv``, ``examples.csv``,
+``migration.csv`` for migrations, ``info.json``, ``metrics.json`` last) also holds its migrated model; the
+study's folder (the setting folders, ``outliers/``, ``headline_*.png``, ``info.json``, ``seeds.csv``,
+``frontier.csv``, ``headline.csv``, ``summary.csv`` last) also holds the stage's exports, ``metrics.json``
+and outlier figures.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from interpipe.io import read_json, save_figure, write_frame, write_json
-from interpipe.quant import figures
+from interpipe.quant import figures, frontier, resample
 from interpipe.result import Result, writing
-from interpipe.stats import seed_interval, to_metrics
+from interpipe.stats import is_interval_key, seed_interval, to_metrics
 
 HEADLINE_METRICS = {  # what a results section quotes per model kind (lower is better for every one)
     "causal_lm": ["loss_delta", "task_acc_drop", "logit_diff_drop"],  # loss, not ppl: ppl explodes at low bits
@@ -51,9 +56,17 @@ def _is_spread_key(key: str) -> bool:
 
 
 def aggregate_seeds(per_seed: list[dict], rtn_per_seed: list[dict] | None = None,
-                    baselines: dict[str, list[dict]] | None = None) -> dict:
+                    baselines: dict[str, list[dict]] | None = None, examples=None, base_examples: dict | None = None
+                    ) -> dict:
     """Mean over seeds of every numeric metric; the seed interval of every delta/drop and of its
-    paired difference to each baseline (``rtn_per_seed`` -> ``_minus_rtn``; ``baselines`` by name)."""
+    paired difference to each baseline (``rtn_per_seed`` -> ``_minus_rtn``; ``baselines`` by name).
+
+    With the setting's per-example values (``examples``, and each baseline's in ``base_examples``: data frames
+    or :class:`~interpipe.quant.resample.Examples`), every
+    end metric they define gets the interval over seeds and evaluation examples instead
+    (:mod:`~interpipe.quant.resample`), also with one seed, and so does its paired difference to each
+    baseline; the causal LM's per-task ``pairwise_acc/<task>`` (and the FP model's) comes with it.
+    """
     out: dict = {"n_seeds": len(per_seed)}
     keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     for key in keys:
@@ -62,7 +75,8 @@ def aggregate_seeds(per_seed: list[dict], rtn_per_seed: list[dict] | None = None
             out.update(to_metrics(key, seed_interval(values)))
         else:  # one seed gives no interval: none is written rather than a degenerate one
             out[key] = float(np.mean(values))
-    for name, base_runs in {**({"rtn": rtn_per_seed} if rtn_per_seed else {}), **(baselines or {})}.items():
+    named = {**({"rtn": rtn_per_seed} if rtn_per_seed else {}), **(baselines or {})}
+    for name, base_runs in named.items():
         base = {m["calib_seed"]: m for m in base_runs}
         for key in (k for k in keys if _is_spread_key(k)):
             diffs = [m[key] - base[m["calib_seed"]][key] for m in per_seed
@@ -71,7 +85,37 @@ def aggregate_seeds(per_seed: list[dict], rtn_per_seed: list[dict] | None = None
                 out.update(to_metrics(f"{key}_minus_{name}", seed_interval(diffs)))
             elif diffs:
                 out[f"{key}_minus_{name}"] = float(diffs[0])
+    if examples is not None and len(examples.sets if isinstance(examples, resample.Examples) else examples):
+        out.update(_resampled(examples, base_examples or {}))
     out.update({k: v for k, v in per_seed[0].items() if isinstance(v, str)})
+    return out
+
+
+_DRAWS: dict = {}  # set sizes -> the shared draws (the same for every setting of a study)
+
+
+def _resampled(examples, base_examples: dict) -> dict:
+    """Intervals over seeds and examples of every metric ``examples`` defines, and of the paired
+    differences to the baselines (one shared draw of the examples: :func:`resample.draws`)."""
+    out: dict = {}
+    examples = resample.Examples.of(examples)
+    base_examples = {name: resample.Examples.of(base) for name, base in base_examples.items()}
+    sizes = tuple(sorted((n, next(iter(c.values())).shape[1]) for n, c in examples.sets.items()))
+    idx = _DRAWS.setdefault(sizes, resample.draws(examples))
+    for metric in resample.defined(examples):
+        iv = resample.metric_interval(*resample.replicates(examples, metric, idx), metric)
+        if iv is not None:
+            out.update(to_metrics(metric, iv))
+        if metric.startswith(resample.FP_PAIRWISE):
+            continue
+        if metric.startswith(resample.PAIRWISE):  # against the FP model on the same prompts (RTN's baseline)
+            q, fp = (resample.replicates(examples, m, idx) for m in (metric, f"fp_{metric}"))
+            out.update(to_metrics(f"{metric}_minus_fp", resample.metric_interval(q[0] - fp[0], q[1] - fp[1],
+                                                                                 f"{metric}_minus_fp")))
+        for name, base in base_examples.items():
+            iv = resample.metric_interval(*resample.paired(examples, base, metric, idx), f"{metric}_minus_{name}")
+            if iv is not None:
+                out.update(to_metrics(f"{metric}_minus_{name}", iv))
     return out
 
 
@@ -100,6 +144,7 @@ class SettingResult(Result):
     migration: pd.DataFrame  # first seed: one row per migrated pair (empty for rtn)
     seeds: pd.DataFrame  # one row per calibration seed: every metric of that seed
     info: dict = field(default_factory=dict)
+    examples: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per seed x held-out example (intervals)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per quantized linear (``layers``) with the setting's name, method and bits."""
@@ -114,6 +159,8 @@ class SettingResult(Result):
         with writing(folder, overwrite, marker="metrics.json") as out:
             write_frame(out / "layers.csv", self.layers)
             write_frame(out / "seeds.csv", self.seeds)
+            if len(self.examples):
+                write_frame(out / "examples.csv", self.examples)
             if len(self.migration):
                 write_frame(out / "migration.csv", self.migration)
             write_json(out / "info.json", self.info)
@@ -126,8 +173,9 @@ class SettingResult(Result):
         folder = Path(folder)
         info = read_json(folder / "info.json")
         migration = pd.read_csv(folder / "migration.csv") if (folder / "migration.csv").exists() else pd.DataFrame()
+        examples = pd.read_csv(folder / "examples.csv") if (folder / "examples.csv").exists() else pd.DataFrame()
         return cls(info["name"], info["method"], info["bits"], info["granularity"], read_json(folder / "metrics.json"),
-                   pd.read_csv(folder / "layers.csv"), migration, pd.read_csv(folder / "seeds.csv"), info)
+                   pd.read_csv(folder / "layers.csv"), migration, pd.read_csv(folder / "seeds.csv"), info, examples)
 
 
 @dataclass
@@ -170,6 +218,10 @@ class QuantStudyResult(Result):
                              "minus_smoothquant": m.get(f"{metric}_minus_smoothquant"),
                              "minus_smoothquant_ci_low": m.get(f"{metric}_minus_smoothquant_ci_low"),
                              "minus_smoothquant_ci_high": m.get(f"{metric}_minus_smoothquant_ci_high")})
+        rows += self._pairwise_rows(origin)
+        front = self.frontier_frame()
+        if len(front):
+            rows += frontier.headline_rows(front, origin)
         first = self.settings[0].metrics
         for metric in FP_METRICS[self.kind]:
             if metric in first:
@@ -179,6 +231,38 @@ class QuantStudyResult(Result):
                              "ci_high": None, "n_seeds": 0, "baseline": "none", "baseline_value": None,
                              "minus_baseline": None, "minus_baseline_ci_low": None, "minus_baseline_ci_high": None})
         return pd.DataFrame(rows)
+
+    def _pairwise_rows(self, origin: str) -> list[dict]:
+        """Headline rows of the per-task pairwise accuracy (causal LMs; higher is better), one per method x
+        bits x task, against RTN at the same bits (RTN: against the FP model)."""
+        rows = []
+        by_key = {(s.method, s.bits): s for s in self.settings}
+        for s in self.settings:
+            for key in (k for k in s.metrics if k.startswith(f"{resample.PAIRWISE}/") and not is_interval_key(k)
+                        and "_minus_" not in k):
+                task, m = key.split("/", 1)[1], s.metrics
+                rtn = by_key.get(("rtn", s.bits)) if s.method != "rtn" else None
+                fp = m.get(f"fp_{key}")
+                rows.append({"model": self.model, "task": task, "method": f"{s.method}-{s.bits}",
+                             "weights_origin": origin, "quant_method": s.method, "bits": s.bits,
+                             "protocol": s.granularity, "metric": resample.PAIRWISE, "value": m[key],
+                             "ci_low": m.get(f"{key}_ci_low"), "ci_high": m.get(f"{key}_ci_high"),
+                             "n_seeds": m["n_seeds"], "baseline": "rtn" if rtn else "fp",
+                             "baseline_value": rtn.metrics.get(key) if rtn else fp,
+                             "minus_baseline": m.get(f"{key}_minus_{'rtn' if rtn else 'fp'}"),
+                             "minus_baseline_ci_low": m.get(f"{key}_minus_{'rtn' if rtn else 'fp'}_ci_low"),
+                             "minus_baseline_ci_high": m.get(f"{key}_minus_{'rtn' if rtn else 'fp'}_ci_high"),
+                             "minus_smoothquant": m.get(f"{key}_minus_smoothquant"),
+                             "minus_smoothquant_ci_low": m.get(f"{key}_minus_smoothquant_ci_low"),
+                             "minus_smoothquant_ci_high": m.get(f"{key}_minus_smoothquant_ci_high")})
+        return rows
+
+    def frontier_frame(self) -> pd.DataFrame:
+        """The survival frontier per method x series x task (:mod:`~interpipe.quant.frontier`; causal LMs
+        whose held-out prompts carry a foil; empty otherwise)."""
+        if self.kind != "causal_lm":
+            return pd.DataFrame()
+        return frontier.frontier_rows(self.model, self.settings)
 
     @property
     def metrics(self) -> dict:
@@ -192,6 +276,9 @@ class QuantStudyResult(Result):
             flat["outliers/delimiter_ratio_max"] = float(self.token_summary["delimiter_ratio"].max())
         if self.info.get("weights_origin"):
             flat["weights_origin"] = str(self.info["weights_origin"])  # e.g. dequantised 4-bit weights
+        for r in self.frontier_frame().itertuples(index=False):  # effective bits of each frontier there is
+            if r.effective_bits == r.effective_bits:  # none where no setting solves the task (frontier.csv says so)
+                flat[f"frontier/{r.method}/{r.series}/{r.task}"] = float(r.effective_bits)
         for s in self.settings:
             key = f"{s.method}-{s.bits}-{s.granularity}"
             flat.update({f"{key}/{k}": v for k, v in s.metrics.items() if not isinstance(v, str)})
@@ -201,8 +288,12 @@ class QuantStudyResult(Result):
         """A dict of figures by file stem (``save`` writes each as ``<stem>.png``)."""
         note = self.info.get("weights_origin")
         frame = self.to_frame()
-        return {"headline_end_metrics": figures.end_metrics(frame, headline(self.kind), note),
+        figs = {"headline_end_metrics": figures.end_metrics(frame, headline(self.kind), note),
                 "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings}, note)}
+        tasks = [t for t in frontier.TASKS if f"{resample.PAIRWISE}/{t}" in frame]
+        if self.kind == "causal_lm" and tasks:
+            figs["headline_frontier"] = figures.frontier(frame, tasks, frontier.CHANCE, note)
+        return figs
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write every setting's folder, the outlier tables, figures and study tables (``summary.csv`` last)."""
@@ -217,6 +308,9 @@ class QuantStudyResult(Result):
             write_json(out / "info.json", self.info)
             write_frame(out / "seeds.csv", pd.concat([s.seeds.assign(setting=s.name) for s in self.settings],
                                                      ignore_index=True))
+            front = self.frontier_frame()
+            if len(front):
+                write_frame(out / "frontier.csv", front)
             write_frame(out / "headline.csv", self.headline_frame())
             write_frame(out / "summary.csv", self.to_frame())
         return Path(folder)

@@ -8,7 +8,8 @@ outlier analysis uses the first seed) and, for every ``(method, bits)`` setting:
 model, migrates it (SmoothQuant, OS+ or an OS+ ablation) or rotates it (QuaRot, then recalibrates),
 wraps the target linears in fake quantizers (GPTQ's weights for the GPTQ methods, LLM.int8()'s
 decomposition for ``llmint8``) whose static ranges the observer derives from the calibration pass, and
-measures end metrics against the FP model. The first seed also checks that the migrated or rotated FP
+measures end metrics against the FP model, keeping each held-out example's values for the intervals
+(:mod:`~interpipe.quant.resample`). The first seed also checks that the migrated or rotated FP
 model equals the original and measures per-layer errors. Protocol: fake quantization of the weights
 and inputs of the target linears only (embeddings, norms, softmax and the residual stream stay FP);
 the grid per bit width comes from ``QuantSettings.protocol`` (OS+'s by default). Each setting named
@@ -44,6 +45,7 @@ from interpipe.quant.migrate import Migration, SearchGrid, migrate
 from interpipe.quant.observers import static_range
 from interpipe.quant.outliers import channel_table, delimiter_ids, summary_table, token_summary
 from interpipe.quant.recipe import Recipe
+from interpipe.quant.resample import Examples
 from interpipe.quant.rotate import Rotation, check_rotatable, rotate
 from interpipe.quant.results import QuantStudyResult, SettingResult, aggregate_seeds
 from interpipe.runtime import git_revision
@@ -188,9 +190,27 @@ def _quantize_setting(ctx: _Context, calib: Calibration, settings: QuantSettings
     return layers, tokens
 
 
+ROTATED_BASIS = ("the residual stream is h Q (Q: a random Hadamard rotation drawn by calib_seed, the recipe's "
+                 "rotation.residual): heads' and MLPs' outputs are rotated consistently, so head-level patching and "
+                 "ablation compare with the FP model directly; residual directions (DLA per direction, probes, "
+                 "channel-level readings of the stream) are in the rotated basis: rotate them back with Q^T")
+
+
+def _export(ctx: _Context, settings: QuantSettings, method: str, tag: str, seed: int, qmodel, layers: dict,
+            migration: Migration, rotation: Rotation | None) -> None:
+    """Write one setting (first seed) as a model folder ``<export_root>/<model>-<method>-<bits>``."""
+    w_spec, a_spec = specs(settings, tag, method)
+    recipe = Recipe(method, tag, settings.protocol, asdict(w_spec), asdict(a_spec), [], ctx.card.name, seed,
+                    threshold=settings.int8_threshold if method in DECOMPOSED else None,
+                    rotation={"seed": seed, "basis": ROTATED_BASIS} if rotation is not None else None)
+    save_quantized(ctx.export_root / f"{ctx.card.name}-{method}-{tag}", qmodel, layers, ctx.tokenizer, ctx.card,
+                   recipe, migration, rotation)
+
+
 def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, method: str, tag: str, seed: int,
-                 first: bool, out_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Copy, migrate (the migrations only), fake-quantize and measure one setting at one calibration seed."""
+                 first: bool, out_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Copy, migrate (the migrations only), fake-quantize and measure one setting at one calibration seed:
+    its metrics, per-layer errors (first seed), migration table and per-example values."""
     qmodel = copy.deepcopy(ctx.model)
     metrics: dict = {"calib_seed": seed, "w_bits": parse_bits(tag)[0], "a_bits": parse_bits(tag)[1]}
     if "weights_origin" in ctx.card.extra:
@@ -199,7 +219,9 @@ def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, met
     if method in ROTATIONS:
         calib, rotation = _rotate_setting(ctx, calib, settings, method, qmodel, metrics, first, seed)
     layers, tokens = _quantize_setting(ctx, calib, settings, method, tag, qmodel, migration, rotation)
-    metrics.update(ctx.end.compare(ctx.fp_raw, ctx.end.measure(qmodel, tokens)))
+    q_raw = ctx.end.measure(qmodel, tokens)
+    metrics.update(ctx.end.compare(ctx.fp_raw, q_raw))
+    examples = ctx.end.examples(ctx.fp_raw, q_raw).assign(calib_seed=seed)  # per held-out example (intervals)
     if method in DECOMPOSED:  # over the held-out forwards just measured
         shares = [layer.decomposed_share for layer in layers.values()]
         metrics["decomposed_share_mean"], metrics["decomposed_share_max"] = float(np.mean(shares)), float(max(shares))
@@ -214,11 +236,29 @@ def _run_setting(ctx: _Context, calib: Calibration, settings: QuantSettings, met
         metrics["sqnr_min_db"] = float(layer_frame["sqnr_db"].min())
         metrics["local_sqnr_min_db"] = float(layer_frame["local_sqnr_db"].min())
     if first and f"{method}-{tag}" in settings.export:  # last: unwraps qmodel in place
-        w_spec, a_spec = specs(settings, tag, method)
-        recipe = Recipe(method, tag, settings.protocol, asdict(w_spec), asdict(a_spec), [], ctx.card.name, seed)
-        save_quantized(ctx.export_root / f"{ctx.card.name}-{method}-{tag}", qmodel, layers, ctx.tokenizer, ctx.card,
-                       recipe, migration)
-    return metrics, layer_frame, pd.DataFrame([m.row() for m in migration.pairs])
+        _export(ctx, settings, method, tag, seed, qmodel, layers, migration, rotation)
+    return metrics, layer_frame, pd.DataFrame([m.row() for m in migration.pairs]), examples
+
+
+def _aggregate(runs: dict, settings: QuantSettings, model: str, info: dict) -> list[SettingResult]:
+    """One :class:`SettingResult` per setting: seed means, intervals over seeds and examples, and the paired
+    differences to RTN (and, for OS+ and its ablations, SmoothQuant) at the same bits."""
+    frames = {key: pd.concat([e for *_, e in per_seed], ignore_index=True) for key, per_seed in runs.items()}
+    examples = {key: Examples.of(frame) for key, frame in frames.items()}  # arrays, replicates cached
+    results = []
+    for (method, tag), per_seed in runs.items():
+        metrics = [m for m, *_ in per_seed]
+        bases = {b: ([m for m, *_ in runs[(b, tag)]], examples[(b, tag)])
+                 for b in ("rtn", "smoothquant") if (b, tag) in runs and method != b
+                 and (b == "rtn" or method.startswith("osplus"))}
+        name = f"{model}-{method}-{tag}-{settings.tag_of(tag, method)}"
+        results.append(SettingResult(name, method, tag, settings.tag_of(tag, method),
+                                     aggregate_seeds(metrics, None, {b: v[0] for b, v in bases.items()},
+                                                     examples[(method, tag)], {b: v[1] for b, v in bases.items()}),
+                                     per_seed[0][1], per_seed[0][2], pd.DataFrame(metrics),
+                                     {**info, "name": name, "method": method, "bits": tag,
+                                      "granularity": settings.tag_of(tag, method)}, frames[(method, tag)]))
+    return results
 
 
 def _prepare(settings: QuantSettings, model_folder, data_root, device: str, dtype: str) -> _Context:
@@ -284,17 +324,7 @@ def run_quantize(settings: QuantSettings, model_folder: str | Path, data_root: s
             "calibration": {"source": settings.calib_source, "examples": first_calib.n_examples,
                             "seeds": list(settings.calib_seeds)},
             "protocol": _protocol(settings), "skipped_tasks": ctx.end.skipped, "settings": asdict(settings), **record}
-    results = []
-    for (method, tag), per_seed in runs.items():
-        metrics = [m for m, _, _ in per_seed]
-        rtn = [m for m, _, _ in runs.get(("rtn", tag), [])] if method != "rtn" else None
-        sq = {"smoothquant": [m for m, _, _ in runs[("smoothquant", tag)]]} if (
-            method.startswith("osplus") and ("smoothquant", tag) in runs) else None
-        name = f"{card.name}-{method}-{tag}-{settings.tag_of(tag, method)}"
-        results.append(SettingResult(name, method, tag, settings.tag_of(tag, method), aggregate_seeds(metrics, rtn, sq),
-                                     per_seed[0][1], per_seed[0][2], pd.DataFrame(metrics),
-                                     {**info, "name": name, "method": method, "bits": tag,
-                                      "granularity": settings.tag_of(tag, method)}))
+    results = _aggregate(runs, settings, card.name, info)
     tokens = token_summary(first_calib, delimiter_ids(ctx.tokenizer, torch.cat([b.input_ids.reshape(-1)
                                                                                   for b in first_calib.batches])))
     study = QuantStudyResult(card.name, card.kind, results, summary_table(first_calib, settings.top_k),

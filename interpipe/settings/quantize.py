@@ -11,7 +11,6 @@ DECOMPOSED = ("llmint8",)  # LLM.int8() (Dettmers et al. 2022): vector-wise grid
 ROTATIONS = ("quarot", "quarot_gptq")  # QuaRot (Ashkboos et al. 2024) rotation, then RTN / GPTQ weights
 GPTQ_METHODS = ("gptq", "quarot_gptq")  # the methods whose weights GPTQ quantizes
 METHODS = ("rtn",) + MIGRATIONS + WEIGHT_METHODS + DECOMPOSED + ROTATIONS
-NO_EXPORT = DECOMPOSED + ROTATIONS  # per-input decomposition / online Hadamard: not in the exported recipe yet
 ABLATIONS = ("osplus_shift", "osplus_scale")  # OS+ with only its shift / only its scale
 LAYER_KINDS = ("qkv", "attn_out", "fc1", "fc2", "head")  # quantizable linears: q/k/v, attention output, MLP in/out, heads
 MIN_BITS, MAX_BITS = 2, 16  # 16 bits means "not quantized" (the papers' W16 / A16: FP16)
@@ -161,17 +160,12 @@ class QuantSettings:
                                  f"use <method>-<bits> from quantize.methods x quantize.bits: {run} (or [] for none)")
 
     def _check_new_methods(self) -> None:
-        """The LLM.int8() and GPTQ settings, and the exports those methods cannot have."""
+        """The LLM.int8() and GPTQ settings."""
         if self.int8_threshold <= 0:
             raise ValueError(f"quantize.int8_threshold={self.int8_threshold} must be > 0 (the paper: 6.0)")
         if self.gptq_block_size < 1 or not 0.0 < self.gptq_percdamp < 1.0:
             raise ValueError(f"quantize.gptq_block_size={self.gptq_block_size} must be >= 1 and quantize.gptq_percdamp="
                              f"{self.gptq_percdamp} must lie in (0, 1) (official: 128, 0.01)")
-        for name in self.export:
-            if name.split("-")[0] in NO_EXPORT:
-                raise ValueError(f"quantize.export entry {name!r} cannot be exported as a model folder: the "
-                                 "recipe holds neither LLM.int8()'s per-input 16-bit dimensions nor QuaRot's online Hadamard; "
-                                 "export rtn, gptq or a migration")
 
     def grid_of(self, tag: str, method: str | None = None) -> Grid:
         """The grid of bits setting ``tag`` under this protocol (and ``act_granularity``) for ``method``.

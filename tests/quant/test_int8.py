@@ -92,8 +92,7 @@ def test_llm_int8_grid_is_vector_wise_on_every_protocol():
         assert (w_spec.granularity, w_spec.symmetric) == ("per_channel", True)
         assert (a_spec.granularity, a_spec.symmetric) == ("per_token_dynamic", True)
     assert QuantSettings().tag_of("w8a8", "llmint8") == "vectorwise-t6"
-    with pytest.raises(ValueError, match="cannot be exported"):
-        QuantSettings(methods=["llmint8"], bits=["w8a8"], export=["llmint8-w8a8"])
+    assert QuantSettings(methods=["llmint8"], bits=["w8a8"], export=["llmint8-w8a8"]).export == ["llmint8-w8a8"]
     with pytest.raises(ValueError, match="int8_threshold"):
         QuantSettings(int8_threshold=0.0)
 

@@ -46,4 +46,5 @@ def test_per_token_override_names_and_uses_no_static_range(toy_folder, data_root
     assert r.layers["act_max"].isna().all()  # dynamic: no calibrated range
     assert "per_token_dynamic" in study.info["protocol"]["grids"]["w8a8"]
     head = pd.read_csv(tmp_path / "out" / "headline.csv")
-    assert (head[head.quant_method == "rtn"].bits == "w8a8").all()
+    settings = head[(head.quant_method == "rtn") & (head.metric != "frontier_bits")]  # a frontier may be "none"
+    assert len(settings) and (settings.bits == "w8a8").all()

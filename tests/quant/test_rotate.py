@@ -100,5 +100,3 @@ def test_quarot_in_the_study(arch_folders, data_root, tmp_path):
         assert len(r.layers) == len(rtn.layers)
     # propagated errors are measured in the original basis: writers' outputs rotated back
     assert quarot.metrics["sqnr_mean_db"] > 0
-    with pytest.raises(ValueError, match="cannot be exported"):
-        QuantSettings(methods=["quarot"], bits=["w8a8"], export=["quarot-w8a8"])
