@@ -62,7 +62,7 @@ def snapshot_frames(outputs: str | Path) -> dict[str, Any]:
     headline = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=HEADLINE_COLUMNS)
     timings = pd.DataFrame(stage_timings(outputs))
     timings = timings[~timings["folder"].str.startswith("report")] if len(timings) else timings
-    return {FINDINGS: findings, HEADLINE: _rounded(headline), TIMINGS: _rounded(timings),
+    return {FINDINGS: _rounded(findings), HEADLINE: _rounded(headline), TIMINGS: _rounded(timings),
             EVALUATE: _rounded(evaluate_frame(outputs / "evaluate"))}
 
 
@@ -84,7 +84,7 @@ def write_snapshot(outputs: str | Path, snapshot: str | Path) -> list[Path]:
     snapshot = Path(snapshot)
     written = []
     for name, frame in snapshot_frames(outputs).items():
-        written.append(write_frame(snapshot / name, _rounded(frame) if name == FINDINGS else frame))
+        written.append(write_frame(snapshot / name, frame))
     return written
 
 
