@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from interpipe.stats import N_RESAMPLES, Interval, bootstrap
 from interpipe.typing import Float, Int, Tensor
 
 
@@ -28,6 +30,13 @@ def logit_diff(logits: Float[Tensor, "... batch d_vocab"], answer_ids: Int[Tenso
     answer = torch.gather(logits, -1, answer_ids.expand(shape).unsqueeze(-1)).squeeze(-1)
     foil = torch.gather(logits, -1, foil_ids.expand(shape).unsqueeze(-1)).squeeze(-1)
     return answer - foil
+
+
+def pairwise_accuracy(ld: np.ndarray, n_resamples: int = N_RESAMPLES) -> Interval:
+    """Share of prompts whose answer − foil logit difference is positive ``(prompt,) -> Interval``, with
+    its bootstrap interval: the accuracy a logit-difference metric speaks for (answer against one foil,
+    chance 0.5), one rule for the circuits study and interpretability under quantization."""
+    return bootstrap((np.asarray(ld, dtype=float) > 0).astype(float), n_resamples=n_resamples)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from interpipe.circuits.head_classes import HEAD_CLASS_TASKS, capture_hooks, hea
 from interpipe.circuits.bridge import batch_from_task, load_bridge
 from interpipe.circuits.engine import capture
 from interpipe.circuits.tables import TaskCircuit, headline_frame, headline_rows, reuse
-from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff
+from interpipe.circuits.metrics import NormalizedLogitDiff, accuracy, logit_diff, pairwise_accuracy
 from interpipe.components import heads_of
 from interpipe.io import save_figure, write_frame, write_json
 from interpipe.settings.circuits import GRIDS, CircuitSettings
@@ -155,7 +155,7 @@ def _baselines(batch: Any, metric: Any, clean_logits: torch.Tensor, lds: Any, mi
     clean_iv, gap_iv = bootstrap(lds[0]), bootstrap(lds[0] - lds[1])
     out.update(to_metrics("clean_logit_diff", clean_iv))
     out.update(to_metrics("logit_gap", gap_iv))
-    out.update(to_metrics("clean_pairwise_accuracy", bootstrap((lds[0] > 0).astype(float))))
+    out.update(to_metrics("clean_pairwise_accuracy", pairwise_accuracy(lds[0])))
     out["solved"] = int(gap_iv.low >= min_gap)
     return out
 

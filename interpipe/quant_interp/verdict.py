@@ -30,17 +30,12 @@ False
 
 from __future__ import annotations
 
-import numpy as np
-
-from interpipe.stats import Interval, bootstrap
+# the one pairwise-accuracy rule (circuits study's too), read here on the quantized model
+from interpipe.circuits.metrics import pairwise_accuracy as pairwise_accuracy
+from interpipe.stats import Interval
 
 SOLVED, UNSOLVED = "solved", "unsolved"
 NAN = float("nan")
-
-
-def pairwise_accuracy(clean_ld: np.ndarray, n_resamples: int) -> Interval:
-    """Share of prompts whose logit difference answer − foil is positive ``(prompt,) -> Interval``."""
-    return bootstrap((np.asarray(clean_ld, dtype=float) > 0).astype(float), n_resamples=n_resamples)
 
 
 def solves(accuracy: Interval, min_pairwise_accuracy: float) -> bool:
