@@ -28,7 +28,12 @@ import torch
 
 
 class TrainingDiverged(FloatingPointError):
-    """A training loop met a non-finite loss, gradient or statistic; the message names the step and the fix."""
+    """A training loop met a non-finite loss, gradient or statistic; the message names the step and the fix.
+    ``step`` and ``what`` (e.g. ``"loss = nan"``) say where and what, for a result that reports it."""
+
+    def __init__(self, message: str, step: int = -1, what: str = ""):
+        super().__init__(message)
+        self.step, self.what = step, what
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ class DivergenceGuard:
     def _fail(self, step: int, what: str) -> None:
         message = f"{self.loop} diverged at step {step}: {what}. To change: {self.fix}."
         kept = self._checkpoint_note()
-        raise TrainingDiverged(message + (f" {kept}" if kept else ""))
+        raise TrainingDiverged(message + (f" {kept}" if kept else ""), step=step, what=what)
 
     def _checkpoint_note(self) -> str:
         if self.checkpoint is None:

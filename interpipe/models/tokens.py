@@ -50,6 +50,37 @@ def adds_bos(tokenizer) -> bool:
     return bool(ids) and int(ids[0]) == int(bos)
 
 
+def with_first_token(tokenizer, token: str):
+    """A copy of ``tokenizer`` that puts ``token`` first in every encoding (``add_special_tokens``
+    calls: texts and prompts; answers are encoded without it), saved with the tokenizer so a stock
+    ``AutoTokenizer`` reload does the same. A tokenizer that already starts every text with ``token``
+    is returned unchanged.
+
+    The LN-removal recipe needs one fixed token at position 0 (the official GPT-2 run puts
+    ``<|endoftext|>`` there): that position's scale is then the same on every text, so its own frozen
+    scale is exact. A model trained without one (SmolLM2) makes whatever word comes first its
+    attention sink, whose scale changes with the word.
+    """
+    import copy
+
+    from tokenizers import processors
+
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None) and token != tokenizer.unk_token:
+        raise ValueError(f"first token {token!r} is not in the tokenizer's vocabulary; name one of its special "
+                         f"tokens (e.g. {tokenizer.all_special_tokens[:4]})")
+    if tokenizer("a")["input_ids"][:1] == [token_id]:
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"a first token can only be set on a fast (tokenizers-backed) tokenizer, not "
+                         f"{type(tokenizer).__name__}; set the first-token setting to null")
+    out = copy.deepcopy(tokenizer)
+    out.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{token} $A", pair=f"{token} $A $B", special_tokens=[(token, int(token_id))])
+    return out
+
+
 def pad_encode(tokenizer, texts: list[str], padding_side: str = "right",
                max_length: int | None = None) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Tokenize ``texts`` (truncated to ``max_length`` when given) and pad them to the longest,

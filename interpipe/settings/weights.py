@@ -127,6 +127,10 @@ class LNFreeSettings:
     grad_clip: float = 1.0  # gradient-norm clipping (official); 0 = none
     aux_weight: float = 0.0  # auxiliary loss keeping each token's scale near the mean (paper variants 0.1/0.03/0.01); 0 = off
     ema: float = 0.9  # moving-average factor of each norm's measured scale
+    first_token: Optional[str] = None  # token put at position 0 of every text and prompt (official GPT-2 run: <|endoftext|>); None = the tokenizer's own rule
+    scale_stat: str = "mean"  # the shared frozen scale: mean (official) | quantile | auto (chosen by the frozen-only CE on the calibration texts)
+    scale_quantile: float = 0.9  # the quantile of the tokens' scales with scale_stat=quantile
+    auto_quantiles: list[float] = field(default_factory=lambda: [0.75, 0.9, 0.95, 0.99])  # candidates beside the mean with scale_stat=auto
     outlier_factor: float = 10.0  # a position whose mean scale is this many times the median at some norm is special
     max_special: int = 4  # at most this many special positions (position 0 always, outliers by size)
     big_eps: float = 1e12  # norm epsilon of the saved LN-free model: sqrt(var + eps) ~ sqrt(eps), no normalisation
@@ -160,6 +164,14 @@ class LNFreeSettings:
             raise ValueError(f"weights.lnfree.min_lr={self.min_lr} must be <= weights.lnfree.lr={self.lr}")
         if self.on_divergence not in ("stop", "report"):
             raise ValueError(f"weights.lnfree.on_divergence={self.on_divergence!r} must be 'stop' or 'report'")
+        if self.scale_stat not in ("mean", "quantile", "auto"):
+            raise ValueError(f"weights.lnfree.scale_stat={self.scale_stat!r} must be 'mean', 'quantile' or 'auto'")
+        for key, values in (("scale_quantile", [self.scale_quantile]), ("auto_quantiles", list(self.auto_quantiles))):
+            if not all(0 < q < 1 for q in values):
+                raise ValueError(f"weights.lnfree.{key}={values if key == 'auto_quantiles' else values[0]} must lie "
+                                 f"in (0, 1): a quantile of the tokens' scales")
+        if self.first_token is not None and not self.first_token:
+            raise ValueError("weights.lnfree.first_token is empty: name a token (e.g. '<|endoftext|>') or use null")
         if self.outlier_factor <= 1:
             raise ValueError(f"weights.lnfree.outlier_factor={self.outlier_factor} must be > 1")
         from interpipe.data.prepare import CAUSAL_TASKS

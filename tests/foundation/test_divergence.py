@@ -172,7 +172,8 @@ def test_layernorm_removal_stops_at_a_non_finite_frozen_scale(tiny_toy_folder, m
 
     def poisoned(model, *args, **kwargs):
         wrapped = original(model, *args, **kwargs)
-        wrapped[list(wrapped)[-1]].avg.fill_(float("nan"))  # the final norm's; stays NaN under the running average
+        final = wrapped[list(wrapped)[-1]]  # its calibration statistic comes out NaN and stays NaN under the running average
+        final.calibration_scale = lambda quantile: torch.full_like(final.avg, float("nan"))
         return wrapped
 
     monkeypatch.setattr(recipe, "wrap_norms", poisoned)

@@ -278,3 +278,87 @@ def test_gpu_preset_is_the_papers_300_steps_in_the_official_order():
     events = removal_schedule(norms, s, special=(0,))
     assert [e.phase for e in events][::15][:4] == ["mlp", "mlp", "qk", "qk"] and events[-1].phase == "special"
     assert total_steps(events, s.extra_steps) == 300 and (s.lr, s.min_lr, s.warmup_steps, s.grad_clip) == (6e-4, 3e-4, 20, 1.0)
+
+
+def test_a_quantile_statistic_freezes_at_that_quantile_of_the_ordinary_scales():
+    """Planted token scales 1..10 at positions 1..10 (position 0 special): the mean freezes at 5.5, the
+    0.9 quantile at 9.1 (linear interpolation), both over the calibration tokens kept."""
+    norm = FakeNorm(torch.nn.RMSNorm(4, eps=0.0), ema=0.9, kind="rmsnorm", special=(0,), quantile=0.9)
+    x = torch.ones(1, 11, 4) * torch.arange(0, 11, dtype=torch.float).view(1, 11, 1)  # RMS of position p is p
+    x[0, 0] = 1000.0
+    norm.kept, norm.track = [], True
+    norm(x)
+    assert float(norm.avg) == pytest.approx(9.1, rel=1e-5)  # the running statistic is the quantile too
+    assert float(norm.calibration_scale(None)) == pytest.approx(5.5, rel=1e-5)
+    assert float(norm.calibration_scale(0.9)) == pytest.approx(9.1, rel=1e-5)
+    norm.freeze("all", norm.calibration_scale(0.5))
+    torch.testing.assert_close(norm(x)[0, 1:], x[0, 1:] / 5.5 * norm.weight)
+
+
+def test_auto_statistic_prefers_fewest_overflowing_texts_then_lowest_ce(monkeypatch):
+    """Choose on the calibration texts: a candidate finite everywhere beats a lower CE that overflows
+    on one text; among equally finite ones the lower CE wins."""
+    from interpipe.weights.lnfree import recipe
+
+    planted = {None: [2.0, float("nan"), 2.0], 0.75: [3.0, 3.0, 3.0], 0.9: [2.5, 2.5, 2.6], 0.95: [2.0, float("inf"), 2.0]}
+    frozen_at = []
+
+    def losses(model, wrapped, ids, mask, batch_size):
+        return torch.tensor(planted[frozen_at[-1]])
+
+    monkeypatch.setattr(recipe, "calibration_losses", losses)
+    monkeypatch.setattr(recipe, "_freeze_all", lambda wrapped, q: frozen_at.append(q))
+    s = LNFreeSettings(scale_stat="auto", auto_quantiles=[0.75, 0.9, 0.95])
+    ids = mask = torch.zeros(3, 4, dtype=torch.long)  # unused: the losses are planted
+    quantile, table = recipe.choose_statistic(None, {}, ids, mask, s, 8)
+    assert quantile == 0.9 and table.loc[table.chosen, "statistic"].item() == "quantile 0.9"
+    assert table.set_index("statistic").loc["mean", "nonfinite_texts"] == pytest.approx(1 / 3)
+    assert recipe.choose_statistic(None, {}, ids, mask, LNFreeSettings(scale_stat="mean"), 8)[0] is None
+
+
+def _bare_word_tokenizer():
+    """A fast word-level tokenizer that puts nothing first (as SmolLM2's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<|im_end|>", "[UNK]", "the", "cat", "sat", "Mary"])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", additional_special_tokens=["<|endoftext|>"])
+
+
+def test_first_token_is_put_first_survives_a_stock_reload_and_leaves_answers_alone(tmp_path):
+    from transformers import AutoTokenizer
+
+    from interpipe.models.tokens import answer_token_id, with_first_token
+
+    bare = _bare_word_tokenizer()
+    assert bare("the cat").input_ids == [3, 4]
+    first = with_first_token(bare, "<|endoftext|>")
+    assert first("the cat").input_ids == [0, 3, 4] and bare("the cat").input_ids == [3, 4]  # a copy
+    assert answer_token_id(first, "Mary") == 6  # answers are encoded without it
+    first.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)("the cat sat").input_ids == [0, 3, 4, 5]
+    assert with_first_token(first, "<|endoftext|>") is first  # already first: unchanged
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
+        with_first_token(bare, "<|begin|>")
+
+
+def test_packed_rows_start_with_the_first_token_and_hold_it_nowhere_else(tiny_loaded, data_root):
+    from interpipe.models.loading import LoadedModel
+    from interpipe.weights.lnfree.study import corpus
+
+    loaded = LoadedModel(tiny_loaded.model, _bare_word_tokenizer(), tiny_loaded.card)
+    s = LNFreeSettings(pack=8, first_token="<|endoftext|>", max_train_texts=40)
+    _, _, ids, mask = corpus(loaded, data_root, s)
+    assert ids.shape[1] == 8 and bool(mask.all())
+    assert bool((ids[:, 0] == 0).all()) and not bool((ids[:, 1:] == 0).any())
+    assert bool((ids == 1).any())  # texts are joined by the EOS
+
+
+@pytest.mark.parametrize("kwargs, key", [({"scale_stat": "median"}, "scale_stat"), ({"scale_quantile": 1.0}, "scale_quantile"),
+                                         ({"auto_quantiles": [0.9, 0.0]}, "auto_quantiles"), ({"first_token": ""}, "first_token")])
+def test_bad_statistic_and_first_token_settings(kwargs, key):
+    with pytest.raises(ValueError, match=f"weights.lnfree.{key}"):
+        LNFreeSettings(**kwargs)

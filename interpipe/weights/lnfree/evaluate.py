@@ -268,7 +268,8 @@ def verdict(metrics: dict, within: float) -> dict:
     if "diverged_at_step" in metrics:
         return {"recovered": 0,
                 "verdict": f"not recovered: the removal diverged at step {metrics['diverged_at_step']} "
-                           f"({metrics.get('diverged_after', '')}); {reference} CE {base:.3f}, frozen without "
+                           f"({', '.join(filter(None, (metrics.get('diverged_because'), metrics.get('diverged_after'))))}); "
+                           f"{reference} CE {base:.3f}, frozen without "
                            f"fine-tuning: {frozen_text}"}
     if "ce_lnfree" not in metrics:  # finite on only some held-out texts
         return {"recovered": 0, "verdict": f"not recovered: the LN-free model's loss is not finite on "
@@ -309,7 +310,9 @@ def headline_frame(model: str, metrics: dict):
         rows.append(row("ce", "ce_lnfree", "original", metrics["ce_original"]))
     if "ce_frozen_no_finetune" in metrics:
         rows.append(row("ce_frozen_no_finetune", "ce_frozen_no_finetune", "original", metrics["ce_original"],
-                        "every norm frozen at its calibration scale, special positions on their own, no fine-tuning"))
+                        f"every norm frozen at the {metrics.get('scale_statistic', 'mean')} of its tokens' calibration "
+                        f"scales, special positions "
+                        f"on their own, no fine-tuning"))
     for name in ("lnfree", "frozen_no_finetune"):
         if metrics.get(f"nonfinite_texts_{name}", 0) > 0:
             rows.append(row(f"nonfinite_texts_{name}", f"nonfinite_texts_{name}", "original", 0.0,

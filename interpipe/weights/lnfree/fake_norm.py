@@ -5,7 +5,10 @@ A norm computes ``y = (x - mean x) / s(x) * g + b`` (LayerNorm, ``s`` the std) o
 
 - a running average of ``s`` over the real tokens (not padding) at the ordinary positions (not the
   *special* ones); this mean is the scale the frozen norm divides by (the official recipe's
-  ``average_std``: the mean over real tokens, so that the typical token keeps its size);
+  ``average_std``: the mean over real tokens, so that the typical token keeps its size), or, with a
+  ``quantile``, the running average of that quantile of the tokens' scales (a frozen scale above most
+  tokens' own: a gated MLP grows about quadratically in its input, so a token divided by less than
+  its own scale is amplified block after block; see :func:`~interpipe.weights.lnfree.recipe.frozen_copy`);
 - a running average of ``s`` at each *special position* (position 0, and any position whose scale
   is an outlier): while special, that position divides by its own frozen scale (the official
   ``bos_std``), since one shared scale would make it ~100x too large at every later block;
@@ -39,12 +42,14 @@ class FakeNorm(torch.nn.Module):
     """A norm whose scale is tracked (``track``) and frozen use by use (:meth:`freeze`).
 
     ``special``: the positions with a scale of their own until :meth:`release` (position 0 first of
-    all). ``token_mask`` (batch, pos), set by :func:`set_token_mask`, marks the real tokens of the
-    next forward; without it every position is real.
+    all). ``quantile``: the statistic of the ordinary tokens' scales that is tracked (None: their mean).
+    ``token_mask`` (batch, pos), set by :func:`set_token_mask`, marks the real tokens of the next
+    forward; without it every position is real. ``kept``, when a list, collects every ordinary token's
+    scale seen while tracking (calibration: :meth:`calibration_scale`).
     """
 
     def __init__(self, norm: torch.nn.Module, ema: float, kind: str = "layernorm", offset_one: bool = False,
-                 uses: tuple[str, ...] = ("all",), special: tuple[int, ...] = ()):
+                 uses: tuple[str, ...] = ("all",), special: tuple[int, ...] = (), quantile: float | None = None):
         super().__init__()
         self.weight, self.bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
         self.centre, self.offset_one, self.eps, self.ema = kind == "layernorm", offset_one, norm_eps(norm), ema
@@ -58,6 +63,8 @@ class FakeNorm(torch.nn.Module):
         self.register_buffer("frozen_scale", torch.zeros(n_use))
         self.register_buffer("frozen_special", torch.zeros(n_use, n_special))
         self.register_buffer("special_live", torch.ones(n_special, dtype=torch.bool))  # own scale until released
+        self.quantile = quantile
+        self.kept: list[torch.Tensor] | None = None  # (n,) ordinary scales per tracked forward, when collecting
         self.track = False
         self.aux = False  # keep the auxiliary term (scales' spread, with gradient) of the last forward
         self.token_mask: torch.Tensor | None = None
@@ -119,11 +126,25 @@ class FakeNorm(torch.nn.Module):
     def _update(self, scale: torch.Tensor) -> None:  # scale: (batch, pos)
         ordinary, real = self.ordinary_mask(scale), self.real_mask(scale)
         if bool(ordinary.any()):
-            self._ema(self.avg, scale[ordinary].mean())
+            self._ema(self.avg, self.statistic(scale[ordinary], self.quantile))
+            if self.kept is not None:
+                self.kept.append(scale[ordinary].float().cpu())
         for j, pos in enumerate(self.special.tolist()):
             if pos < scale.shape[1] and bool(real[:, pos].any()):
                 self._ema(self.avg_special[j], scale[:, pos][real[:, pos]].mean())
         self._positions(scale, real)
+
+    @staticmethod
+    def statistic(scales: torch.Tensor, quantile: float | None) -> torch.Tensor:
+        """The mean of ``scales`` (n,), or their ``quantile``."""
+        return scales.mean() if quantile is None else torch.quantile(scales.float(), quantile).to(scales.dtype)
+
+    def calibration_scale(self, quantile: float | None) -> torch.Tensor:
+        """The shared scale from the calibration pass: the mean (None) or the ``quantile`` of every
+        ordinary token's scale collected in ``kept`` (the running average when nothing was kept)."""
+        if not self.kept:
+            return self.avg.clone()
+        return self.statistic(torch.cat(self.kept), quantile).to(self.avg)
 
     def _ema(self, buffer: torch.Tensor, now: torch.Tensor) -> None:
         buffer.copy_(now if float(buffer) == 0 else self.ema * buffer + (1 - self.ema) * now)
@@ -143,11 +164,12 @@ class FakeNorm(torch.nn.Module):
         return self.position_sum / self.position_count.clamp(min=1) + torch.where(self.position_count > 0, 0.0, float("nan"))
 
     @torch.no_grad()
-    def freeze(self, use: str) -> torch.Tensor:
-        """Freeze ``use`` at the running averages; returns the frozen scales (shared, then special)."""
+    def freeze(self, use: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Freeze ``use`` at the running averages (the shared one, or ``scale`` where given); returns the
+        frozen scales (shared, then special)."""
         u = self.uses.index(use)
         self.frozen[u] = True
-        self.frozen_scale[u] = self.avg
+        self.frozen_scale[u] = self.avg if scale is None else scale
         self.frozen_special[u] = torch.where(self.avg_special > 0, self.avg_special, self.avg)
         return torch.cat([self.frozen_scale[u:u + 1], self.frozen_special[u]])
 
@@ -215,15 +237,17 @@ def norm_paths(spec: ArchSpec) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def wrap_norms(model, ema: float, split_qkv: bool = True, special: tuple[int, ...] = (0,)) -> dict[str, FakeNorm]:
-    """Replace every norm by a :class:`FakeNorm` (and, with ``split_qkv``, each value projection by a
-    :class:`ValueInput`), in place; returns the fake norms by path."""
+def wrap_norms(model, ema: float, split_qkv: bool = True, special: tuple[int, ...] = (0,),
+               quantile: float | None = None) -> dict[str, FakeNorm]:
+    """Replace every norm by a :class:`FakeNorm` tracking the mean (or ``quantile``) of its scales (and,
+    with ``split_qkv``, each value projection by a :class:`ValueInput`), in place; returns the fake
+    norms by path."""
     spec = architecture(model, "lnfree")
     attention = _attention_norms(spec) if split_qkv else {}
     out = {}
     for name in norm_paths(spec):
         uses = ("qk", "v") if name in attention else ("all",)
-        fake = FakeNorm(model.get_submodule(name), ema, spec.norm_kind, spec.norm_offset_one, uses, special)
+        fake = FakeNorm(model.get_submodule(name), ema, spec.norm_kind, spec.norm_offset_one, uses, special, quantile)
         _replace(model, name, fake)
         out[name] = fake
         if name in attention:

@@ -89,6 +89,19 @@ def track(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Te
         norm.track = False
 
 
+@torch.no_grad()
+def calibrate(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Tensor, batch_size: int,
+              quantile: float | None) -> None:
+    """Track every fake norm's scales over ``ids``/``mask`` (N, T) and start its running statistic at
+    the exact mean (or ``quantile``) of all those tokens' scales, not at the last batches' average."""
+    for norm in wrapped.values():
+        norm.kept = []
+    track(model, wrapped, ids, mask, batch_size)
+    for norm in wrapped.values():
+        norm.avg.copy_(norm.calibration_scale(quantile))
+        norm.kept = None
+
+
 def special_positions(wrapped: dict[str, FakeNorm], factor: float, max_special: int) -> tuple[int, ...]:
     """Position 0, and the positions whose mean scale exceeds ``factor`` times the median over
     positions at some norm (largest first, ``max_special`` in all)."""
@@ -107,28 +120,100 @@ def special_positions(wrapped: dict[str, FakeNorm], factor: float, max_special: 
 
 def frozen_copy(model, tokenizer, texts: list[str], s, batch_size: int):
     """A copy of ``model`` with every norm frozen at its calibration scales (no fine-tuning; special
-    positions keep their own), and the special positions found. Returns ``(model, fake norms, special)``."""
+    positions keep their own), the special positions found and the shared scale's statistic chosen.
+
+    Returns ``(model, fake norms, special, quantile, candidates)``: ``quantile`` is None for the mean;
+    ``candidates`` has one row per statistic tried (:func:`choose_statistic`).
+    """
     ids, mask = encode_texts(tokenizer, texts, model)  # (N, T)
     special = (0,)
     for _ in range(2):  # a second pass when outliers besides position 0 were found
         frozen = copy.deepcopy(model).eval()
         wrapped = wrap_norms(frozen, s.ema, s.split_qkv, special)
+        for norm in wrapped.values():
+            norm.kept = []
         track(frozen, wrapped, ids, mask, batch_size)
         found = special_positions(wrapped, s.outlier_factor, s.max_special)
         if found == special:
             break
         special = found
+    quantile, candidates = choose_statistic(frozen, wrapped, ids, mask, s, batch_size)
+    _freeze_all(wrapped, quantile)
     for norm in wrapped.values():
+        norm.kept = None
+    return frozen, wrapped, special, quantile, candidates
+
+
+def statistic_candidates(s) -> list[float | None]:
+    """The shared-scale statistics to try: the mean (None) and/or quantiles, by ``scale_stat``."""
+    return {"mean": [None], "quantile": [s.scale_quantile], "auto": [None, *s.auto_quantiles]}[s.scale_stat]
+
+
+def choose_statistic(frozen, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Tensor, s,
+                     batch_size: int):
+    """The statistic of the calibration scales every norm is frozen at: the only candidate, or (``auto``)
+    the one whose frozen-only model has the fewest calibration texts with a non-finite loss, then the
+    lowest CE over them. Chosen on the calibration (training) texts; the CE reported is on held-out ones.
+
+    Why a quantile can beat the official mean: a gated MLP (SwiGLU) grows about quadratically in its
+    input, so a token divided by less than its own scale is amplified block after block until it
+    overflows; GPT-2's GELU MLP grows linearly and the mean is safe there.
+    Returns ``(quantile or None, candidates table)``.
+    """
+    import pandas as pd
+
+    candidates = statistic_candidates(s)
+    if len(candidates) == 1:
+        return candidates[0], pd.DataFrame([{"statistic": statistic_name(candidates[0]), "chosen": True}])
+    rows = []
+    for quantile in candidates:
+        _freeze_all(wrapped, quantile)
+        per_text = calibration_losses(frozen, wrapped, ids, mask, batch_size)  # (N,)
+        finite = torch.isfinite(per_text)
+        rows.append({"statistic": statistic_name(quantile), "quantile": quantile,
+                     "nonfinite_texts": float((~finite).float().mean()),
+                     "ce_finite_texts": float(per_text[finite].mean()) if bool(finite.any()) else float("nan")})
+    table = pd.DataFrame(rows)
+    best = table.sort_values(["nonfinite_texts", "ce_finite_texts"], kind="stable").index[0]
+    table["chosen"] = table.index == best
+    return candidates[best], table
+
+
+def statistic_name(quantile: float | None) -> str:
+    """``"mean"`` or ``"quantile 0.9"``: how the shared frozen scale summarises the tokens' scales."""
+    return "mean" if quantile is None else f"quantile {quantile:g}"
+
+
+def _freeze_all(wrapped: dict[str, FakeNorm], quantile: float | None) -> None:
+    for norm in wrapped.values():
+        scale = norm.calibration_scale(quantile)
         for use in norm.uses:
-            norm.freeze(use)
-    return frozen, wrapped, special
+            norm.freeze(use, scale)
+
+
+@torch.no_grad()
+def calibration_losses(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Tensor,
+                       batch_size: int) -> torch.Tensor:
+    """Each text's mean next-token loss, (N,), under ``model`` (inf/nan where it overflows)."""
+    device, out = model_device(model), []
+    for i in range(0, len(ids), batch_size):
+        width = int(mask[i:i + batch_size].sum(1).max())
+        b_ids, b_mask = ids[i:i + batch_size, :width].to(device), mask[i:i + batch_size, :width].to(device)  # (b, T)
+        set_token_mask(wrapped, b_mask)
+        flat = token_losses(model(input_ids=b_ids, attention_mask=b_mask).logits, b_ids, b_mask)  # (n_tokens,), row by row
+        counts = b_mask[:, 1:].sum(1).tolist()  # real targets per row
+        out.append(torch.stack([row.float().mean() for row in torch.split(flat.cpu(), counts)]))
+    set_token_mask(wrapped, None)
+    return torch.cat(out)
 
 
 # --- fine-tuning --------------------------------------------------------------------------------------
 
 def finetune(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, special: tuple[int, ...] = (0,),
-             checkpoint_dir: Path | None = None, freeze: bool = True, curve: list[dict] | None = None):
-    """Fine-tune a copy of ``model`` on rows ``ids``/``mask`` (N, T) while applying the removal schedule.
+             checkpoint_dir: Path | None = None, freeze: bool = True, curve: list[dict] | None = None,
+             quantile: float | None = None):
+    """Fine-tune a copy of ``model`` on rows ``ids``/``mask`` (N, T) while applying the removal schedule;
+    each norm tracks the mean (or ``quantile``, :func:`choose_statistic`) of its tokens' scales.
 
     ``freeze=False`` is the control: the same steps, batches and learning rates, norms kept.
     Returns ``(model with fake norms, fake norms by path, curve rows, schedule rows)``; the curve rows
@@ -137,13 +222,13 @@ def finetune(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, special
     model = copy.deepcopy(model).eval().requires_grad_(True)  # no dropout; every weight trains
     events = schedule_of(model, s, special)
     total = total_steps(events, s.extra_steps)
-    wrapped = wrap_norms(model, s.ema, s.split_qkv, special) if freeze else {}
+    wrapped = wrap_norms(model, s.ema, s.split_qkv, special, quantile) if freeze else {}
     due = events_at(events) if freeze else {}
-    if wrapped:
-        track(model, wrapped, ids[: s.batch_size], mask[: s.batch_size], s.batch_size)  # scales before the first freeze
+    if wrapped:  # scales before the first freeze: the statistic over the calibration texts (the first rows)
+        calibrate(model, wrapped, ids[: s.n_calibration], mask[: s.n_calibration], s.batch_size, quantile)
     params, names = list(model.parameters()), [n for n, _ in model.named_parameters()]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)  # one kernel for every parameter
-    key = fingerprint(asdict(s), seed, len(ids), [e.to_row() for e in events], freeze)
+    key = fingerprint(asdict(s), seed, len(ids), [e.to_row() for e in events], freeze, quantile)
     start, resumed = _resume(model, opt, names, checkpoint_dir, key)
     curve = curve if curve is not None else []
     curve[:] = resumed

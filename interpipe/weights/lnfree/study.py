@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 
 from interpipe.models.loading import LoadedModel
+from interpipe.models.tokens import with_first_token
 from interpipe.weights.checkpoint import remove_checkpoint
 from interpipe.weights.lnfree.evaluate import compare_models, headline_frame, position_table, task_list, verdict
 from interpipe.weights.lnfree.fake_norm import unwrap_to_lnfree
 from interpipe.weights.lnfree.patching import patching_accuracy, patching_task
-from interpipe.weights.lnfree.recipe import finetune, frozen_copy, lnfree_architecture, require_float32
+from interpipe.weights.lnfree.recipe import finetune, frozen_copy, lnfree_architecture, require_float32, statistic_name
 from interpipe.weights.result import StudyResult
 
 
@@ -46,18 +47,23 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
     require_float32(loaded.model, s.lr)
     spec = lnfree_architecture(loaded.model)
     tasks = task_list(data_root, s.tasks)
+    if s.first_token:  # every model of the study (and the saved LN-free folder) reads texts with this token first
+        loaded = LoadedModel(loaded.model, with_first_token(loaded.tokenizer, s.first_token), loaded.card)
     train, valid, ids, mask = corpus(loaded, data_root, s)
-    frozen, frozen_norms, special = frozen_copy(loaded.model, loaded.tokenizer, list(train[: s.n_calibration]), s, batch_size)
+    frozen, frozen_norms, special, quantile, candidates = frozen_copy(
+        loaded.model, loaded.tokenizer, list(train[: s.n_calibration]), s, batch_size)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     curve: list[dict] = []
-    lnfree, target, schedule, diverged = _remove(loaded, model_folder, ids, mask, s, seed, special, ckpt, curve, out_dir, spec)
+    lnfree, target, schedule, diverged = _remove(loaded, model_folder, ids, mask, s, seed, special, quantile, ckpt,
+                                                 curve, out_dir, spec)
     control = _control(loaded.model, ids, mask, s, seed, special, ckpt, curve) if s.control else None
     models = [("original", loaded)] + ([("lnfree", lnfree)] if lnfree else [])
     if control is not None:
         models.append(("control", LoadedModel(control, loaded.tokenizer, loaded.card)))
     models.append(("frozen_no_finetune", LoadedModel(frozen, loaded.tokenizer, loaded.card)))
     metrics, tables = compare_models(models, data_root, tasks, valid, batch_size, s.task_prompts)
-    metrics.update({"first_token_ratio": _max_ratio(frozen_norms), "n_special_positions": len(special), **diverged})
+    metrics.update({"first_token_ratio": _max_ratio(frozen_norms), "n_special_positions": len(special),
+                    "scale_statistic": statistic_name(quantile), **diverged})
     metrics.update(verdict(metrics, s.recovered_within))
     task = patching_task(data_root, tasks) if s.patching_prompts else None
     if task:
@@ -65,27 +71,29 @@ def run_lnfree(loaded, model_folder, data_root, s, seed: int = 0, batch_size: in
         patched, tables["attribution_patching"] = patching_accuracy(pairs, data_root, task, s.patching_prompts)
         metrics.update(patched)
     info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "architecture": spec.to_dict(),
-            "special_positions": list(special), "verdict": metrics["verdict"],
+            "special_positions": list(special), "first_token": s.first_token,
+            "scale_statistic": statistic_name(quantile), "verdict": metrics["verdict"],
             "saved_model": (target.name if out_dir is not None else str(target)) if lnfree else None}
     if ckpt:
         remove_checkpoint(ckpt / "control")
         if not diverged:
             remove_checkpoint(ckpt)
-    tables.update({"training_curve": pd.DataFrame(curve), "schedule": pd.DataFrame(schedule),
+    tables.update({"training_curve": pd.DataFrame(curve), "schedule": pd.DataFrame(schedule), "scale_statistic": candidates,
                    "position_scales": position_table(frozen_norms, special),
                    "headline": headline_frame(loaded.card.name, metrics)})
     return LNFreeResult(metrics, tables, {}, info)
 
 
-def _remove(loaded, model_folder, ids, mask, s, seed, special, ckpt, curve: list[dict], out_dir, spec):
+def _remove(loaded, model_folder, ids, mask, s, seed, special, quantile, ckpt, curve: list[dict], out_dir, spec):
     """The removal run, saved and reloaded: ``(LN-free model or None, its folder, schedule rows,
     divergence metrics)``; a divergence is re-raised unless ``on_divergence`` is ``report``."""
     from interpipe.divergence import TrainingDiverged
     from interpipe.weights.lnfree.recipe import schedule_of
 
     try:
-        tuned, wrapped, _, schedule = finetune(loaded.model, ids, mask, s, seed, special, ckpt, curve=curve)
-    except TrainingDiverged:
+        tuned, wrapped, _, schedule = finetune(loaded.model, ids, mask, s, seed, special, ckpt, curve=curve,
+                                               quantile=quantile)
+    except TrainingDiverged as err:
         if s.on_divergence != "report":
             raise
         step = len(curve)
@@ -93,7 +101,7 @@ def _remove(loaded, model_folder, ids, mask, s, seed, special, ckpt, curve: list
         last = events[-1] if events else None
         after = f"after the {last.phase} event at step {last.step}, {len(events)} events in" if last else "before any event"
         schedule = [e.to_row() for e in schedule_of(loaded.model, s, special)]
-        return None, None, schedule, {"diverged_at_step": step, "diverged_after": after}
+        return None, None, schedule, {"diverged_at_step": step, "diverged_after": after, "diverged_because": err.what}
     unwrap_to_lnfree(tuned, wrapped, s.big_eps)
     lnfree, target = _save_and_reload(tuned, loaded, model_folder, spec, schedule, s, out_dir)
     return lnfree, target, schedule, {}
@@ -101,7 +109,9 @@ def _remove(loaded, model_folder, ids, mask, s, seed, special, ckpt, curve: list
 
 def corpus(loaded, data_root, s):
     """Training texts, held-out texts and the training rows (N, T) with their mask: one text per row
-    (its first ``max_tokens``), or with ``pack`` the texts joined by EOS into rows of ``pack`` tokens."""
+    (its first ``max_tokens``), or with ``pack`` the texts joined by EOS into rows of ``pack`` tokens;
+    with ``first_token`` each packed row starts with it, and it appears nowhere else (SmolLM2 makes
+    every ``<|endoftext|>`` an attention sink with a massive activation, its EOS not)."""
     from interpipe.data import load_task
     from interpipe.weights.common import encode_texts
 
@@ -112,8 +122,12 @@ def corpus(loaded, data_root, s):
     ids, mask = encode_texts(loaded.tokenizer, list(train), loaded.model)  # (N, T)
     if s.pack:
         eos = loaded.tokenizer.eos_token_id
-        stream = torch.cat([torch.cat([row[m.bool()], torch.tensor([eos])]) for row, m in zip(ids, mask)])  # (tokens,)
-        ids = stream[: len(stream) // s.pack * s.pack].view(-1, s.pack)  # (N', pack)
+        first = [loaded.tokenizer.convert_tokens_to_ids(s.first_token)] if s.first_token else []
+        body = s.pack - len(first)
+        stream = torch.cat([torch.cat([row[m.bool()][len(first):], torch.tensor([eos])])
+                            for row, m in zip(ids, mask)])  # (tokens,) without the first tokens
+        rows = stream[: len(stream) // body * body].view(-1, body)  # (N', body)
+        ids = torch.cat([torch.tensor(first, dtype=rows.dtype).expand(len(rows), len(first)), rows], dim=1)  # (N', pack)
         mask = torch.ones_like(ids)
     elif s.max_tokens:
         ids, mask = ids[:, : s.max_tokens], mask[:, : s.max_tokens]  # each text's first max_tokens tokens
@@ -147,7 +161,7 @@ def _save_and_reload(tuned, loaded, model_folder, spec, schedule: list[dict], s,
     frozen = {r["target"] + ("" if r["use"] == "all" else f" ({r['use']})"): r["frozen_scale"]
               for r in schedule if r["phase"] != "special"}
     card = describe(tuned, f"{loaded.card.name}-lnfree", str(model_folder), loaded.card.kind,
-                    extra={"lnfree": True, "big_eps": s.big_eps, "base_model": loaded.card.name,
+                    extra={"lnfree": True, "big_eps": s.big_eps, "base_model": loaded.card.name, "first_token": s.first_token,
                            "norm_kind": spec.norm_kind, "frozen_scale": frozen})
     target = Path(out_dir) / "model_lnfree" if out_dir is not None else Path(tempfile.mkdtemp(prefix="lnfree-"))
     save_model_folder(target, tuned, loaded.tokenizer, card)
