@@ -7,6 +7,8 @@ undefined, not 0), then the FP IOI circuit is scored inside the quantized model 
 the circuit rediscovered there is compared with the FP one, with the per-head patching effects and
 the IOI head classes (:mod:`.compare`), and each token-attribution method's scores and faithfulness
 are compared (:mod:`.drift`); :mod:`.study` runs it all, :mod:`.tables` and :mod:`.figures` write it.
+:mod:`.pairs` chooses pairs on both sides of each method's survival frontier (the quantize stage's
+``frontier.csv``); :mod:`.basis` says what compares across a rotated (QuaRot) pair.
 """
 
 from interpipe.quant_interp.inputs import Pair, check_inputs

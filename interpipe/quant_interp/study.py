@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interpipe.quant_interp import compare, drift, transfer, verdict
+from interpipe.quant_interp import basis, compare, drift, transfer, verdict
 from interpipe.quant_interp.inputs import (CircuitRun, Pair, Roots, attribution_methods, check_inputs, circuit_settings,
                                            pairs_of, read_circuit_run)
 from interpipe.result import Result, writing
@@ -194,15 +194,28 @@ def compare_pair(pair: Pair, fp_run: CircuitRun, fp_model: Any, circuits: Circui
                "min_pairwise_accuracy": settings.min_pairwise_accuracy}
     result = PairResult(pair, intervals, numbers, parts["paired"], parts["classes"], parts["survival"],
                         info={"fp_model": pair.fp, "model": pair.quantized, "task": settings.task,
-                              "effect_method": settings.effect_method}, undefined={**undefined, **more})
+                              "effect_method": settings.effect_method, "basis": basis.note(pair.setting[0])},
+                        undefined={**undefined, **more})
     if settings.attribution and pair.attribution:
-        for method in attribution_methods(roots, pair.fp, pair.quantized):
-            summary, per_example = drift.method_drift(roots.attribute / pair.fp / method,
-                                                      roots.attribute / pair.quantized / method,
-                                                      settings.bootstrap_resamples)
-            result.drift[method] = summary
-            result.drift_examples.append(per_example.assign(fp_model=pair.fp, model=pair.quantized, method=method))
+        _add_drift(result, pair, roots, settings)
     return result
+
+
+def _add_drift(result: PairResult, pair: Pair, roots: Roots, settings: QuantInterpSettings) -> None:
+    """Each attribution method's drift; in a rotated pair, a method whose scores depend on the residual basis
+    is left out with its reason (:mod:`.basis`)."""
+    rotated = basis.rotated(pair.setting[0])
+    reductions = sorted({basis.gradient_reduction(roots.attribute / m) for m in (pair.fp, pair.quantized)})
+    for method in attribution_methods(roots, pair.fp, pair.quantized):
+        why = next((r for r in (basis.attribution_reason(method, x) for x in reductions) if r), "") if rotated else ""
+        if why:
+            result.undefined[f"{method}/token_rank_correlation"] = why
+            continue
+        summary, per_example = drift.method_drift(roots.attribute / pair.fp / method,
+                                                  roots.attribute / pair.quantized / method,
+                                                  settings.bootstrap_resamples)
+        result.drift[method] = summary
+        result.drift_examples.append(per_example.assign(fp_model=pair.fp, model=pair.quantized, method=method))
 
 
 def compare_fp_model(fp: str, pairs: list[Pair], roots: Roots, settings: QuantInterpSettings, device: str,

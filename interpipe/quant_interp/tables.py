@@ -76,20 +76,24 @@ def headline_rows(result: Any, task: str) -> list[dict[str, Any]]:
 
 
 def pair_frame(results: list[Any]) -> Any:
-    """``pairs.csv``: one row per pair, its verdict, every number with its interval and what is undefined, why."""
+    """``pairs.csv``: one row per pair, its verdict, every number with its interval and what is undefined, why;
+    with a rotated pair (QuaRot) among them, a ``basis`` column says what compares across its rotation (:mod:`.basis`)."""
     import pandas as pd
 
     rows = []
     for r in results:
         method, bits = r.pair.setting
         row: dict[str, Any] = {"fp_model": r.pair.fp, "model": r.pair.quantized, "method": method, "bits": bits,
-                               "verdict": r.verdict}
+                               "verdict": r.verdict, "basis": r.info.get("basis", "")}  # basis: rotated pairs (basis.py)
         for key, iv in r.intervals.items():
             row.update(to_metrics(key, iv))
         row.update(r.numbers)
         row["undefined"] = "; ".join(f"{k}: {why}" for k, why in sorted(r.undefined.items()))
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "basis" in frame and not frame["basis"].astype(bool).any():  # no rotated pair: the column says nothing
+        frame = frame.drop(columns="basis")
+    return frame
 
 
 def drift_frame(results: list[Any]) -> Any:
