@@ -87,13 +87,15 @@ class BigramSettings:
     max_successors: int = 256  # successors kept per token in the bigram table (exact when >= vocab)
     max_train_texts: int = 0  # corpus texts used to count bigrams and train; 0 = all
     max_eval_texts: int = 256  # held-out corpus texts for surprisal and ablation; 0 = all
-    checkpoint_every: int = 100  # steps between resumable checkpoints
+    checkpoint_minutes: float = 10.0  # wall-clock minutes between resumable checkpoints; 0 = after every step
 
     def __post_init__(self) -> None:
         _positive("bigram", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                  max_successors=self.max_successors, checkpoint_every=self.checkpoint_every)
+                  max_successors=self.max_successors)
         if self.l0_lambda < 0:
             raise ValueError(f"weights.bigram.l0_lambda={self.l0_lambda} must be >= 0")
+        if self.checkpoint_minutes < 0:
+            raise ValueError(f"weights.bigram.checkpoint_minutes={self.checkpoint_minutes} must be >= 0 (0: after every step)")
         if self.temperature_growth < 1:
             raise ValueError(f"weights.bigram.temperature_growth={self.temperature_growth} must be >= 1")
         if not 0 < self.undecided_stop < 1:

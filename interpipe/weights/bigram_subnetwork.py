@@ -28,6 +28,7 @@ add-one unigram distribution into the target (:data:`SURPRISAL_FLOOR`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -208,6 +209,7 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
     device = next(model.parameters()).device
     table = table.to(device)
     guard = _bigram_guard(s, checkpoint_dir)
+    saved_at = time.monotonic()
     for step in tqdm(range(start, s.steps), desc=guard.loop, initial=start, total=s.steps):
         beta = s.temperature_growth ** step
         idx = torch.randint(len(ids), (s.batch_size,), generator=batch_generator(seed, step))
@@ -229,9 +231,10 @@ def train_masks(model, table: BigramTable, ids: torch.Tensor, mask: torch.Tensor
                       "undecided": undecided})
         if undecided < s.undecided_stop:
             break  # converged: the official stop rule
-        if checkpoint_dir and ((step + 1) % s.checkpoint_every == 0) and step + 1 < s.steps:
+        if checkpoint_dir and time.monotonic() - saved_at >= 60 * s.checkpoint_minutes and step + 1 < s.steps:
             save_checkpoint(checkpoint_dir, {**{f"s/{n}": logits_s[n] for n in names}, **optimizer_tensors(opt, names)},
                             {"fingerprint": key, "step": step + 1, "curve": curve})
+            saved_at = time.monotonic()
     return {n: (logits_s[n] > 0).float().detach() for n in names}, curve
 
 

@@ -126,12 +126,12 @@ def test_bigram_masks_stop_and_keep_the_last_checkpoint(where, tiny_toy_folder, 
             return original(self, logits, *args)
 
         monkeypatch.setattr(BigramTable, "cross_entropy", nan_gradient)
-    s = BigramSettings(steps=8, batch_size=4, checkpoint_every=2, undecided_stop=1e-9)
+    s = BigramSettings(steps=8, batch_size=4, checkpoint_minutes=0.0, undecided_stop=1e-9)  # a checkpoint after every step
     with pytest.raises(TrainingDiverged, match=f"bigram masks diverged at step {NAN_AT}:.*weights.bigram.lr.*"
                                                f"last good checkpoint.*{tmp_path}"):
         train_masks(loaded.model, table, ids, mask, s, seed=0, checkpoint_dir=tmp_path)
     assert planted.calls == NAN_AT + 1
-    assert (tmp_path / "checkpoint.safetensors").exists()  # written after step 2, kept
+    assert (tmp_path / "checkpoint.safetensors").exists()  # written before the planted step, kept
 
 
 @pytest.mark.parametrize(("where", "freeze"), [("loss", True), ("gradient", True), ("loss", False)])

@@ -84,7 +84,7 @@ def test_training_resumes_from_checkpoint(tiny_loaded, tmp_path, monkeypatch):
     ids = torch.randint(3, tiny_loaded.model.config.vocab_size, (12, 8))
     mask = torch.ones_like(ids)
     table = BigramTable.count(ids, mask, tiny_loaded.model.config.vocab_size, 8, 1)
-    s = BigramSettings(steps=4, batch_size=4, checkpoint_every=2, undecided_stop=1e-9)  # runs all 4 steps
+    s = BigramSettings(steps=4, batch_size=4, checkpoint_minutes=0.0, undecided_stop=1e-9)  # all 4 steps, a checkpoint after each
     straight, _ = train_masks(tiny_loaded.model, table, ids, mask, s, seed=0)
     calls = {"n": 0}
     original = BigramTable.cross_entropy
