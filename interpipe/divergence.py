@@ -56,19 +56,25 @@ class DivergenceGuard:
             self._fail(step, f"loss = {value}")
         return value
 
-    def gradients(self, step: int, params: Iterable[torch.Tensor]) -> float:
+    def gradients(self, step: int, params: Iterable[torch.Tensor], clip: float = 0.0) -> float:
         """The total L2 norm of the parameters' gradients; :class:`TrainingDiverged` if any is not finite.
+        With ``clip > 0`` the gradients are then clipped to that norm with the same total
+        (``clip_grad_norm_`` without computing it a second time).
 
         Call after ``backward()`` and before ``optimizer.step()``, so the weights stay the last good ones.
         """
-        grads = [p.grad for p in params if p.grad is not None]
+        params = [p for p in params if p.grad is not None]
+        grads = [p.grad for p in params]
         if not grads:
             return 0.0
-        norm = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0).float())
+        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        norm = float(total.float())
         if not math.isfinite(norm):
             worst = next(i for i, g in enumerate(grads) if not bool(torch.isfinite(g).all()))
             self._fail(step, f"gradient norm = {norm} (first non-finite gradient: parameter #{worst}, "
                              f"shape {tuple(grads[worst].shape)})")
+        if clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
         return norm
 
     def statistics(self, step: int, values: Mapping[str, float | torch.Tensor]) -> None:

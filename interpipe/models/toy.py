@@ -128,8 +128,7 @@ def _train(train_texts: list[str], val_texts: list[str], settings: ToySettings, 
         running += guard.loss(step + 1, loss)  # steps counted from 1, as in the curve
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        guard.gradients(step + 1, model.parameters())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        guard.gradients(step + 1, model.parameters(), clip=1.0)
         opt.step()
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             n = settings.log_every if (step + 1) % settings.log_every == 0 else (step + 1) % settings.log_every

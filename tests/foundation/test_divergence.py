@@ -190,3 +190,17 @@ def test_a_half_precision_finetune_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="build it with dtype=float32"):
         build_model(req, tmp_path / "no-data", tmp_path / "out", dtype="bfloat16")
     assert not (tmp_path / "out").exists()
+
+
+def test_guard_clips_as_clip_grad_norm_does_with_one_norm():
+    """gradients(..., clip=c) leaves the same gradients as torch's clip_grad_norm_ and returns the norm before clipping."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(50, 30)) for _ in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for p, q in zip(ours, ref):
+        p.grad = torch.randn_like(p) * 3
+        q.grad = p.grad.clone()
+    expected = float(torch.nn.utils.clip_grad_norm_(ref, 1.0))
+    norm = DivergenceGuard("loop", "fix").gradients(0, iter(ours), clip=1.0)
+    assert norm == pytest.approx(expected, rel=1e-6) and norm > 1.0
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, ref))

@@ -308,8 +308,6 @@ def _step(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Te
     value = guard.loss(step, loss)
     opt.zero_grad()
     (loss + s.aux_weight * aux if aux is not None else loss).backward()
-    grad_norm = guard.gradients(step, params)
-    if s.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+    grad_norm = guard.gradients(step, params, clip=s.grad_clip)  # the norm before clipping
     opt.step()
     return {"loss": value, "aux_loss": float(aux) if aux is not None else float("nan"), "grad_norm": grad_norm}
