@@ -258,20 +258,14 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
 
     s, tok, model = settings, loaded.tokenizer, loaded.model
     spec = architecture(model, "talking_heads")
-    if spec.n_layers < 2:
-        raise ValueError(f"the talking_heads study needs at least 2 layers (a sender before the receiver); "
-                         f"model_type={spec.model_type!r} has {spec.n_layers}")
-    if s.receiver:
-        receiver = Component.parse(s.receiver)
-        if not 1 <= receiver.layer < spec.n_layers or not receiver.index < spec.n_heads:
-            raise ValueError(f"weights.talking_heads.receiver={s.receiver!r} is not a head of layers 1..{spec.n_layers - 1}")
+    receiver = _configured_receiver(spec, s)
     select_rows, test_rows = evaluation_prompts(data_root, s, seed, context_length(model), tok)
     weights = folded_head_weights(boot_bridge(model, tok, model_folder), model, spec)  # the bridge is freed here
     comps = head_components(weights, s.n_components)
     channels, pairs = top_channels(comps, s.top_channels), head_pair_frame(comps)
 
     select, test = LaundryBatch(tok, model, select_rows), LaundryBatch(tok, model, test_rows)
-    if s.receiver:
+    if receiver is not None:
         select_logits = run_laundry(model, spec, select, batch_size)[0]
     else:
         receiver, select_logits = pick_receiver(model, spec, select, batch_size)
@@ -299,13 +293,30 @@ def run_talking_heads(loaded, model_folder: str | Path, data_root: str | Path, s
     }
     tensors = {"ov_out": comps.ov_out, "ov_s": comps.ov_s, "qk_s": comps.qk_s, "ov_in": comps.ov_in,
                "qk_q": comps.qk_q, "qk_k": comps.qk_k}
-    info = {"model": loaded.card.name, "seed": seed, "settings": asdict(s), "edit": written_edit(edit),
-            "failing_lengths": failing, "random_component": written_edit(floor) if floor else None,
-            "architecture": spec.to_dict(),
-            "top_channel": " ".join(str(channels[c].iloc[0]) for c in ("mode", "sender", "sender_comp", "receiver", "receiver_comp"))}
     tables = {"top_channels": channels, "head_composition": pairs, "inhibition": inhibition, "edit_trials": trials,
               "laundry_accuracy": table, "headline": headline_frame(loaded.card.name, metrics, failing)}
-    return TalkingHeadsResult(metrics, tables, tensors, info)
+    return TalkingHeadsResult(metrics, tables, tensors, _info(loaded.card.name, seed, s, edit, floor, failing, spec, channels))
+
+
+def _configured_receiver(spec, s) -> Component | None:
+    """``weights.talking_heads.receiver`` parsed (None: chosen from data), refusing a model with fewer than
+    two layers or a receiver that is not a head of layers 1.. before any work."""
+    if spec.n_layers < 2:
+        raise ValueError(f"the talking_heads study needs at least 2 layers (a sender before the receiver); "
+                         f"model_type={spec.model_type!r} has {spec.n_layers}")
+    if not s.receiver:
+        return None
+    receiver = Component.parse(s.receiver)
+    if not 1 <= receiver.layer < spec.n_layers or not receiver.index < spec.n_heads:
+        raise ValueError(f"weights.talking_heads.receiver={s.receiver!r} is not a head of layers 1..{spec.n_layers - 1}")
+    return receiver
+
+
+def _info(model: str, seed: int, s, edit: dict, floor: dict | None, failing: list[int], spec, channels) -> dict:
+    return {"model": model, "seed": seed, "settings": asdict(s), "edit": written_edit(edit), "failing_lengths": failing,
+            "random_component": written_edit(floor) if floor else None, "architecture": spec.to_dict(),
+            "top_channel": " ".join(str(channels[c].iloc[0])
+                                    for c in ("mode", "sender", "sender_comp", "receiver", "receiver_comp"))}
 
 
 def written_edit(edit: dict) -> dict:
