@@ -117,6 +117,7 @@ class LNFreeSettings:
     gap_qk: int = 4  # steps between two attention-norm q/k events (paper: 2)
     gap_v: int = 4  # steps between two attention-norm v events (paper: 3)
     gap_special: int = 4  # steps from the final norm to each special position's release (paper: 12 to position 0)
+    release_steps: int = 1  # steps over which a special position's own scale gives way to the shared one (geometrically); 1 = at once (official)
     norms_per_step: int = 1  # norms of one phase frozen together (deep models: several per event)
     split_qkv: bool = True  # freeze the attention norm's q/k and v uses at separate steps (official)
     extra_steps: int = 30  # recovery steps after the last event (paper: ~184)
@@ -127,6 +128,7 @@ class LNFreeSettings:
     warmup_steps: int = 5  # linear warm-up to lr (paper: 20)
     weight_decay: float = 0.01  # AdamW weight decay (official)
     grad_clip: float = 1.0  # gradient-norm clipping (official); 0 = none
+    aux_special_factor: float = 1.0  # the special positions' tokens count this many times in the auxiliary loss (1: as every token, official)
     aux_weight: float = 0.0  # auxiliary loss keeping each token's scale near the mean (paper variants 0.1/0.03/0.01); 0 = off
     ema: float = 0.9  # moving-average factor of each norm's measured scale
     first_token: Optional[str] = None  # token put at position 0 of every text and prompt (official GPT-2 run: <|endoftext|>); None = the tokenizer's own rule
@@ -150,6 +152,7 @@ class LNFreeSettings:
 
     def __post_init__(self) -> None:
         _positive("lnfree", gap_mlp=self.gap_mlp, gap_qk=self.gap_qk, gap_v=self.gap_v, gap_special=self.gap_special,
+                  release_steps=self.release_steps,
                   batch_size=self.batch_size, lr=self.lr, big_eps=self.big_eps, checkpoint_minutes=self.checkpoint_minutes,
                   norms_per_step=self.norms_per_step, n_calibration=self.n_calibration, max_special=self.max_special,
                   recovered_within=self.recovered_within)
@@ -159,7 +162,7 @@ class LNFreeSettings:
         for key in ("start_step", "extra_steps", "warmup_steps", "patching_prompts", "task_prompts"):
             if getattr(self, key) < 0:
                 raise ValueError(f"weights.lnfree.{key}={getattr(self, key)} must be >= 0")
-        for key in ("min_lr", "weight_decay", "grad_clip", "aux_weight"):
+        for key in ("min_lr", "weight_decay", "grad_clip", "aux_weight", "aux_special_factor"):
             if getattr(self, key) < 0:
                 raise ValueError(f"weights.lnfree.{key}={getattr(self, key)} must be >= 0")
         if self.min_lr > self.lr:

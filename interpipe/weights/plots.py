@@ -187,7 +187,12 @@ def _lnfree_curve(curve, schedule):
         label = None if row.phase in seen else f"event: {row.phase}"
         seen.add(row.phase)
         ax.axvline(row.step, color=PHASE_COLOURS.get(row.phase, "grey"), lw=0.6, alpha=0.6, label=label)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_xlabel("step"), ax.set_ylabel("train CE (nats/token)")
     ax.set_title("norm removal fine-tuning (lines: freezing events)")
+    if "position0_ratio" in curve and curve["position0_ratio"].notna().any():
+        twin = ax.twinx()  # what a release of position 0 has to bridge
+        twin.plot(curve["step"], curve["position0_ratio"], color="tab:red", ls=":", label="position 0 scale / shared")
+        twin.set_yscale("log"), twin.set_ylabel("position 0's scale over the shared one (max over norms)")
+        twin.legend(fontsize=7, loc="upper right")
     return fig

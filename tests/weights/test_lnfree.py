@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -150,6 +151,17 @@ def test_auxiliary_loss_is_zero_for_equal_scales_and_grows_with_spread():
     x[:, 2] *= 3
     norm(x)
     assert float(norm.aux_term) > 0.1
+
+
+def test_auxiliary_loss_pulls_a_massive_position0_towards_the_others():
+    """Every scale 1 but position 0's 100 (2 of 10 tokens): the term is 2 log(100)^2 / 10 (position 0 counted,
+    as the official loss counts BOS), the mean taken over the ordinary tokens' running scale 1."""
+    norm = FakeNorm(torch.nn.RMSNorm(4, eps=0.0), ema=0.0, kind="rmsnorm", special=(0,))
+    norm.aux, norm.avg = True, torch.tensor(1.0)
+    x = torch.ones(2, 5, 4)
+    x[:, 0] *= 100
+    norm(x)
+    assert float(norm.aux_term) == pytest.approx(math.log(100) ** 2 / 5, rel=1e-5)
 
 
 def freeze_everything(model, tokenizer, texts, v_factor: float = 1.0) -> dict[str, FakeNorm]:
@@ -362,3 +374,24 @@ def test_packed_rows_start_with_the_first_token_and_hold_it_nowhere_else(tiny_lo
 def test_bad_statistic_and_first_token_settings(kwargs, key):
     with pytest.raises(ValueError, match=f"weights.lnfree.{key}"):
         LNFreeSettings(**kwargs)
+
+
+def test_a_gradual_release_moves_geometrically_from_the_own_scale_to_the_shared_one():
+    """release_steps=4: the position keeps 3/4, 1/2, 1/4, then none of its own scale on four consecutive
+    steps; at weight 1/2 it divides by the geometric mean of its own scale (100) and the shared one (1)."""
+    norms = SimpleNamespace(mlp=["m0"], attn=["a0"], final="f")
+    s = SimpleNamespace(**{**PAPER, "start_step": 1, "gap_special": 2, "release_steps": 4})
+    events = [e for e in removal_schedule(norms, s, special=(0,)) if e.phase == "special"]
+    final = next(e.step for e in removal_schedule(norms, s, special=(0,)) if e.phase == "final")
+    assert [(e.step - final, e.weight) for e in events] == [(2, 0.75), (3, 0.5), (4, 0.25), (5, 0.0)]
+    norm = FakeNorm(torch.nn.RMSNorm(4, eps=0.0), ema=0.0, kind="rmsnorm", special=(0,))
+    norm.avg.fill_(1.0), norm.avg_special.fill_(100.0)
+    norm.freeze("all")
+    x = torch.ones(1, 3, 4)
+    x[0, 0] *= 100
+    norm.release(0, 0.5)
+    torch.testing.assert_close(norm(x)[0, 0], x[0, 0] / 10.0)
+    torch.testing.assert_close(norm(x)[0, 1], x[0, 1] / 1.0)
+    norm.release(0, 0.0)
+    torch.testing.assert_close(norm(x)[0, 0], x[0, 0] / 1.0)
+    assert not bool(norm.special_live.any())

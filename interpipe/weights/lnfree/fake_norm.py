@@ -62,14 +62,16 @@ class FakeNorm(torch.nn.Module):
         self.register_buffer("frozen", torch.zeros(n_use, dtype=torch.bool))
         self.register_buffer("frozen_scale", torch.zeros(n_use))
         self.register_buffer("frozen_special", torch.zeros(n_use, n_special))
-        self.register_buffer("special_live", torch.ones(n_special, dtype=torch.bool))  # own scale until released
+        self.register_buffer("special_weight", torch.ones(n_special))  # 1: own scale ... 0: released (the shared one)
         self.quantile = quantile
         self.kept: list[torch.Tensor] | None = None  # (n,) ordinary scales per tracked forward, when collecting
         self.track = False
         self.aux = False  # keep the auxiliary term (scales' spread, with gradient) of the last forward
+        self.aux_special_factor = 1.0  # weight of the special positions' tokens in that term, the others' 1
         self.token_mask: torch.Tensor | None = None
         self.aux_term: torch.Tensor | None = None
         self.value_input: torch.Tensor | None = None  # the ``v`` output of the last forward, for ValueInput
+        self.position0_scale: torch.Tensor | None = None  # () mean live scale at position 0, last tracked forward
         self.position_sum, self.position_count = torch.zeros(0), torch.zeros(0)  # (pos,) diagnostics
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,21 +79,30 @@ class FakeNorm(torch.nn.Module):
             x = x * (self.weight + 1.0 if self.offset_one else self.weight)
         return x + self.bias if self.bias is not None else x
 
+    @property
+    def special_live(self) -> torch.Tensor:
+        """(n_special,) bool: the special positions that still have (some of) a scale of their own."""
+        return self.special_weight > 0
+
     def scale_for(self, use: str, live: torch.Tensor) -> torch.Tensor:
         """The scale ``use`` divides by, (batch, pos, 1): the live one until frozen, then the frozen
-        shared scale with each live special position's own frozen scale."""
+        shared scale, with each special position's own frozen scale to the power of its weight times
+        the shared one to the rest (weight 1: its own; 0: released)."""
         u = self.uses.index(use)
         if not bool(self.frozen[u]):
             return live
         scale = self.frozen_scale[u].expand_as(live).clone()  # (batch, pos, 1)
         for j, pos in enumerate(self.special.tolist()):
             if bool(self.special_live[j]) and pos < scale.shape[1]:
-                scale[:, pos] = self.frozen_special[u, j]
+                w = self.special_weight[j]
+                scale[:, pos] = self.frozen_special[u, j] ** w * self.frozen_scale[u] ** (1 - w)
         return scale.to(live.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xc = x - x.mean(-1, keepdim=True) if self.centre else x  # (batch, pos, d_model)
         live = (xc.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (batch, pos, 1)
+        if self.track:
+            self.position0_scale = live[:, 0, 0].detach().float().mean()
         if self.track and not bool(self.frozen.all()):
             self._update(live[..., 0].detach())
         if self.aux:
@@ -117,10 +128,14 @@ class FakeNorm(torch.nn.Module):
         return mask
 
     def _spread(self, scale: torch.Tensor) -> torch.Tensor:
-        """Mean squared relative deviation of the ordinary real tokens' scales from their running mean."""
-        ordinary = self.ordinary_mask(scale.detach())
+        """Mean squared log-ratio of every real token's scale, (batch, pos), to the ordinary tokens' running
+        statistic: special positions included (the official auxiliary loss pulls BOS and EOT towards the
+        average too, which a position-0 scale ~100x the others needs before its release); the log keeps
+        the term scale-free across norms and a 100x ratio at 21, not 10^4."""
+        real, ordinary = self.real_mask(scale.detach()), self.ordinary_mask(scale.detach())
         ref = self.avg if float(self.avg) > 0 else scale.detach()[ordinary].mean()
-        return ((scale[ordinary] / ref - 1) ** 2).mean()
+        weight = torch.where(ordinary, 1.0, self.aux_special_factor)[real]  # (n_real,)
+        return (weight * torch.log(scale[real] / ref).pow(2)).sum() / real.sum()
 
     @torch.no_grad()
     def _update(self, scale: torch.Tensor) -> None:  # scale: (batch, pos)
@@ -174,10 +189,19 @@ class FakeNorm(torch.nn.Module):
         return torch.cat([self.frozen_scale[u:u + 1], self.frozen_special[u]])
 
     @torch.no_grad()
-    def release(self, position: int) -> None:
-        """Position ``position`` stops having a scale of its own (it divides by the shared one)."""
+    def release(self, position: int, weight: float = 0.0) -> None:
+        """Position ``position`` keeps ``weight`` of its own scale (geometric mix with the shared one);
+        0: it stops having a scale of its own."""
         hit = self.special == position
-        self.special_live[hit] = False
+        self.special_weight[hit] = float(weight)
+
+    def position0_ratio(self) -> torch.Tensor | None:
+        """() position 0's live scale in the last tracked forward over the shared scale (frozen, else
+        the running statistic): how far a release of position 0 would be from its own scale."""
+        if self.position0_scale is None:
+            return None
+        shared = self.frozen_scale[0] if bool(self.frozen[0]) else self.avg
+        return self.position0_scale / shared.clamp(min=1e-30)
 
     def first_ratio(self) -> float:
         """Position 0's mean scale over the ordinary positions' mean (nan if position 0 is not special)."""

@@ -234,7 +234,7 @@ def finetune(model, ids: torch.Tensor, mask: torch.Tensor, s, seed: int, special
     curve[:] = resumed
     guard = _guard(s, freeze, checkpoint_dir)
     for norm in wrapped.values():
-        norm.track, norm.aux = True, s.aux_weight > 0
+        norm.track, norm.aux, norm.aux_special_factor = True, s.aux_weight > 0, s.aux_special_factor
     saved_at = time.monotonic()
     for step in tqdm(range(start, total), desc=guard.loop, initial=start, total=total):
         for event in due.get(step, ()):
@@ -271,7 +271,7 @@ def _apply(event: Removal, wrapped: dict[str, FakeNorm], guard: DivergenceGuard)
     """Freeze one norm use, or release one special position in every norm."""
     if event.phase == "special":
         for norm in wrapped.values():
-            norm.release(event.position)
+            norm.release(event.position, event.weight)
         return
     scales = wrapped[event.norm].freeze(event.use)  # (1 + n_special,)
     guard.statistics(event.step, {f"{event.norm} ({event.use})'s frozen scale": scales})
@@ -298,7 +298,8 @@ def _guard(s, freeze: bool, checkpoint_dir: Path | None) -> DivergenceGuard:
 def _step(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Tensor, opt, params: list,
           guard: DivergenceGuard, step: int, s) -> dict:
     """One optimiser step on the batch ``ids``/``mask`` (B, T): next-token loss (+ the auxiliary
-    loss), the guard's checks before the weights move, clipping, AdamW. Returns the curve's row."""
+    loss), the guard's checks before the weights move, clipping, AdamW. Returns the curve's row, with
+    ``position0_ratio``: the largest ratio over norms of position 0's live scale to the shared one."""
     device = model_device(model)
     width = int(mask.sum(1).max())
     b_ids, b_mask = ids[:, :width].to(device), mask[:, :width].to(device)  # (B, T)
@@ -310,4 +311,6 @@ def _step(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Te
     (loss + s.aux_weight * aux if aux is not None else loss).backward()
     grad_norm = guard.gradients(step, params, clip=s.grad_clip)  # the norm before clipping
     opt.step()
-    return {"loss": value, "aux_loss": float(aux) if aux is not None else float("nan"), "grad_norm": grad_norm}
+    ratios = [r for r in (n.position0_ratio() for n in wrapped.values()) if r is not None]
+    return {"loss": value, "aux_loss": float(aux) if aux is not None else float("nan"), "grad_norm": grad_norm,
+            "position0_ratio": float(torch.stack(ratios).max()) if ratios else float("nan")}

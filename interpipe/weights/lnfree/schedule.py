@@ -13,8 +13,9 @@ phase                 what is frozen          steps (12 layers)
 ====================  ======================  ====================
 
 Each phase begins one of its predecessor's gaps after that predecessor's last event; the special
-positions follow the final norm ``gap_special`` steps apart (outliers first, position 0 last); then
-``extra_steps`` recovery steps. ``norms_per_step`` norms of one phase share an event (deep models).
+positions follow the final norm ``gap_special`` steps apart (outliers first, position 0 last), each
+released over ``release_steps`` steps (its own scale's weight falling ``1 - i / release_steps``; 1 =
+at once, as the official code); then ``extra_steps`` recovery steps. ``norms_per_step`` norms of one phase share an event (deep models).
 Without ``split_qkv`` the attention norm is frozen in one phase, ``attn`` (gap ``gap_qk``).
 
 >>> from types import SimpleNamespace as S
@@ -33,13 +34,15 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class Removal:
     """One freezing event: at ``step`` (before its batch) ``use`` of ``norm`` is frozen, or, in the
-    ``special`` phase, ``position`` loses its own scale in every norm (``norm`` is then empty)."""
+    ``special`` phase, ``position`` keeps ``weight`` of its own scale in every norm (0: none; ``norm``
+    is then empty)."""
 
     step: int
     phase: str  # mlp | qk | v | attn | final | special
     norm: str = ""
     use: str = "all"  # all | qk | v
     position: int = -1
+    weight: float = 0.0  # special phase: the share of its own scale the position keeps after this step
 
     def to_row(self) -> dict:
         row = asdict(self)
@@ -55,7 +58,8 @@ def phases(norms, split_qkv: bool) -> list[tuple[str, list[str], str]]:
 
 def removal_schedule(norms, s, special: tuple[int, ...] = (0,)) -> list[Removal]:
     """Every event of the recipe in step order (settings ``s``: ``start_step``, ``gap_*``,
-    ``norms_per_step``, ``split_qkv``); ``special``: the positions with their own scale."""
+    ``norms_per_step``, ``split_qkv``, ``release_steps``, 1 when absent); ``special``: the positions
+    with their own scale."""
     gaps = {"mlp": s.gap_mlp, "qk": s.gap_qk, "attn": s.gap_qk, "v": s.gap_v}
     events, step = [], s.start_step
     for phase, paths, use in phases(norms, s.split_qkv):
@@ -64,9 +68,11 @@ def removal_schedule(norms, s, special: tuple[int, ...] = (0,)) -> list[Removal]
             events += [Removal(step, phase, name, use) for name in group]
             if k < len(groups) - 1 or phase != "final":
                 step += gaps.get(phase, 0)
+    release = getattr(s, "release_steps", 1)
     for position in sorted(special, key=lambda p: (p == 0, p)):  # outliers first, position 0 last
         step += s.gap_special
-        events.append(Removal(step, "special", position=position))
+        events += [Removal(step + i, "special", position=position, weight=1 - (i + 1) / release) for i in range(release)]
+        step += release - 1
     return events
 
 
