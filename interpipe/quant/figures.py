@@ -136,12 +136,15 @@ def frontier(frame: pd.DataFrame, tasks: list[str], chance: float, note: str | N
     (weights and activations; activation-only; weight-only), the most bits left; chance and FP dashed.
 
     ``frame``: one row per setting (``QuantStudyResult.to_frame``) with ``pairwise_acc/<task>`` columns.
+    None when no setting quantizes anything (a grid of ``w16a16`` alone has no frontier to draw).
     """
     from interpipe.quant.frontier import SERIES, ordered, series
 
-    plt = _plt()
     tags = {s: ordered({t for t in frame["bits"] if series(t) == s}) for s in SERIES}
     cols = [s for s in SERIES if tags[s]]
+    if not cols:
+        return None
+    plt = _plt()
     fig, axes = plt.subplots(len(tasks), len(cols), figsize=(3.6 * len(cols) + 1, 2.8 * len(tasks)), squeeze=False)
     for i, task in enumerate(tasks):
         key = f"pairwise_acc/{task}"

@@ -291,8 +291,9 @@ class QuantStudyResult(Result):
         figs = {"headline_end_metrics": figures.end_metrics(frame, headline(self.kind), note),
                 "layer_sqnr": figures.layer_sqnr({s.name: s.layers for s in self.settings}, note)}
         tasks = [t for t in frontier.TASKS if f"{resample.PAIRWISE}/{t}" in frame]
-        if self.kind == "causal_lm" and tasks:
-            figs["headline_frontier"] = figures.frontier(frame, tasks, frontier.CHANCE, note)
+        drawn = figures.frontier(frame, tasks, frontier.CHANCE, note) if self.kind == "causal_lm" and tasks else None
+        if drawn is not None:
+            figs["headline_frontier"] = drawn
         return figs
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:

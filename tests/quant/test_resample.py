@@ -149,3 +149,14 @@ def test_shares_are_clipped_to_their_range():
                                   "pairwise_acc/ioi")
     assert iv.low >= 0.0 and iv.high == 1.0
     assert resample.bounds("pairwise_acc/ioi_minus_rtn") == (-1.0, 1.0) and resample.bounds("loss_delta") is None
+
+
+def test_a_grid_without_a_quantized_setting_draws_no_frontier():
+    """w16a16 quantizes nothing: no series, no panel, no figure (it used to ask matplotlib for 0 columns)."""
+    from interpipe.quant import figures
+
+    frame = pd.DataFrame([{"method": "rtn", "bits": "w16a16", "pairwise_acc/ioi": 0.9,
+                           "pairwise_acc/ioi_ci_low": 0.8, "pairwise_acc/ioi_ci_high": 1.0}])
+    assert figures.frontier(frame, ["ioi"], 0.5) is None
+    drawn = figures.frontier(pd.concat([frame, frame.assign(bits="w8a8")]), ["ioi"], 0.5)
+    assert drawn is not None and len(drawn.axes) == 1
