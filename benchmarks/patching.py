@@ -4,6 +4,7 @@
     python benchmarks/patching.py --toy outputs/models/toy --n 16 --out bench.json
     python benchmarks/patching.py --models smollm2 --n 8   # SmolLM2-135M (outputs/models/smollm2), all 270 heads
     python benchmarks/patching.py --models smollm2 --n 64 --device cuda --dtype bfloat16   # both sides in bf16
+    python benchmarks/patching.py --models smollm2 --n 64 --device cuda --memory-mb 8192     # a fixed activation budget
 
 For each model, the same IOI prompts (one token length, as TransformerLens needs) are patched
 clean → corrupted with ``interpipe.circuits`` and with ``transformer_lens.patching``'s
@@ -102,8 +103,19 @@ def one_length_batch(bridge, rows: list[dict]):
 AGREE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}  # max |ours - TL| of the normalised metric per dtype
 
 
+def activation_budget(device: str, memory_mb: float) -> float:
+    """The activation memory (MB) one batched forward of ours may use: ``memory_mb`` when positive; else,
+    on CUDA, half of the memory the device has free (the batches fill the GPU), on a CPU 1024 MB."""
+    if memory_mb > 0:
+        return memory_mb
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free / 2**20 / 2
+    return 1024.0
+
+
 def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device: str, tl_cells: int,
-                heads_only: bool = False, dtype: str = "float32") -> list[dict]:
+                heads_only: bool = False, dtype: str = "float32", memory_mb: float = 0.0) -> list[dict]:
     import itertools
 
     import numpy as np
@@ -120,7 +132,7 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
     def tl_metric(logits):
         return metric(logits[rows_idx, batch.answer_pos])
 
-    memory = 8192.0 if device.startswith("cuda") else 1024.0
+    memory = activation_budget(device, memory_mb)
     grids = [("resid_pre (layer x pos)", patch_resid_pre, tlp.get_act_patch_resid_pre, ("layer", "pos")),
              ("head out, all pos (layer x head)", patch_head_out_all_pos, tlp.get_act_patch_attn_head_out_all_pos,
               ("layer", "head"))][1 if heads_only else 0:]
@@ -152,7 +164,7 @@ def bench_model(name: str, folder: Path, rows: list[dict], repeats: int, device:
                "pos": batch.n_pos, "shared_prefix": batch.shared_prefix(), "ours_s": t_ours,
                "transformer_lens_s": t_tl, "ours_examples_per_s": cells * batch.size / t_ours,
                "tl_examples_per_s": len(index) * batch.size / t_tl, "max_abs_diff": diff, "agree": diff < AGREE[dtype],
-               "dtype": dtype,
+               "dtype": dtype, "memory_mb": memory,
                "max_abs_value": float(picked.abs().max())}  # the compared values are not all zero
         row["speedup"] = row["ours_examples_per_s"] / row["tl_examples_per_s"]
         print(f"{name:18s} {label:34s} cells={cells:4d} (TL {len(index):4d}) ours {row['ours_examples_per_s']:9.1f} ex/s  "
@@ -174,6 +186,8 @@ def main() -> None:
                         help="cells TransformerLens runs on the larger models (0: all; the toy always runs all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(AGREE), help="both sides load the model in it")
+    parser.add_argument("--memory-mb", type=float, default=0.0,
+                        help="activation budget of one batched forward of ours; 0: half the free CUDA memory, 1024 on a CPU")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     CLOCK = time.perf_counter if args.device.startswith("cuda") else time.process_time
@@ -202,7 +216,7 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown model {name!r}: use toy, gpt2-small-shape or smollm2")
             results += bench_model(name, folder, rows, args.repeats, args.device, 0 if name == "toy" else args.tl_cells,
-                                   heads_only=name == "smollm2", dtype=args.dtype)
+                                   heads_only=name == "smollm2", dtype=args.dtype, memory_mb=args.memory_mb)
     print(f"clock: {'wall' if CLOCK is time.perf_counter else 'process CPU'} time; torch threads: {torch.get_num_threads()}")
     for r in results:
         print(f"  {r['model']:18s} {r['grid']:34s} speedup {r['speedup']:.1f}x (target >= 5x)  agree={r['agree']}")
