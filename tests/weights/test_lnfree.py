@@ -310,22 +310,25 @@ def test_a_quantile_statistic_freezes_at_that_quantile_of_the_ordinary_scales():
 def test_auto_statistic_prefers_fewest_overflowing_texts_then_lowest_ce(monkeypatch):
     """Choose on the calibration texts: a candidate finite everywhere beats a lower CE that overflows
     on one text; among equally finite ones the lower CE wins."""
-    from interpipe.weights.lnfree import recipe
+    import numpy as np
+
+    from interpipe.weights.lnfree import evaluate, recipe
 
     planted = {None: [2.0, float("nan"), 2.0], 0.75: [3.0, 3.0, 3.0], 0.9: [2.5, 2.5, 2.6], 0.95: [2.0, float("inf"), 2.0]}
     frozen_at = []
 
-    def losses(model, wrapped, ids, mask, batch_size):
-        return torch.tensor(planted[frozen_at[-1]])
+    def losses(model, tokenizer, texts, batch_size):  # summed nll and token count per text: one token each
+        return np.array(planted[frozen_at[-1]]), np.ones(len(texts))
 
-    monkeypatch.setattr(recipe, "calibration_losses", losses)
+    monkeypatch.setattr(evaluate, "text_losses", losses)
     monkeypatch.setattr(recipe, "_freeze_all", lambda wrapped, q: frozen_at.append(q))
     s = LNFreeSettings(scale_stat="auto", auto_quantiles=[0.75, 0.9, 0.95])
-    ids = mask = torch.zeros(3, 4, dtype=torch.long)  # unused: the losses are planted
-    quantile, table = recipe.choose_statistic(None, {}, ids, mask, s, 8)
+    texts = ["a", "b", "c"]
+    quantile, table = recipe.choose_statistic(None, None, {}, texts, s, 8)
     assert quantile == 0.9 and table.loc[table.chosen, "statistic"].item() == "quantile 0.9"
     assert table.set_index("statistic").loc["mean", "nonfinite_texts"] == pytest.approx(1 / 3)
-    assert recipe.choose_statistic(None, {}, ids, mask, LNFreeSettings(scale_stat="mean"), 8)[0] is None
+    assert table.set_index("statistic").loc["quantile 0.9", "ce_finite_texts"] == pytest.approx(7.6 / 3)
+    assert recipe.choose_statistic(None, None, {}, texts, LNFreeSettings(scale_stat="mean"), 8)[0] is None
 
 
 def _bare_word_tokenizer():

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -137,7 +138,7 @@ def frozen_copy(model, tokenizer, texts: list[str], s, batch_size: int):
         if found == special:
             break
         special = found
-    quantile, candidates = choose_statistic(frozen, wrapped, ids, mask, s, batch_size)
+    quantile, candidates = choose_statistic(frozen, tokenizer, wrapped, texts, s, batch_size)
     _freeze_all(wrapped, quantile)
     for norm in wrapped.values():
         norm.kept = None
@@ -149,11 +150,11 @@ def statistic_candidates(s) -> list[float | None]:
     return {"mean": [None], "quantile": [s.scale_quantile], "auto": [None, *s.auto_quantiles]}[s.scale_stat]
 
 
-def choose_statistic(frozen, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Tensor, s,
-                     batch_size: int):
+def choose_statistic(frozen, tokenizer, wrapped: dict[str, FakeNorm], texts: list[str], s, batch_size: int):
     """The statistic of the calibration scales every norm is frozen at: the only candidate, or (``auto``)
-    the one whose frozen-only model has the fewest calibration texts with a non-finite loss, then the
-    lowest CE over them. Chosen on the calibration (training) texts; the CE reported is on held-out ones.
+    the one whose frozen-only model ``frozen`` has the fewest of the calibration ``texts`` with a
+    non-finite loss, then the lowest CE over them (:func:`~interpipe.weights.lnfree.evaluate.text_losses`,
+    as the held-out CE). Chosen on the calibration (training) texts; the CE reported is on held-out ones.
 
     Why a quantile can beat the official mean: a gated MLP (SwiGLU) grows about quadratically in its
     input, so a token divided by less than its own scale is amplified block after block until it
@@ -162,17 +163,19 @@ def choose_statistic(frozen, wrapped: dict[str, FakeNorm], ids: torch.Tensor, ma
     """
     import pandas as pd
 
+    from interpipe.weights.lnfree.evaluate import text_losses
+
     candidates = statistic_candidates(s)
     if len(candidates) == 1:
         return candidates[0], pd.DataFrame([{"statistic": statistic_name(candidates[0]), "chosen": True}])
     rows = []
     for quantile in candidates:
         _freeze_all(wrapped, quantile)
-        per_text = calibration_losses(frozen, wrapped, ids, mask, batch_size)  # (N,)
-        finite = torch.isfinite(per_text)
+        nll, count = text_losses(frozen, tokenizer, texts, batch_size)  # (N,) each
+        finite = np.isfinite(nll)
         rows.append({"statistic": statistic_name(quantile), "quantile": quantile,
-                     "nonfinite_texts": float((~finite).float().mean()),
-                     "ce_finite_texts": float(per_text[finite].mean()) if bool(finite.any()) else float("nan")})
+                     "nonfinite_texts": float((~finite).mean()),
+                     "ce_finite_texts": float(nll[finite].sum() / count[finite].sum()) if finite.any() else float("nan")})
     table = pd.DataFrame(rows)
     best = table.sort_values(["nonfinite_texts", "ce_finite_texts"], kind="stable").index[0]
     table["chosen"] = table.index == best
@@ -189,22 +192,6 @@ def _freeze_all(wrapped: dict[str, FakeNorm], quantile: float | None) -> None:
         scale = norm.calibration_scale(quantile)
         for use in norm.uses:
             norm.freeze(use, scale)
-
-
-@torch.no_grad()
-def calibration_losses(model, wrapped: dict[str, FakeNorm], ids: torch.Tensor, mask: torch.Tensor,
-                       batch_size: int) -> torch.Tensor:
-    """Each text's mean next-token loss, (N,), under ``model`` (inf/nan where it overflows)."""
-    device, out = model_device(model), []
-    for i in range(0, len(ids), batch_size):
-        width = int(mask[i:i + batch_size].sum(1).max())
-        b_ids, b_mask = ids[i:i + batch_size, :width].to(device), mask[i:i + batch_size, :width].to(device)  # (b, T)
-        set_token_mask(wrapped, b_mask)
-        flat = token_losses(model(input_ids=b_ids, attention_mask=b_mask).logits, b_ids, b_mask)  # (n_tokens,), row by row
-        counts = b_mask[:, 1:].sum(1).tolist()  # real targets per row
-        out.append(torch.stack([row.float().mean() for row in torch.split(flat.cpu(), counts)]))
-    set_token_mask(wrapped, None)
-    return torch.cat(out)
 
 
 # --- fine-tuning --------------------------------------------------------------------------------------
