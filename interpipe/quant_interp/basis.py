@@ -31,8 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from interpipe.io import read_json
 from interpipe.settings.quantize import ROTATIONS
 
 NOTE = ("rotated residual basis (QuaRot: the stream is h Q; each down projection reads z H inside its hook): "
@@ -60,13 +59,14 @@ def attribution_reason(attribution_method: str, reduction: str) -> str:
     return ""
 
 
-def gradient_reduction(attribute_folder: str | Path) -> str:
-    """The ``attribute.gradient_reduction`` an attribute run used (its saved Hydra config; ``default`` if none)."""
-    config = Path(attribute_folder) / ".hydra" / "config.yaml"
-    if not config.is_file():
+def gradient_reduction(method_folder: str | Path) -> str:
+    """The ``gradient_reduction`` one attribution method's run used, from the settings its
+    ``attribution.json`` records (``default`` where it records none)."""
+    meta = Path(method_folder) / "attribution.json"
+    if not meta.is_file():
         return "default"
-    loaded = yaml.safe_load(config.read_text()) or {}
-    return str((loaded.get("attribute") or {}).get("gradient_reduction", "default"))
+    settings = (read_json(meta).get("info") or {}).get("settings") or {}
+    return str(settings.get("gradient_reduction", "default"))
 
 
 __all__ = ["NOTE", "attribution_reason", "gradient_reduction", "note", "rotated"]

@@ -205,8 +205,8 @@ def _add_drift(result: PairResult, pair: Pair, roots: Roots, settings: QuantInte
     """Each attribution method's drift; in a rotated pair, a method whose scores depend on the residual basis
     is left out with its reason (:mod:`.basis`)."""
     rotated = basis.rotated(pair.setting[0])
-    reductions = sorted({basis.gradient_reduction(roots.attribute / m) for m in (pair.fp, pair.quantized)})
     for method in attribution_methods(roots, pair.fp, pair.quantized):
+        reductions = sorted({basis.gradient_reduction(roots.attribute / m / method) for m in (pair.fp, pair.quantized)})
         why = next((r for r in (basis.attribution_reason(method, x) for x in reductions) if r), "") if rotated else ""
         if why:
             result.undefined[f"{method}/token_rank_correlation"] = why

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from interpipe.io import write_json
 from tests.circuits.conftest import tiny_folder  # noqa: F401 - its word-level tokenizer
 from tests.quant.test_rotate import _plant_norms
 
@@ -156,9 +157,8 @@ def test_basis_dependent_attribution_is_refused_in_a_rotated_pair(tmp_path, redu
 
     for model in ("fp", "fp-quarot-w6a6", "fp-rtn-w6a6"):
         write_attributions(tmp_path / model / "saliency", FP_SCORES, FP_COMPREHENSIVENESS)
-        (tmp_path / model / ".hydra").mkdir()
-        (tmp_path / model / ".hydra" / "config.yaml").write_text(
-            yaml.safe_dump({"attribute": {"gradient_reduction": reduction}}))
+        write_json(tmp_path / model / "saliency" / "attribution.json",  # the settings the method's run records
+                   {"method": "saliency", "info": {"settings": {"gradient_reduction": reduction}}})
     roots = Roots(tmp_path, tmp_path, tmp_path, tmp_path)
     settings = QuantInterpSettings(bootstrap_resamples=200)
     for quantized, rotated in (("fp-quarot-w6a6", True), ("fp-rtn-w6a6", False)):
